@@ -1,0 +1,1 @@
+"""Import and collect offline logs (installed as ``oirl_fast.collect``)."""

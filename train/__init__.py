@@ -1,0 +1,1 @@
+"""Reward-model training and compilation (installed as ``oirl_fast.train``)."""
