@@ -1,0 +1,172 @@
+"""The offline log: one table of demonstration records, stored as Parquet.
+
+One row is one LLM answer: a query, the prompt it was asked with, and whether
+the answer was correct. Imported logs (``oirl import``) and collected logs
+(``oirl collect``) share this schema, so everything downstream reads either.
+
+=========== ======== ======== ===========================================================
+column      type     required meaning
+=========== ======== ======== ===========================================================
+dataset     string   yes      dataset name, e.g. ``gsm8k``
+query_id    string   yes      unique id of the query row, e.g. ``svamp:15003``
+query       string   yes      question text as sent to the LLM (before the prompt)
+group       string   yes      key of the normalized question text; rows that share it
+                              are the same question (repeats), kept on one side of a split
+gold        string   yes      gold answer
+prompt_id   string   yes      id of the prompt, unique within a prompt set
+prompt      string   yes      prompt text
+correct     bool     yes      whether the graded answer was right
+response    string   no       the LLM's answer text
+sample      int32    no       sample index when one (query, prompt) was asked several times
+source      string   no       where the record came from, e.g. ``prompt-oirl/llama-2-7b-chat``
+split       string   no       the source's own split (``train``/``test``), if it has one
+confidence  float64  no       the LLM's self-critique confidence in [0, 1] for this answer
+=========== ======== ======== ===========================================================
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import atomic_path
+from .errors import OirlError
+
+SCHEMA_VERSION = 1
+
+LOG_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("query", pa.string(), nullable=False),
+        pa.field("group", pa.string(), nullable=False),
+        pa.field("gold", pa.string(), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("correct", pa.bool_(), nullable=False),
+        pa.field("response", pa.string()),
+        pa.field("sample", pa.int32()),
+        pa.field("source", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("confidence", pa.float64()),
+    ],
+    metadata={"oirl_fast.log_schema_version": str(SCHEMA_VERSION)},
+)
+REQUIRED = [f.name for f in LOG_SCHEMA if not f.nullable]
+OPTIONAL = [f.name for f in LOG_SCHEMA if f.nullable]
+
+_SPACE = re.compile(r"\s+")
+_SPACED_PUNCT = re.compile(r"\s+([.,?!;:])")
+
+
+def normalize_question(text: str) -> str:
+    """Text used to decide that two queries are the same question.
+
+    Unicode NFKC, lower case, whitespace collapsed, and the tokenized spacing of
+    SVAMP/MAWPS (``candy .``) folded into plain punctuation (``candy.``).
+    """
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = _SPACED_PUNCT.sub(r"\1", text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def group_key(text: str) -> str:
+    """Stable 16-hex-digit key of the normalized question text."""
+    return hashlib.sha1(normalize_question(text).encode("utf-8")).hexdigest()[:16]
+
+
+def conform(table: pa.Table, path: str | Path = "<table>") -> pa.Table:
+    """Check required columns and cast ``table`` to :data:`LOG_SCHEMA` (missing optional columns become null)."""
+    names = set(table.column_names)
+    missing = [c for c in REQUIRED if c not in names and c != "group"]
+    if missing:
+        raise OirlError(f"log lacks required column(s) {', '.join(missing)}", path)
+    unknown = sorted(names - set(LOG_SCHEMA.names))
+    if unknown:
+        raise OirlError(f"log has unknown column(s) {', '.join(unknown)}", path)
+    if "group" not in names:
+        groups = [group_key(q) for q in table.column("query").to_pylist()]
+        table = table.append_column("group", pa.array(groups, pa.string()))
+    columns = []
+    for field in LOG_SCHEMA:
+        if field.name in names or field.name == "group":
+            col = table.column(field.name)
+            if not field.nullable and col.null_count:
+                raise OirlError(f"column {field.name!r} has {col.null_count} null value(s)", path)
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise OirlError(f"column {field.name!r} is not {field.type}: {exc}", path) from None
+        else:
+            col = pa.nulls(table.num_rows, field.type)
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=LOG_SCHEMA)
+
+
+def from_records(records: list[dict], path: str | Path = "<records>") -> pa.Table:
+    """Build a log table from a list of dicts with the schema's keys."""
+    if not records:
+        return LOG_SCHEMA.empty_table()
+    keys = set().union(*(r.keys() for r in records))
+    columns = {k: [r.get(k) for r in records] for k in keys}
+    try:
+        table = pa.table(columns)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise OirlError(f"records do not form a table: {exc}", path) from None
+    return conform(table, path)
+
+
+def read_logs(path: str | Path) -> pa.Table:
+    """Read a log from Parquet (``.parquet``) or JSON lines (``.jsonl``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise OirlError("log file not found", path)
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise OirlError(f"not a readable Parquet file: {exc}", path) from None
+    return conform(table, path)
+
+
+def write_logs(table: pa.Table, path: str | Path) -> Path:
+    """Write a log atomically, as Parquet or (for ``.jsonl``) JSON lines."""
+    path = Path(path)
+    table = conform(table, path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".jsonl":
+            with tmp.open("w", encoding="utf-8") as fh:
+                for row in table.to_pylist():
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            pq.write_table(table, tmp, compression="zstd")
+    return path
+
+
+def _read_jsonl(path: Path) -> pa.Table:
+    records = []
+    with path.open("r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise OirlError(f"malformed JSON ({exc.msg})", path, lineno) from None
+            if not isinstance(rec, dict):
+                raise OirlError("each line must be a JSON object", path, lineno)
+            missing = [c for c in REQUIRED if c != "group" and c not in rec]
+            if missing:
+                raise OirlError(f"record lacks {', '.join(missing)}", path, lineno)
+            if not isinstance(rec["correct"], bool):
+                raise OirlError(f"'correct' must be true or false, got {rec['correct']!r}", path, lineno)
+            records.append(rec)
+    if not records:
+        raise OirlError("log has no records", path)
+    return from_records(records, path)
