@@ -1,0 +1,168 @@
+"""Train/test protocols and pooling of log rows into (unit, prompt) outcome matrices.
+
+``published``: the source's own split (GSM8K train/test; SVAMP rows < 15000 vs the
+rest; MAWPS rows < 6000 vs the rest). Test units are single rows, as published.
+On SVAMP and MAWPS every test question also occurs in training under this split.
+
+``grouped``: whole questions (rows sharing a ``group`` key) go to one side.
+Test groups are drawn among the groups that have rows in the source's test split
+(only those were logged with the held-out prompts); each test question is one
+unit whose outcome per prompt is the success rate over its repeated rows.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import OirlError
+
+PROTOCOLS = ("published", "grouped")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str = "grouped"
+    test_fraction: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.name not in PROTOCOLS:
+            raise OirlError(f"unknown protocol {self.name!r}; use one of {', '.join(PROTOCOLS)}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise OirlError(f"test fraction must be in (0, 1), got {self.test_fraction}")
+
+    @property
+    def test_unit(self) -> str:
+        return "query_id" if self.name == "published" else "group"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def holdout_mask(table: pa.Table, protocol: Protocol) -> np.ndarray:
+    """bool (n_rows,): which rows are test rows under ``protocol``."""
+    split = np.asarray(table.column("split").to_numpy(zero_copy_only=False), dtype=object)
+    has_split = np.array([s is not None for s in split])
+    if protocol.name == "published":
+        if not has_split.all():
+            raise OirlError("the 'published' protocol needs the log's 'split' column on every row; use 'grouped'")
+        return split == "test"
+    groups = np.asarray(table.column("group").to_numpy(zero_copy_only=False), dtype=object)
+    all_groups = np.unique(groups)
+    eligible = np.unique(groups[split == "test"]) if (split == "test").any() else all_groups
+    n_test = min(int(round(protocol.test_fraction * len(all_groups))), len(eligible))
+    rng = np.random.default_rng(protocol.seed)
+    chosen = rng.choice(eligible, size=n_test, replace=False) if n_test < len(eligible) else eligible
+    return np.isin(groups, chosen)
+
+
+def heldout_prompts(table: pa.Table) -> list[str]:
+    """Prompts never logged on a source-train row: the ones a model must score unseen."""
+    split = np.asarray(table.column("split").to_numpy(zero_copy_only=False), dtype=object)
+    prompt = np.asarray(table.column("prompt_id").to_numpy(zero_copy_only=False), dtype=object)
+    if not (split == "train").any():
+        return []
+    seen = set(prompt[split == "train"].tolist())
+    return sorted(set(prompt.tolist()) - seen, key=_prompt_order(table))
+
+
+def prompt_catalog(table: pa.Table) -> list[tuple[str, str]]:
+    """(prompt_id, text) of every prompt in the log, in order of first appearance."""
+    ids = table.column("prompt_id").to_pylist()
+    texts = table.column("prompt").to_pylist()
+    seen: dict[str, str] = {}
+    for i, t in zip(ids, texts):
+        if i not in seen:
+            seen[i] = t
+        elif seen[i] != t:
+            raise OirlError(f"prompt id {i!r} has two different texts in the log")
+    return list(seen.items())
+
+
+def _prompt_order(table: pa.Table):
+    order = {pid: k for k, (pid, _) in enumerate(prompt_catalog(table))}
+    return lambda pid: order[pid]
+
+
+@dataclass
+class Outcomes:
+    """Observed outcomes pooled per (unit, prompt).
+
+    ids, texts, groups: per unit (U,); prompt_ids: (P,);
+    rate: float64 (U, P) success rate, NaN where the prompt was not logged;
+    count: int64 (U, P) samples behind each rate; confidence: float64 (U, P) mean
+    self-critique confidence, NaN where absent.
+    """
+
+    ids: list[str]
+    texts: list[str]
+    groups: list[str]
+    prompt_ids: list[str]
+    rate: np.ndarray
+    count: np.ndarray
+    confidence: np.ndarray
+
+    @property
+    def n_units(self) -> int:
+        return len(self.ids)
+
+    def columns(self, prompt_ids: list[str]) -> "Outcomes":
+        idx = [self.prompt_ids.index(p) for p in prompt_ids]
+        return Outcomes(self.ids, self.texts, self.groups, list(prompt_ids), self.rate[:, idx], self.count[:, idx], self.confidence[:, idx])
+
+    def complete(self) -> "Outcomes":
+        """Only the units logged with every prompt."""
+        keep = (self.count > 0).all(axis=1)
+        sel = np.flatnonzero(keep)
+        return Outcomes(
+            [self.ids[i] for i in sel], [self.texts[i] for i in sel], [self.groups[i] for i in sel],
+            self.prompt_ids, self.rate[sel], self.count[sel], self.confidence[sel],
+        )
+
+
+def pool(table: pa.Table, unit: str, prompt_ids: list[str] | None = None) -> Outcomes:
+    """Pool rows into an :class:`Outcomes` with one unit per distinct value of column ``unit``."""
+    keys = np.asarray(table.column(unit).to_numpy(zero_copy_only=False), dtype=object)
+    pids = np.asarray(table.column("prompt_id").to_numpy(zero_copy_only=False), dtype=object)
+    if prompt_ids is None:
+        prompt_ids = [p for p, _ in prompt_catalog(table)]
+    p_index = {p: k for k, p in enumerate(prompt_ids)}
+    keep = np.array([p in p_index for p in pids], dtype=bool)
+    keys, pids = keys[keep], pids[keep]
+    correct = table.column("correct").to_numpy(zero_copy_only=False)[keep].astype(np.float64)
+    conf = table.column("confidence").to_numpy(zero_copy_only=False)[keep].astype(np.float64)
+    queries = np.asarray(table.column("query").to_numpy(zero_copy_only=False), dtype=object)[keep]
+    groups = np.asarray(table.column("group").to_numpy(zero_copy_only=False), dtype=object)[keep]
+
+    unit_ids, first, u = np.unique(keys, return_index=True, return_inverse=True)
+    # Keep units in order of first appearance in the log, not sorted by key.
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    u = rank[u]
+    first = first[order]
+    p = np.array([p_index[x] for x in pids], dtype=np.int64)
+    U, P = len(unit_ids), len(prompt_ids)
+    count = np.zeros((U, P), np.int64)
+    wins = np.zeros((U, P))
+    np.add.at(count, (u, p), 1)
+    np.add.at(wins, (u, p), correct)
+    has_conf = ~np.isnan(conf)
+    conf_sum = np.zeros((U, P))
+    conf_n = np.zeros((U, P))
+    np.add.at(conf_sum, (u[has_conf], p[has_conf]), conf[has_conf])
+    np.add.at(conf_n, (u[has_conf], p[has_conf]), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(count > 0, wins / count, np.nan)
+        confidence = np.where(conf_n > 0, conf_sum / conf_n, np.nan)
+    return Outcomes(
+        ids=[str(k) for k in unit_ids[order]],
+        texts=[str(t) for t in queries[first]],
+        groups=[str(g) for g in groups[first]],
+        prompt_ids=list(prompt_ids),
+        rate=rate,
+        count=count,
+        confidence=confidence,
+    )
