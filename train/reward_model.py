@@ -1,0 +1,178 @@
+"""Gradient-boosted reward model r(query, prompt) -> P(correct), LightGBM or XGBoost.
+
+Features are rows of [query embedding ‖ prompt embedding] (float32, (n, d)); labels
+are success rates in [0, 1] (a single 0/1 answer, or the mean over repeated
+samples) with the number of samples as weight, so pooled repeats count as much as
+the rows they came from. Trees have at most 64 leaves (LightGBM 63 leaves,
+XGBoost depth 6) so the QuickScorer kernel can score them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OirlError
+
+BACKENDS = ("lightgbm", "xgboost")
+MODEL_FILES = {"lightgbm": "model.lgb.txt", "xgboost": "model.xgb.json"}
+
+
+@dataclass
+class TrainConfig:
+    backend: str = "lightgbm"
+    n_estimators: int = 300
+    learning_rate: float = 0.05
+    num_leaves: int = 63  # LightGBM
+    max_depth: int = 6  # XGBoost: 2**6 = 64 leaves at most
+    min_child_weight: float = 20.0
+    colsample: float = 0.5
+    subsample: float = 0.8
+    early_stopping_rounds: int = 40
+    valid_fraction: float = 0.15
+    seed: int = 0
+    nthread: int = 2
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise OirlError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def group_validation_split(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """bool (n,): validation rows, whole groups at a time so repeats never straddle the split."""
+    uniq = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    n_valid = max(1, int(round(fraction * len(uniq))))
+    chosen = rng.choice(uniq, size=n_valid, replace=False)
+    return np.isin(groups, chosen)
+
+
+class RewardModel:
+    """``fit(X, y, weight, groups)``, ``predict(X)``; X float32 (n, d), y float (n,) in [0, 1]."""
+
+    def __init__(self, config: TrainConfig | None = None):
+        self.config = config or TrainConfig()
+        self.booster = None
+        self.best_iteration: int | None = None
+        self.n_features: int | None = None
+
+    @property
+    def backend(self) -> str:
+        return self.config.backend
+
+    def fit(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, groups: np.ndarray | None = None):
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        y = np.asarray(y, dtype=np.float64)
+        if X.ndim != 2 or len(X) != len(y):
+            raise OirlError(f"features {X.shape} and labels {y.shape} do not match")
+        if ((y < 0) | (y > 1)).any():
+            raise OirlError("labels must be success rates in [0, 1]")
+        weight = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+        groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+        valid = group_validation_split(groups, self.config.valid_fraction, self.config.seed)
+        self.n_features = X.shape[1]
+        fit = self._fit_lightgbm if self.backend == "lightgbm" else self._fit_xgboost
+        fit(X[~valid], y[~valid], weight[~valid], X[valid], y[valid], weight[valid])
+        return self
+
+    def _fit_lightgbm(self, X, y, w, Xv, yv, wv):
+        import lightgbm as lgb
+
+        c = self.config
+        params = {
+            # cross_entropy takes fractional labels (pooled success rates).
+            "objective": "cross_entropy",
+            "learning_rate": c.learning_rate,
+            "num_leaves": c.num_leaves,
+            "min_sum_hessian_in_leaf": c.min_child_weight * 0.1,
+            "min_data_in_leaf": int(c.min_child_weight),
+            "feature_fraction": c.colsample,
+            "bagging_fraction": c.subsample,
+            "bagging_freq": 1,
+            "seed": c.seed,
+            "num_threads": c.nthread,
+            "verbosity": -1,
+            "deterministic": True,
+            "force_row_wise": True,
+        }
+        train = lgb.Dataset(X, y, weight=w, free_raw_data=True)
+        valid = lgb.Dataset(Xv, yv, weight=wv, reference=train)
+        booster = lgb.train(
+            params,
+            train,
+            num_boost_round=c.n_estimators,
+            valid_sets=[valid],
+            callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False)],
+        )
+        self.best_iteration = int(booster.best_iteration or booster.current_iteration())
+        # Keep only the trees up to the best iteration, so every consumer (native
+        # predict, compiled library, kernel) sees the same model.
+        self.booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=self.best_iteration))
+
+    def _fit_xgboost(self, X, y, w, Xv, yv, wv):
+        import xgboost as xgb
+
+        c = self.config
+        params = {
+            "objective": "binary:logistic",
+            "eval_metric": "logloss",
+            "eta": c.learning_rate,
+            "max_depth": c.max_depth,
+            "min_child_weight": c.min_child_weight * 0.1,
+            "colsample_bytree": c.colsample,
+            "subsample": c.subsample,
+            "tree_method": "hist",
+            "seed": c.seed,
+            "nthread": c.nthread,
+        }
+        dtrain = xgb.DMatrix(X, y, weight=w)
+        dvalid = xgb.DMatrix(Xv, yv, weight=wv)
+        booster = xgb.train(
+            params, dtrain, num_boost_round=c.n_estimators, evals=[(dvalid, "valid")],
+            early_stopping_rounds=c.early_stopping_rounds, verbose_eval=False,
+        )
+        self.best_iteration = int(booster.best_iteration) + 1
+        self.booster = booster[: self.best_iteration]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """float64 (n,) probability of a correct answer."""
+        if self.booster is None:
+            raise OirlError("reward model is not fitted")
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise OirlError(f"expected features of shape (n, {self.n_features}), got {X.shape}")
+        if self.backend == "lightgbm":
+            return self.booster.predict(X, num_threads=self.config.nthread).astype(np.float64)
+        return self.booster.inplace_predict(X).astype(np.float64)
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / MODEL_FILES[self.backend]
+        if self.backend == "lightgbm":
+            self.booster.save_model(str(path))
+        else:
+            self.booster.save_model(str(path))
+        return path
+
+    @classmethod
+    def load(cls, directory: Path, config: TrainConfig, n_features: int, best_iteration: int | None = None):
+        path = Path(directory) / MODEL_FILES[config.backend]
+        if not path.is_file():
+            raise OirlError(f"native model file {path.name} missing", directory)
+        model = cls(config)
+        if config.backend == "lightgbm":
+            import lightgbm as lgb
+
+            model.booster = lgb.Booster(model_file=str(path))
+        else:
+            import xgboost as xgb
+
+            model.booster = xgb.Booster(model_file=str(path))
+            model.booster.set_param({"nthread": config.nthread})
+        model.n_features = n_features
+        model.best_iteration = best_iteration
+        return model
