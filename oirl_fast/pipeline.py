@@ -1,0 +1,247 @@
+"""Library entry points behind the CLI: train a reward model from a log, evaluate it.
+
+``train_artifact(table, protocol, config, embedder, out_dir)`` fits and writes a model
+artifact; ``evaluate(artifact, table, embedder)`` rebuilds the same split and reports
+reward-model metrics and best-of-N selection against the baselines.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import metrics
+from .embed import Embedder
+from .errors import OirlError
+from .features import FeatureLayout, grid_features, pair_features
+from .splits import Outcomes, Protocol, heldout_prompts, pool, prompt_catalog, holdout_mask
+from .train.artifact import Artifact, ModelMetadata, embeddings_hash, save_artifact
+from .train.reward_model import RewardModel, TrainConfig
+
+NEAR_DUPLICATE_COSINE = 0.95
+KNN_K = 50
+
+
+@dataclass
+class SplitLog:
+    """A log cut by a protocol: train/test rows and which prompts the model may see."""
+
+    train: pa.Table
+    test: pa.Table
+    prompts: list[tuple[str, str]]  # (id, text) of every prompt, log order
+    train_prompt_ids: list[str]
+    heldout_prompt_ids: list[str]
+
+
+def split_log(table: pa.Table, protocol: Protocol) -> SplitLog:
+    is_test = holdout_mask(table, protocol)
+    if not is_test.any() or is_test.all():
+        raise OirlError(f"protocol {protocol.name!r} leaves an empty train or test set")
+    prompts = prompt_catalog(table)
+    heldout = heldout_prompts(table)
+    train_ids = [p for p, _ in prompts if p not in heldout]
+    train = table.filter(pa.array(~is_test))
+    # Held-out prompts are never shown to the model, whatever rows they were logged on.
+    train = train.filter(pc.is_in(train.column("prompt_id"), pa.array(train_ids)))
+    return SplitLog(train, table.filter(pa.array(is_test)), prompts, train_ids, heldout)
+
+
+def _dataset_name(table: pa.Table) -> str:
+    names = pc.unique(table.column("dataset")).to_pylist()
+    return names[0] if len(names) == 1 else "+".join(sorted(names))
+
+
+def training_examples(outcomes: Outcomes, query_emb: np.ndarray, prompt_emb: np.ndarray):
+    """(X float32 (k, d), y float (k,), weight float (k,), groups (k,)) over logged (unit, prompt) cells."""
+    u, p = np.nonzero(outcomes.count > 0)
+    X = pair_features(query_emb, prompt_emb, u, p)
+    return X, outcomes.rate[u, p], outcomes.count[u, p].astype(np.float64), np.asarray(outcomes.groups)[u]
+
+
+def train_artifact(
+    table: pa.Table,
+    protocol: Protocol,
+    config: TrainConfig,
+    embedder: Embedder,
+    out_dir,
+    compile_library: bool = True,
+    log=print,
+) -> Artifact:
+    """Fit a reward model on the protocol's train rows and write the artifact to ``out_dir``."""
+    split = split_log(table, protocol)
+    train = pool(split.train, unit="group", prompt_ids=split.train_prompt_ids)
+    all_ids = [p for p, _ in split.prompts]
+    prompt_emb = embedder.embed([t for _, t in split.prompts])
+    query_emb = embedder.embed(train.texts)
+    train_cols = [all_ids.index(p) for p in split.train_prompt_ids]
+    X, y, w, groups = training_examples(train, query_emb, prompt_emb[train_cols])
+    t0 = time.perf_counter()
+    model = RewardModel(config).fit(X, y, w, groups)
+    fit_seconds = time.perf_counter() - t0
+    log(f"  fitted {config.backend}: {model.best_iteration} trees on {len(y)} (question, prompt) cells in {fit_seconds:.1f}s")
+    layout = FeatureLayout(query_emb.shape[1], prompt_emb.shape[1])
+    metadata = ModelMetadata(
+        dataset=_dataset_name(table),
+        backend=config.backend,
+        embedding_model=embedder.model_id,
+        feature_layout=layout.to_dict(),
+        prompts=[{"id": p, "text": t, "seen_in_training": p in split.train_prompt_ids} for p, t in split.prompts],
+        prompt_embeddings_sha256=embeddings_hash(prompt_emb),
+        protocol=protocol.to_dict(),
+        train_config=config.to_dict(),
+        best_iteration=model.best_iteration,
+        n_train_examples=int(len(y)),
+        metrics={"fit_seconds": round(fit_seconds, 2), "n_train_questions": train.n_units},
+    )
+    path = save_artifact(out_dir, model, metadata, prompt_emb, compile_library=compile_library)
+    return Artifact(path=path, metadata=metadata, model=model, prompt_embeddings=prompt_emb)
+
+
+def _knn_scores(train: Outcomes, train_emb: np.ndarray, test_emb: np.ndarray, k: int) -> np.ndarray:
+    """float (U_test, P): each prompt's pooled success rate on the k most similar training questions."""
+    import faiss
+
+    index = faiss.IndexFlatIP(train_emb.shape[1])
+    index.add(np.ascontiguousarray(train_emb, dtype=np.float32))
+    _, nbr = index.search(np.ascontiguousarray(test_emb, dtype=np.float32), min(k, len(train_emb)))
+    wins = np.nan_to_num(train.rate * train.count)
+    n = train.count
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return wins[nbr].sum(axis=1) / n[nbr].sum(axis=1)
+
+
+def _nearest_cosine(train_emb: np.ndarray, test_emb: np.ndarray) -> np.ndarray:
+    import faiss
+
+    index = faiss.IndexFlatIP(train_emb.shape[1])
+    index.add(np.ascontiguousarray(train_emb, dtype=np.float32))
+    sim, _ = index.search(np.ascontiguousarray(test_emb, dtype=np.float32), 1)
+    return sim[:, 0]
+
+
+def _row_predictions(test: pa.Table, outcomes: Outcomes, scores: np.ndarray, prompt_ids: list[str], unit: str):
+    """(prompt_id, label, prob) per test row, looking each row's (unit, prompt) up in ``scores``."""
+    u_index = {k: i for i, k in enumerate(outcomes.ids)}
+    p_index = {p: i for i, p in enumerate(prompt_ids)}
+    keys = test.column(unit).to_pylist()
+    pids = test.column("prompt_id").to_pylist()
+    labels = test.column("correct").to_numpy(zero_copy_only=False).astype(int)
+    probs = np.array([scores[u_index[k], p_index[p]] for k, p in zip(keys, pids)])
+    return np.asarray(pids, dtype=object), labels, probs
+
+
+def selection_table(scores: dict[str, np.ndarray], outcome: np.ndarray) -> dict[str, float]:
+    return {name: metrics.pick_accuracy(s, outcome) for name, s in scores.items()}
+
+
+def evaluate(artifact: Artifact, table: pa.Table, embedder: Embedder, knn_k: int = KNN_K) -> dict:
+    """Evaluate on the held-out queries of the protocol the artifact was trained with.
+
+    Returns a JSON-ready dict: classification metrics of the reward model on the test
+    rows (training prompts and held-out prompts separately), best-of-N accuracy of
+    the model and the baselines for N = training prompts and N = all prompts, and how
+    many test questions also occur in training (exact and near-duplicate).
+    """
+    protocol = Protocol(**artifact.metadata.protocol)
+    split = split_log(table, protocol)
+    all_ids = [p for p, _ in split.prompts]
+    if all_ids != artifact.metadata.prompt_ids:
+        raise OirlError(
+            f"the log's prompt set {all_ids} differs from the model's {artifact.metadata.prompt_ids}",
+            artifact.path / "metadata.json",
+        )
+    train = pool(split.train, unit="group", prompt_ids=split.train_prompt_ids)
+    test = pool(split.test, unit=protocol.test_unit, prompt_ids=all_ids)
+    test_emb = embedder.embed(test.texts)
+    train_emb = embedder.embed(train.texts)
+
+    P = len(all_ids)
+    raw = artifact.model.predict(grid_features(test_emb, artifact.prompt_embeddings)).reshape(-1, P)
+
+    # Reward-model classification quality on individual test rows.
+    pids, labels, probs = _row_predictions(split.test, test, raw, all_ids, protocol.test_unit)
+    seen = np.isin(pids, split.train_prompt_ids)
+    classification = {"train_prompts": metrics.classification_report(labels[seen], probs[seen])}
+    if (~seen).any():
+        classification["heldout_prompts"] = metrics.classification_report(labels[~seen], probs[~seen])
+
+    # Best single prompt: highest pooled accuracy on the training rows.
+    train_acc = np.nansum(train.rate * train.count, axis=0) / train.count.sum(axis=0)
+    best_id = split.train_prompt_ids[int(np.argmax(train_acc))]
+    knn = _knn_scores(train, train_emb, test_emb, knn_k)
+
+    selection = {}
+    for label, ids in (("n_train_prompts", split.train_prompt_ids), ("n_all_prompts", all_ids)):
+        if label == "n_all_prompts" and not split.heldout_prompt_ids:
+            continue
+        cols = [all_ids.index(p) for p in ids]
+        sub = test.columns(ids)
+        keep = (sub.count > 0).all(axis=1)
+        outcome = sub.rate[keep]
+        model_scores = raw[keep][:, cols]
+        scores = {"reward_model": model_scores}
+        if np.isfinite(sub.confidence[keep]).all():
+            scores["critic"] = sub.confidence[keep]
+        if label == "n_train_prompts":
+            scores["knn"] = knn[keep]
+        res = selection_table(scores, outcome)
+        res.update(
+            n_prompts=len(ids),
+            n_test_queries=int(keep.sum()),
+            best_single=metrics.fixed_prompt_accuracy(outcome, ids.index(best_id)),
+            random=metrics.random_accuracy(outcome),
+            oracle=metrics.oracle_accuracy(outcome),
+            reward_model_tie_rate=metrics.tie_rate(model_scores),
+            per_prompt={p: float(np.mean(outcome[:, j])) for j, p in enumerate(ids)},
+        )
+        selection[label] = res
+
+    train_groups = set(train.groups)
+    exact = sum(g in train_groups for g in test.groups)
+    near = int((_nearest_cosine(train_emb, test_emb) >= NEAR_DUPLICATE_COSINE).sum())
+    return {
+        "dataset": artifact.metadata.dataset,
+        "protocol": protocol.to_dict(),
+        "backend": artifact.metadata.backend,
+        "embedding_model": artifact.metadata.embedding_model,
+        "n_trees": artifact.metadata.best_iteration,
+        "best_single_prompt": best_id,
+        "train_prompts": split.train_prompt_ids,
+        "heldout_prompts": split.heldout_prompt_ids,
+        "n_train_questions": train.n_units,
+        "n_test_queries": test.n_units,
+        "test_in_train_exact": int(exact),
+        "test_near_duplicate": near,
+        "near_duplicate_cosine": NEAR_DUPLICATE_COSINE,
+        "knn_k": knn_k,
+        "classification": classification,
+        "selection": selection,
+    }
+
+
+def summary(report: dict) -> dict:
+    """The flat per-(dataset, protocol) fields of ``oirl demo --json``."""
+    s6 = report["selection"]["n_train_prompts"]
+    s16 = report["selection"].get("n_all_prompts", {})
+    return {
+        "best_single": s6["best_single"],
+        "best_of_n": s6["reward_model"],
+        "best_of_n_16": s16.get("reward_model"),
+        "oracle": s6["oracle"],
+        "oracle_16": s16.get("oracle"),
+        "critic": s6.get("critic"),
+        "critic_16": s16.get("critic"),
+        "knn": s6["knn"],
+        "random": s6["random"],
+        "random_16": s16.get("random"),
+        "best_single_16": s16.get("best_single"),
+        "auc": report["classification"]["train_prompts"]["auc"],
+        "auc_heldout": report["classification"].get("heldout_prompts", {}).get("auc"),
+        "n_test_queries": report["n_test_queries"],
+        "n_test_queries_16": s16.get("n_test_queries"),
+        "test_in_train": report["test_in_train_exact"],
+        "test_near_duplicate": report["test_near_duplicate"],
+    }
