@@ -1,0 +1,208 @@
+"""The ``oirl`` command line: a thin layer over the library.
+
+Every user-fixable problem (missing file, malformed input, mismatched model) is an
+OirlError, printed as one line on stderr with exit code 2.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import OirlError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Query-dependent prompt optimization from offline logs (Prompt-OIRL), with a compiled best-of-N scorer.",
+)
+err = Console(stderr=True)
+
+DATASETS = ("gsm8k", "svamp", "mawps")
+
+
+def _cli_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OirlError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _embedder(cache_dir: Optional[Path], device: str, batch_size: int = 128, progress: bool = True):
+    from .embed import Embedder
+
+    return Embedder(cache_dir=cache_dir, device=device, batch_size=batch_size, progress=progress)
+
+
+CacheOpt = typer.Option(None, "--cache-dir", help="Embedding cache folder [default: $OIRL_CACHE_DIR or ~/.cache/oirl-fast].")
+DeviceOpt = typer.Option("auto", "--device", help="Where to embed: auto (CUDA when present), cpu or cuda.")
+
+
+@app.command("import")
+@_cli_errors
+def import_cmd(
+    dataset: str = typer.Argument(..., help="gsm8k, svamp or mawps."),
+    out: Path = typer.Option(..., "--out", "-o", help="Log file to write: .parquet, or .jsonl for JSON lines."),
+    source: Optional[Path] = typer.Option(
+        None, help="Folder laid out like shared/data (plain or .gz files) [default: the copy bundled with oirl-fast]."
+    ),
+):
+    """Import the published Prompt-OIRL LLaMA-2 logs of one dataset into the oirl log format.
+
+    Counts are checked against the published ones (GSM8K 7473+1000, SVAMP 19690,
+    MAWPS 7685 queries); a truncated or misnumbered file is an error naming it.
+    """
+    from .collect.published import import_published
+    from .schema import write_logs
+
+    if dataset not in DATASETS:
+        raise OirlError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+    table = import_published(dataset, source, progress=True)
+    write_logs(table, out)
+    err.print(f"wrote {table.num_rows} records of {dataset} to {out}")
+
+
+@app.command("convert")
+@_cli_errors
+def convert_cmd(
+    src: Path = typer.Argument(..., help="Log to read (.parquet or .jsonl)."),
+    dst: Path = typer.Argument(..., help="Log to write (.parquet or .jsonl)."),
+):
+    """Convert a log between Parquet and JSON lines (validating it against the schema)."""
+    from .schema import read_logs, write_logs
+
+    table = read_logs(src)
+    write_logs(table, dst)
+    err.print(f"wrote {table.num_rows} records to {dst}")
+
+
+@app.command("embed")
+@_cli_errors
+def embed_cmd(
+    log: Path = typer.Argument(..., help="Log file (.parquet or .jsonl)."),
+    cache_dir: Optional[Path] = CacheOpt,
+    device: str = DeviceOpt,
+    batch_size: int = typer.Option(128, help="Texts per forward pass."),
+):
+    """Embed every distinct query and prompt of a log into the on-disk cache (all-MiniLM-L6-v2)."""
+    from .schema import read_logs
+
+    table = read_logs(log)
+    texts = sorted(set(table.column("query").to_pylist()) | set(table.column("prompt").to_pylist()))
+    emb = _embedder(cache_dir, device, batch_size)
+    before = len(emb.cache)
+    t0 = time.perf_counter()
+    emb.embed(texts)
+    new = len(emb.cache) - before
+    err.print(
+        f"{len(texts)} distinct texts: {new} embedded in {time.perf_counter() - t0:.1f}s, "
+        f"{len(texts) - new} from the cache at {emb.cache.dir}"
+    )
+
+
+@app.command("train")
+@_cli_errors
+def train_cmd(
+    log: Path = typer.Argument(..., help="Log file (.parquet or .jsonl)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model artifact folder to write (replaced atomically)."),
+    protocol: str = typer.Option("grouped", help="grouped (no question on both sides) or published (the reference split)."),
+    backend: str = typer.Option("lightgbm", help="lightgbm or xgboost."),
+    n_estimators: int = typer.Option(300, help="Boosting rounds at most (early stopping on a group-split validation set)."),
+    learning_rate: float = typer.Option(0.05),
+    seed: int = typer.Option(0),
+    test_fraction: float = typer.Option(0.25, help="grouped protocol: share of questions held out."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="Build the native library with treelite + tl2cgen."),
+    cache_dir: Optional[Path] = CacheOpt,
+    device: str = DeviceOpt,
+):
+    """Fit a reward model r(query, prompt) on [query emb ‖ prompt emb] and write a model artifact."""
+    from .pipeline import train_artifact
+    from .schema import read_logs
+    from .splits import Protocol
+    from .train.reward_model import TrainConfig
+
+    config = TrainConfig(backend=backend, n_estimators=n_estimators, learning_rate=learning_rate, seed=seed)
+    proto = Protocol(protocol, test_fraction=test_fraction, seed=seed)
+    table = read_logs(log)
+    train_artifact(table, proto, config, _embedder(cache_dir, device), out, compile_library=compile, log=err.print)
+    err.print(f"wrote model artifact {out}")
+
+
+@app.command("evaluate")
+@_cli_errors
+def evaluate_cmd(
+    model: Path = typer.Argument(..., help="Model artifact folder written by `oirl train`."),
+    log: Path = typer.Argument(..., help="The log the model was trained from (the split is rebuilt from it)."),
+    report: Optional[Path] = typer.Option(None, help="Write the full report as JSON here."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG bar chart here."),
+    knn_k: int = typer.Option(50, help="Neighbours for the kNN baseline."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
+    cache_dir: Optional[Path] = CacheOpt,
+    device: str = DeviceOpt,
+):
+    """Offline evaluation on held-out queries: reward-model metrics and best-of-N against baselines."""
+    from .embed import MODEL_ID
+    from .pipeline import evaluate, summary
+    from .report import plot_summary, print_summary, write_json
+    from .schema import read_logs
+    from .train.artifact import load_artifact
+
+    artifact = load_artifact(model, embedding_model=MODEL_ID)
+    table = read_logs(log)
+    rep = evaluate(artifact, table, _embedder(cache_dir, device), knn_k=knn_k)
+    summ = {rep["dataset"]: {rep["protocol"]["name"]: summary(rep)}}
+    if report:
+        write_json(rep, report)
+    if plot:
+        plot_summary(summ, plot)
+    if as_json:
+        print(json.dumps(summ, indent=2))
+    else:
+        print_summary(summ)
+
+
+@app.command("demo")
+@_cli_errors
+def demo_cmd(
+    out: Path = typer.Option(Path("oirl-demo"), help="Folder for logs, models and reports."),
+    datasets: List[str] = typer.Option(list(DATASETS), "--dataset", help="Datasets to run (repeatable)."),
+    protocols: List[str] = typer.Option(["published", "grouped"], "--protocol", help="Protocols to run (repeatable)."),
+    backend: str = typer.Option("lightgbm", help="lightgbm or xgboost."),
+    source: Optional[Path] = typer.Option(None, help="Data folder [default: the bundled copy]."),
+    compile: bool = typer.Option(True, "--compile/--no-compile"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    cache_dir: Optional[Path] = CacheOpt,
+    device: str = DeviceOpt,
+):
+    """Run import -> embed -> train -> compile -> evaluate on the bundled GSM8K, SVAMP and MAWPS logs.
+
+    Leaves per dataset: logs.parquet, model/ (grouped protocol), model-published/,
+    report-<protocol>.json; and summary.json, summary.png for all.
+    """
+    from .demo import run_demo
+
+    summaries = run_demo(
+        out=out, datasets=datasets, protocols=protocols, backend=backend, source=source,
+        compile_library=compile, embedder=_embedder(cache_dir, device), console=err,
+    )
+    if as_json:
+        print(json.dumps(summaries, indent=2))
+
+
+def main():  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""``oirl demo``: the whole offline pipeline on the bundled data, one dataset and protocol at a time."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from .errors import OirlError
+from .splits import PROTOCOLS, Protocol
+
+
+def model_dir(out: Path, dataset: str, protocol: str) -> Path:
+    """grouped (the honest protocol) gets the plain ``model/`` that `oirl score` users pick up."""
+    return out / dataset / ("model" if protocol == "grouped" else f"model-{protocol}")
+
+
+def run_demo(out, datasets, protocols, backend, source, compile_library, embedder, console: Console) -> dict:
+    from .collect.published import DATASETS, import_published
+    from .pipeline import evaluate, summary, train_artifact
+    from .report import plot_summary, print_summary, write_json
+    from .schema import write_logs
+    from .train.reward_model import TrainConfig
+
+    out = Path(out)
+    for ds in datasets:
+        if ds not in DATASETS:
+            raise OirlError(f"unknown dataset {ds!r}; use one of {', '.join(DATASETS)}")
+    for p in protocols:
+        Protocol(p)
+    summaries: dict[str, dict[str, dict]] = {}
+    reports = {}
+    t_start = time.perf_counter()
+    for ds in datasets:
+        console.rule(f"[bold]{ds}")
+        t0 = time.perf_counter()
+        table = import_published(ds, source, progress=True)
+        write_logs(table, out / ds / "logs.parquet")
+        console.print(f"import: {table.num_rows} records ({time.perf_counter() - t0:.1f}s)")
+        t0 = time.perf_counter()
+        before = len(embedder.cache) if embedder.cache is not None else 0
+        texts = sorted(set(table.column("query").to_pylist()) | set(table.column("prompt").to_pylist()))
+        embedder.embed(texts)
+        new = (len(embedder.cache) - before) if embedder.cache is not None else len(texts)
+        console.print(f"embed: {len(texts)} distinct texts, {new} new ({time.perf_counter() - t0:.1f}s)")
+        for proto in protocols:
+            t0 = time.perf_counter()
+            console.print(f"train [{proto}] {backend}" + (" + compile" if compile_library else ""))
+            artifact = train_artifact(
+                table, Protocol(proto), TrainConfig(backend=backend), embedder, model_dir(out, ds, proto),
+                compile_library=compile_library, log=console.print,
+            )
+            console.print(f"  artifact {artifact.path} ({time.perf_counter() - t0:.1f}s)")
+            t0 = time.perf_counter()
+            rep = evaluate(artifact, table, embedder)
+            write_json(rep, out / ds / f"report-{proto}.json")
+            summaries.setdefault(ds, {})[proto] = summary(rep)
+            reports.setdefault(ds, {})[proto] = rep
+            s = summaries[ds][proto]
+            console.print(
+                f"evaluate [{proto}]: best-of-6 {s['best_of_n']:.3f}, best single {s['best_single']:.3f}, "
+                f"oracle {s['oracle']:.3f} ({time.perf_counter() - t0:.1f}s)"
+            )
+    write_json(summaries, out / "summary.json")
+    plot_summary(summaries, out / "summary.png")
+    print_summary(summaries, console)
+    console.print(f"reports in {out}/ (summary.json, summary.png); total {time.perf_counter() - t_start:.0f}s")
+    return summaries

@@ -1,0 +1,62 @@
+"""Shared fixtures: real data subsets, embedded once per test session."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("embedding-cache")
+
+
+@pytest.fixture(scope="session")
+def embedder(cache_dir):
+    from oirl_fast.embed import Embedder
+
+    return Embedder(cache_dir=cache_dir, progress=False)
+
+
+@pytest.fixture(scope="session")
+def mawps_log():
+    from oirl_fast.collect.published import import_published
+
+    return import_published("mawps")
+
+
+@pytest.fixture(scope="session")
+def mawps_small(mawps_log):
+    """A real MAWPS log cut to 300 questions (every row of each), keeping published splits."""
+    groups = pc.unique(mawps_log.column("group")).to_pylist()
+    test_groups = set(mawps_log.filter(pc.equal(mawps_log.column("split"), "test")).column("group").to_pylist())
+    rng = np.random.default_rng(0)
+    keep = [g for g in groups if g in test_groups]
+    keep = list(rng.choice(sorted(keep), size=300, replace=False))
+    return mawps_log.filter(pc.is_in(mawps_log.column("group"), pa.array(keep)))
+
+
+@pytest.fixture(scope="session")
+def real_pairs(embedder):
+    """(X float32 (n, 768), y int (n,)): real GSM8K (query, prompt) pairs with their logged outcome."""
+    from oirl_fast.collect.published import import_published
+    from oirl_fast.features import pair_features
+
+    log = import_published("gsm8k")
+    rows = log.filter(pc.equal(log.column("split"), "test"))
+    ids = sorted(set(rows.column("query_id").to_pylist()))
+    chosen = np.random.default_rng(1).choice(ids, size=200, replace=False)
+    rows = rows.filter(pc.is_in(rows.column("query_id"), pa.array(chosen)))  # 200 queries x 16 prompts
+    queries = rows.column("query").to_pylist()
+    prompts = rows.column("prompt").to_pylist()
+    uq, qi = np.unique(queries, return_inverse=True)
+    up, pi = np.unique(prompts, return_inverse=True)
+    X = pair_features(embedder.embed(list(uq)), embedder.embed(list(up)), qi, pi)
+    y = rows.column("correct").to_numpy(zero_copy_only=False).astype(int)
+    return X, y

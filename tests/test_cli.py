@@ -1,0 +1,147 @@
+"""The `oirl` CLI end to end on a small real subset, and its handling of bad input."""
+import gzip
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from oirl_fast.cli import app
+from oirl_fast.collect.published import bundled_source
+from oirl_fast.schema import write_logs
+
+runner = CliRunner()
+
+
+def run(*args, cache_dir=None):
+    extra = ["--cache-dir", str(cache_dir)] if cache_dir else []
+    return runner.invoke(app, [*args, *extra], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def small_log(tmp_path_factory, mawps_small):
+    path = tmp_path_factory.mktemp("logs") / "mawps-small.parquet"
+    write_logs(mawps_small, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_log, cache_dir):
+    out = tmp_path_factory.mktemp("models") / "model"
+    res = run("train", str(small_log), "--out", str(out), "--protocol", "grouped", "--n-estimators", "40",
+              cache_dir=cache_dir)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_train_writes_self_describing_artifact(trained):
+    meta = json.loads((trained / "metadata.json").read_text())
+    assert meta["embedding_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["feature_layout"] == {"query_dim": 384, "prompt_dim": 384, "kind": "concat"}
+    assert [p["id"] for p in meta["prompts"] if p["seen_in_training"]] == ["nan", "CoT", "APE", "Dis", "ToT", "Decomp"]
+    assert len(meta["prompts"]) == 16
+    assert meta["protocol"]["name"] == "grouped"
+    assert (trained / "model.lgb.txt").is_file()
+    assert (trained / meta["compiled_library"]["file"]).is_file()
+    assert not [p for p in trained.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_evaluate_reports_table_json_and_plot(trained, small_log, cache_dir, tmp_path):
+    report, plot = tmp_path / "report.json", tmp_path / "plot.png"
+    res = run("evaluate", str(trained), str(small_log), "--report", str(report), "--plot", str(plot), "--json",
+              cache_dir=cache_dir)
+    assert res.exit_code == 0, res.output
+    summ = json.loads(res.stdout)["mawps"]["grouped"]
+    for key in ("best_single", "best_of_n", "best_of_n_16", "oracle", "critic", "knn", "random", "auc",
+                "n_test_queries", "test_in_train"):
+        assert key in summ
+    assert summ["test_in_train"] == 0  # grouped: no test question in training
+    assert summ["n_test_queries"] == 75  # 25% of the 300 questions
+    for key in ("best_single", "best_of_n", "best_of_n_16", "critic", "knn", "random"):
+        assert 0.0 <= summ[key] <= summ["oracle_16" if key.endswith("16") else "oracle"] + 1e-12
+    full = json.loads(report.read_text())
+    assert set(full["classification"]) == {"train_prompts", "heldout_prompts"}
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = run("evaluate", str(trained), str(small_log), cache_dir=cache_dir)
+    assert "best single prompt" in table.stdout and "oracle" in table.stdout
+
+
+def test_import_writes_log(tmp_path):
+    out = tmp_path / "mawps.jsonl"
+    res = run("import", "mawps", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    with out.open() as fh:
+        first = json.loads(fh.readline())
+    assert first["dataset"] == "mawps" and "number0" not in first["query"]
+
+
+def _bad_source(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(bundled_source(), src)
+    return src
+
+
+def test_import_truncated_log_is_a_clean_error(tmp_path):
+    src = _bad_source(tmp_path)
+    f = src / "prompt_oirl_llama2/corr/mawps/llama_mawps_corr_CoT.txt.gz"
+    lines = gzip.decompress(f.read_bytes()).splitlines(keepends=True)
+    f.write_bytes(gzip.compress(b"".join(lines[:-1])))
+    out = tmp_path / "out.parquet"
+    res = run("import", "mawps", "--source", str(src), "--out", str(out))
+    assert res.exit_code == 2
+    assert "llama_mawps_corr_CoT.txt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_import_csv_with_wrong_column(tmp_path):
+    src = _bad_source(tmp_path)
+    f = src / "svamp/fold2_train.csv.gz"
+    text = gzip.decompress(f.read_bytes()).decode()
+    f.write_bytes(gzip.compress(text.replace("Numbers", "Nums", 1).encode()))
+    res = run("import", "svamp", "--source", str(src), "--out", str(tmp_path / "o.parquet"))
+    assert res.exit_code == 2 and "fold2_train.csv" in res.stderr
+
+
+def test_missing_log_file(tmp_path):
+    res = run("train", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "m"))
+    assert res.exit_code == 2 and "nope.parquet" in res.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_artifact_for_another_embedding_model_is_refused(trained, small_log, cache_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    meta = json.loads((other / "metadata.json").read_text())
+    meta["embedding_model"] = "openai/text-embedding-ada-002"
+    (other / "metadata.json").write_text(json.dumps(meta))
+    res = run("evaluate", str(other), str(small_log), cache_dir=cache_dir)
+    assert res.exit_code == 2
+    assert "metadata.json" in res.stderr and "text-embedding-ada-002" in res.stderr
+
+
+def test_artifact_for_another_prompt_set_is_refused(trained, mawps_small, cache_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    fewer = mawps_small.filter(pc.invert(pc.is_in(mawps_small.column("prompt_id"), pa.array(["gpt4_9"]))))
+    log = tmp_path / "fewer.parquet"
+    write_logs(fewer, log)
+    res = run("evaluate", str(trained), str(log), cache_dir=cache_dir)
+    assert res.exit_code == 2 and "prompt set" in res.stderr
+
+
+def test_tampered_prompt_embeddings_are_refused(trained, small_log, cache_dir, tmp_path):
+    import numpy as np
+
+    other = tmp_path / "tampered"
+    shutil.copytree(trained, other)
+    emb = np.load(other / "prompt_embeddings.npy")
+    np.save(other / "prompt_embeddings.npy", emb[::-1].copy())
+    res = run("evaluate", str(other), str(small_log), cache_dir=cache_dir)
+    assert res.exit_code == 2 and "prompt_embeddings.npy" in res.stderr
+
+
+def test_help_explains_commands():
+    res = run("--help")
+    for cmd in ("import", "embed", "train", "evaluate", "demo"):
+        assert cmd in res.stdout
