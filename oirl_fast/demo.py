@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import OirlError
 from .splits import PROTOCOLS, Protocol
@@ -45,7 +46,7 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
         console.print(f"embed: {len(texts)} distinct texts, {new} new ({time.perf_counter() - t0:.1f}s)")
         for proto in protocols:
             t0 = time.perf_counter()
-            console.print(f"train [{proto}] {backend}" + (" + compile" if compile_library else ""))
+            console.print(escape(f"train [{proto}] {backend}") + (" + compile" if compile_library else ""))
             artifact = train_artifact(
                 table, Protocol(proto), TrainConfig(backend=backend), embedder, model_dir(out, ds, proto),
                 compile_library=compile_library, log=console.print,
@@ -57,10 +58,10 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
             summaries.setdefault(ds, {})[proto] = summary(rep)
             reports.setdefault(ds, {})[proto] = rep
             s = summaries[ds][proto]
-            console.print(
+            console.print(escape(
                 f"evaluate [{proto}]: best-of-6 {s['best_of_n']:.3f}, best single {s['best_single']:.3f}, "
                 f"oracle {s['oracle']:.3f} ({time.perf_counter() - t0:.1f}s)"
-            )
+            ))
     write_json(summaries, out / "summary.json")
     plot_summary(summaries, out / "summary.png")
     print_summary(summaries, console)

@@ -44,15 +44,15 @@ def mawps_small(mawps_log):
 
 @pytest.fixture(scope="session")
 def real_pairs(embedder):
-    """(X float32 (n, 768), y int (n,)): real GSM8K (query, prompt) pairs with their logged outcome."""
+    """(X float32 (4000, 768), y int (n,)): real GSM8K (query, prompt) pairs with their logged outcome."""
     from oirl_fast.collect.published import import_published
     from oirl_fast.features import pair_features
 
     log = import_published("gsm8k")
     rows = log.filter(pc.equal(log.column("split"), "test"))
     ids = sorted(set(rows.column("query_id").to_pylist()))
-    chosen = np.random.default_rng(1).choice(ids, size=200, replace=False)
-    rows = rows.filter(pc.is_in(rows.column("query_id"), pa.array(chosen)))  # 200 queries x 16 prompts
+    chosen = np.random.default_rng(1).choice(ids, size=250, replace=False)
+    rows = rows.filter(pc.is_in(rows.column("query_id"), pa.array(chosen)))  # 250 queries x 16 prompts
     queries = rows.column("query").to_pylist()
     prompts = rows.column("prompt").to_pylist()
     uq, qi = np.unique(queries, return_inverse=True)

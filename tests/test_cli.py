@@ -145,3 +145,16 @@ def test_help_explains_commands():
     res = run("--help")
     for cmd in ("import", "embed", "train", "evaluate", "demo"):
         assert cmd in res.stdout
+
+
+def test_xgboost_backend_end_to_end(small_log, cache_dir, tmp_path):
+    out = tmp_path / "xgb"
+    res = run("train", str(small_log), "--out", str(out), "--backend", "xgboost", "--n-estimators", "30",
+              "--protocol", "published", cache_dir=cache_dir)
+    assert res.exit_code == 0, res.output
+    assert (out / "model.xgb.json").is_file() and (out / "compiled" / "model.so").is_file()
+    res = run("evaluate", str(out), str(small_log), "--json", cache_dir=cache_dir)
+    assert res.exit_code == 0, res.output
+    summ = json.loads(res.stdout)["mawps"]["published"]
+    # the published split leaks: every test question of this subset is also a training question
+    assert summ["test_in_train"] == summ["n_test_queries"] > 0
