@@ -7,7 +7,7 @@ reward-model metrics and best-of-N selection against the baselines.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -61,16 +61,19 @@ def training_examples(outcomes: Outcomes, query_emb: np.ndarray, prompt_emb: np.
     return X, outcomes.rate[u, p], outcomes.count[u, p].astype(np.float64), np.asarray(outcomes.groups)[u]
 
 
-def train_artifact(
-    table: pa.Table,
-    protocol: Protocol,
-    config: TrainConfig,
-    embedder: Embedder,
-    out_dir,
-    compile_library: bool = True,
-    log=print,
-) -> Artifact:
-    """Fit a reward model on the protocol's train rows and write the artifact to ``out_dir``."""
+@dataclass
+class FittedModel:
+    """A reward model fitted on one split, before it is written as an artifact."""
+
+    model: RewardModel
+    metadata: ModelMetadata
+    prompt_embeddings: np.ndarray
+
+
+def fit_reward_model(
+    table: pa.Table, protocol: Protocol, config: TrainConfig, embedder: Embedder, log=print
+) -> FittedModel:
+    """Fit a reward model on the protocol's train rows (held-out prompts excluded)."""
     split = split_log(table, protocol)
     train = pool(split.train, unit="group", prompt_ids=split.train_prompt_ids)
     all_ids = [p for p, _ in split.prompts]
@@ -96,8 +99,29 @@ def train_artifact(
         n_train_examples=int(len(y)),
         metrics={"fit_seconds": round(fit_seconds, 2), "n_train_questions": train.n_units},
     )
-    path = save_artifact(out_dir, model, metadata, prompt_emb, compile_library=compile_library)
-    return Artifact(path=path, metadata=metadata, model=model, prompt_embeddings=prompt_emb)
+    return FittedModel(model, metadata, prompt_emb)
+
+
+def write_artifact(fitted: FittedModel, out_dir, compile_library: bool = True, protocol: Protocol | None = None) -> Artifact:
+    """Write a fitted model as an artifact; ``protocol`` relabels a model whose split two protocols share."""
+    metadata = fitted.metadata
+    if protocol is not None:
+        metadata = replace(metadata, protocol=protocol.to_dict(), metrics=dict(metadata.metrics))
+    path = save_artifact(out_dir, fitted.model, metadata, fitted.prompt_embeddings, compile_library=compile_library)
+    return Artifact(path=path, metadata=metadata, model=fitted.model, prompt_embeddings=fitted.prompt_embeddings)
+
+
+def train_artifact(
+    table: pa.Table,
+    protocol: Protocol,
+    config: TrainConfig,
+    embedder: Embedder,
+    out_dir,
+    compile_library: bool = True,
+    log=print,
+) -> Artifact:
+    """Fit a reward model on the protocol's train rows and write the artifact to ``out_dir``."""
+    return write_artifact(fit_reward_model(table, protocol, config, embedder, log), out_dir, compile_library)
 
 
 def _knn_scores(train: Outcomes, train_emb: np.ndarray, test_emb: np.ndarray, k: int) -> np.ndarray:

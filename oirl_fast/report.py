@@ -48,7 +48,10 @@ def summary_table(summaries: dict[str, dict[str, dict]], title: str = "Best-of-N
 
 
 def print_summary(summaries: dict, console: Console | None = None) -> None:
-    (console or Console()).print(summary_table(summaries))
+    console = console or Console()
+    # Off a terminal rich assumes 80 columns, which folds every cell; the table needs ~130.
+    width = console.width if console.is_terminal else max(console.width, 140)
+    console.print(summary_table(summaries), width=width)
 
 
 def write_json(obj, path: str | Path) -> Path:

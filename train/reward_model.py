@@ -30,6 +30,7 @@ class TrainConfig:
     min_child_weight: float = 20.0
     colsample: float = 0.5
     subsample: float = 0.8
+    max_bin: int = 63  # histogram bins per feature: 63 builds the dataset ~2x faster than 255
     early_stopping_rounds: int = 40
     valid_fraction: float = 0.15
     seed: int = 0
@@ -99,8 +100,9 @@ class RewardModel:
             "verbosity": -1,
             "deterministic": True,
             "force_row_wise": True,
+            "max_bin": c.max_bin,
         }
-        train = lgb.Dataset(X, y, weight=w, free_raw_data=True)
+        train = lgb.Dataset(X, y, weight=w, free_raw_data=True, params={"max_bin": c.max_bin})
         valid = lgb.Dataset(Xv, yv, weight=wv, reference=train)
         booster = lgb.train(
             params,
@@ -127,6 +129,7 @@ class RewardModel:
             "colsample_bytree": c.colsample,
             "subsample": c.subsample,
             "tree_method": "hist",
+            "max_bin": c.max_bin + 1,
             "seed": c.seed,
             "nthread": c.nthread,
         }
@@ -152,10 +155,7 @@ class RewardModel:
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / MODEL_FILES[self.backend]
-        if self.backend == "lightgbm":
-            self.booster.save_model(str(path))
-        else:
-            self.booster.save_model(str(path))
+        self.booster.save_model(str(path))
         return path
 
     @classmethod
