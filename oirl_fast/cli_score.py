@@ -1,0 +1,64 @@
+"""`oirl score`: best-of-N prompt selection for a stream of queries (registered by oirl_fast.cli)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``score`` command to ``app``."""
+    from .cli import _cli_errors, err
+
+    @app.command("score")
+    @_cli_errors
+    def score_cmd(
+        model: Path = typer.Argument(..., help="Model artifact folder written by `oirl train`."),
+        in_path: Optional[Path] = typer.Option(
+            None, "--in", "-i", help='Queries, one JSON object a line: {"id": ..., "query": "..."} (other fields kept).'
+        ),
+        out: Path = typer.Option(..., "--out", "-o", help="Picks to write (JSONL, one line per input line)."),
+        prompts: Optional[Path] = typer.Option(
+            None, "--prompts", help='Candidate prompts (JSONL of {"id", "text"}) [default: the model\'s prompt set].'
+        ),
+        top_k: int = typer.Option(1, "--top-k", min=1, help="Also list the K best candidates with their scores."),
+        scores: bool = typer.Option(False, "--scores", help="Also write every candidate's score."),
+        device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda: embedding and kernel."),
+        batch_size: int = typer.Option(128, "--batch-size", min=1, help="Texts per embedding forward pass."),
+        chunk_size: int = typer.Option(2048, "--chunk-size", min=1, help="Input lines read, scored and written at a time."),
+        strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad line, before writing."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: keep the output's complete lines."),
+        embeddings: Optional[Path] = typer.Option(
+            None, "--embeddings", help="Precomputed query embeddings (.npy, float32 (n, d)) instead of --in."
+        ),
+        ids: Optional[Path] = typer.Option(None, "--ids", help="With --embeddings: one query id a line, in row order."),
+        path: str = typer.Option("auto", "--path", help="Scoring path: auto, kernel, compiled or native.", hidden=True),
+        summary_json: Optional[Path] = typer.Option(None, "--summary", help="Also write the run summary as JSON here."),
+        cache_dir: Optional[Path] = typer.Option(
+            None, "--cache-dir", help="Embedding cache folder [default: $OIRL_CACHE_DIR or ~/.cache/oirl-fast]."
+        ),
+    ):
+        """Pick the best candidate prompt for every query with a trained reward model.
+
+        Output lines follow input lines one to one; a malformed line becomes an error record
+        with its line number. Interrupted runs continue with --resume.
+        """
+        from .atomic import write_text
+        from .score import score_file
+
+        try:
+            summary = score_file(
+                model, in_path, out, prompts=prompts, embeddings=embeddings, ids=ids, top_k=top_k,
+                with_scores=scores, strict=strict, resume=resume, device=device, batch_size=batch_size,
+                chunk_size=chunk_size, cache_dir=cache_dir, path=path, progress=True,
+                log=lambda s: err.print(s, highlight=False, soft_wrap=True),
+            )
+        except KeyboardInterrupt:
+            err.print(f"interrupted: {out} holds a valid prefix; rerun with --resume to continue", highlight=False)
+            raise typer.Exit(130) from None
+        for line in summary.lines_text():
+            err.print(line, highlight=False, soft_wrap=True)
+        if summary_json is not None:
+            write_text(summary_json, json.dumps(summary.to_dict(), indent=2))

@@ -1,0 +1,694 @@
+"""Streaming best-of-N scoring: for each query of a JSONL file, pick the best candidate prompt.
+
+``score_file`` reads the input in chunks, embeds each chunk's queries (or reads
+precomputed embeddings), scores every (query, candidate) pair with the reward
+model and appends one output line per input line, in input order:
+
+    {"line": 3, "id": "q3", <other input fields>, "prompt_id": "CoT", "prompt": "...", "score": 0.71}
+    {"line": 4, "id": null, "error": "line is not valid JSON (Expecting value ...)"}
+
+``top_k`` > 1 adds ``"top_k": [{"prompt_id", "score"}, ...]`` (best first) and
+``with_scores`` adds ``"scores": {prompt_id: score}`` for every candidate.  The
+query text itself is not repeated in the output; every other input field is.
+
+Robustness: memory is bounded by the chunk size, whatever the input size; the
+output is flushed chunk by chunk, so an interrupted run leaves a valid prefix
+(at worst a partial last line) and ``resume=True`` continues after the last
+complete line without duplicates.  ``strict=True`` checks the whole input first
+and raises on the first bad line before the output is touched.
+
+Scoring paths, best first: the factorized QuickScorer kernel (numba, CPU or
+CUDA), the compiled tl2cgen library on materialized pairs, native ``predict`` on
+materialized pairs.  The summary names the path that ran and why.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import OirlError
+
+DEFAULT_CHUNK = 2048
+# Materialized fallback paths build at most this many pair rows at a time.
+FALLBACK_PAIRS = 1 << 16
+OUTPUT_KEYS = ("line", "id", "prompt_id", "prompt", "score", "top_k", "scores", "error")
+
+
+# --------------------------------------------------------------------------------------
+# Candidates
+
+
+@dataclass
+class Candidates:
+    ids: list[str]
+    texts: list[str]
+    embeddings: np.ndarray  # float32 (P, d)
+    source: str  # "model" or the prompts file
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def model_candidates(artifact) -> Candidates:
+    meta = artifact.metadata
+    return Candidates(
+        ids=[str(p["id"]) for p in meta.prompts],
+        texts=[str(p["text"]) for p in meta.prompts],
+        embeddings=np.ascontiguousarray(artifact.prompt_embeddings, dtype=np.float32),
+        source="model",
+    )
+
+
+def read_prompts_file(path: str | Path, embedding_model: str, dim: int, embedder_factory: Callable | None) -> Candidates:
+    """Candidates from a JSONL of ``{"id", "text"}`` records (optionally with a precomputed
+    ``"embedding"`` and the ``"embedding_model"`` that produced it).  Texts without an
+    embedding are embedded once and cached by the embedder."""
+    path = Path(path)
+    if not path.is_file():
+        raise OirlError("prompts file not found", path)
+    ids, texts, given = [], [], {}
+    seen: dict[str, int] = {}
+    with path.open("r", encoding="utf-8") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise OirlError(f"not valid JSON ({exc.msg})", path, n) from None
+            if not isinstance(rec, dict):
+                raise OirlError("a prompt record must be a JSON object with id and text", path, n)
+            if "id" not in rec or "text" not in rec:
+                raise OirlError("prompt record needs both \"id\" and \"text\"", path, n)
+            if not isinstance(rec["text"], str):
+                raise OirlError("prompt \"text\" must be a string", path, n)
+            em = rec.get("embedding_model")
+            if em is not None and em != embedding_model:
+                raise OirlError(
+                    f"prompt embedded with {em!r}, but the model was trained on {embedding_model!r} embeddings",
+                    path, n,
+                )
+            pid = str(rec["id"])
+            if pid in seen:
+                raise OirlError(f"duplicate prompt id {pid!r} (first on line {seen[pid]})", path, n)
+            seen[pid] = n
+            if "embedding" in rec:
+                if em is None:
+                    raise OirlError("a precomputed \"embedding\" needs its \"embedding_model\"", path, n)
+                try:
+                    vec = np.asarray(rec["embedding"], dtype=np.float32)
+                except (TypeError, ValueError):
+                    raise OirlError("\"embedding\" must be a list of numbers", path, n) from None
+                if vec.shape != (dim,):
+                    raise OirlError(f"\"embedding\" has shape {vec.shape}, the model expects ({dim},)", path, n)
+                if not np.isfinite(vec).all():
+                    raise OirlError("\"embedding\" contains NaN or inf", path, n)
+                given[len(ids)] = vec
+            ids.append(pid)
+            texts.append(rec["text"])
+    if not ids:
+        raise OirlError("prompts file has no prompts", path)
+    emb = np.empty((len(ids), dim), dtype=np.float32)
+    todo = [i for i in range(len(ids)) if i not in given]
+    if todo:
+        if embedder_factory is None:
+            raise OirlError("prompts without embeddings need the embedding model", path)
+        embedder = embedder_factory(cached=True)
+        if embedder.model_id != embedding_model:
+            raise OirlError(
+                f"this oirl-fast embeds with {embedder.model_id!r}, the model expects {embedding_model!r}", path
+            )
+        vecs = embedder.embed([texts[i] for i in todo])
+        if vecs.shape[1] != dim:
+            raise OirlError(f"prompt embeddings have dimension {vecs.shape[1]}, the model expects {dim}", path)
+        emb[todo] = vecs
+    for i, v in given.items():
+        emb[i] = v
+    return Candidates(ids, texts, emb, str(path))
+
+
+# --------------------------------------------------------------------------------------
+# Scorers: the kernel, or a fallback on materialized pairs
+
+
+class PairScorer:
+    """``top(Q, k)`` -> (idx (n, k), score (n, k)) best first; ``all(Q)`` -> (n, P) probabilities."""
+
+    path: str = "?"
+    reason: str | None = None
+
+    def top(self, Q: np.ndarray, k: int):
+        full = self.all(Q)
+        return _top_k(full, k)
+
+    def all(self, Q: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _top_k(full: np.ndarray, k: int):
+    k = max(1, min(k, full.shape[1]))
+    # stable sort on -score: ties go to the lower prompt index, like the kernel
+    idx = np.argsort(-full, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(full, idx, axis=1)
+
+
+class KernelScorer(PairScorer):
+    def __init__(self, scorer, candidates: Candidates, device: str):
+        self.scorer = scorer
+        self.prompts = scorer.prepare(candidates.embeddings)
+        self.path = f"kernel ({'numba CUDA' if device == 'cuda' else 'numba CPU'})"
+
+    def top(self, Q, k):
+        return self.scorer.best_of_n(Q, self.prompts, top_k=k)
+
+    def all(self, Q):
+        return self.scorer.score(Q, self.prompts)
+
+
+class MaterializedScorer(PairScorer):
+    """Builds [query ‖ prompt] rows (bounded batches) and calls ``predict``."""
+
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], candidates: Candidates, path: str, reason: str):
+        self.predict = predict
+        self.P = np.ascontiguousarray(candidates.embeddings, dtype=np.float32)
+        self.path, self.reason = path, reason
+
+    def all(self, Q):
+        from .features import grid_features
+
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        if np.isnan(Q).any():
+            raise OirlError("query embeddings contain NaN")
+        out = np.empty((len(Q), len(self.P)), dtype=np.float64)
+        step = max(1, FALLBACK_PAIRS // max(1, len(self.P)))
+        for a in range(0, len(Q), step):
+            q = Q[a : a + step]
+            out[a : a + len(q)] = np.asarray(self.predict(grid_features(q, self.P)), dtype=np.float64).reshape(
+                len(q), len(self.P)
+            )
+        return out
+
+
+def resolve_kernel_device(device: str) -> str:
+    if device not in ("auto", "cpu", "cuda"):
+        raise OirlError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if device == "cpu":
+        return "cpu"
+    try:
+        from numba import cuda
+
+        available = bool(cuda.is_available())
+    except Exception:  # pragma: no cover - numba without CUDA support
+        available = False
+    if device == "cuda" and not available:
+        raise OirlError("--device cuda asked for, but numba sees no CUDA GPU")
+    return "cuda" if available else "cpu"
+
+
+def make_scorer(artifact, candidates: Candidates, device: str = "auto", path: str = "auto") -> PairScorer:
+    """The fastest path that can run this model: kernel, else compiled library, else native predict.
+
+    ``path`` forces one of "kernel", "compiled", "native" (for tests and benchmarks).
+    """
+    if path not in ("auto", "kernel", "compiled", "native"):
+        raise OirlError(f"unknown scoring path {path!r}")
+    reasons = []
+    if path in ("auto", "kernel"):
+        from .kernels.quickscorer import FactorizedScorer, UnsupportedModel
+
+        try:
+            kdev = resolve_kernel_device(device)
+            if kdev == "cuda":
+                from .kernels.cuda import CudaFactorizedScorer
+
+                scorer = CudaFactorizedScorer.from_artifact(artifact)
+            else:
+                scorer = FactorizedScorer.from_artifact(artifact)
+            return KernelScorer(scorer, candidates, kdev)
+        except UnsupportedModel as exc:
+            if path == "kernel":
+                raise OirlError(f"the kernel cannot score this model: {exc}", artifact.path) from None
+            reasons.append(f"kernel: {exc}")
+    if path in ("auto", "compiled"):
+        lib = artifact.library_path
+        if lib is not None and lib.is_file():
+            try:
+                from .train.compile import CompiledPredictor
+
+                pred = CompiledPredictor(lib, nthread=artifact.model.config.nthread)
+                return MaterializedScorer(pred.predict, candidates, "compiled library (tl2cgen)", "; ".join(reasons))
+            except (ImportError, OirlError) as exc:
+                if path == "compiled":
+                    raise
+                reasons.append(f"compiled library: {exc}")
+        else:
+            if path == "compiled":
+                raise OirlError("model has no compiled library (train with --compile)", artifact.path)
+            reasons.append("compiled library: none in the model directory")
+    return MaterializedScorer(artifact.model.predict, candidates, "native predict", "; ".join(reasons))
+
+
+# --------------------------------------------------------------------------------------
+# Input
+
+
+@dataclass
+class Item:
+    line: int
+    id: object = None
+    query: str | None = None
+    extra: dict = field(default_factory=dict)
+    error: str | None = None
+    row: int = -1  # row in the --embeddings matrix
+
+
+def parse_line(raw: str, line: int) -> Item:
+    if not raw.strip():
+        return Item(line, error="empty line")
+    try:
+        rec = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return Item(line, error=f"line is not valid JSON ({exc.msg} at column {exc.colno})")
+    except RecursionError:
+        return Item(line, error="line is nested too deeply")
+    if not isinstance(rec, dict):
+        return Item(line, error=f"a record must be a JSON object, got {type(rec).__name__}")
+    rid = rec.get("id")
+    if "query" not in rec:
+        return Item(line, id=rid, error="missing \"query\" field")
+    q = rec["query"]
+    if not isinstance(q, str):
+        return Item(line, id=rid, error=f"\"query\" must be a string, got {type(q).__name__}")
+    extra = {k: v for k, v in rec.items() if k not in ("id", "query")}
+    return Item(line, id=rid, query=q, extra=extra)
+
+
+def _iter_lines(path: Path, skip: int) -> Iterator[tuple[int, str]]:
+    with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if n <= skip:
+                continue
+            yield n, raw.rstrip("\r\n")
+
+
+def _iter_jsonl_items(path: Path, skip: int) -> Iterator[Item]:
+    for n, raw in _iter_lines(path, skip):
+        yield parse_line(raw, n)
+
+
+def _iter_embedding_items(ids_path: Path, skip: int) -> Iterator[Item]:
+    for n, raw in _iter_lines(ids_path, skip):
+        yield Item(n, id=raw, query=None, row=n - 1, error=None if raw.strip() else "empty id")
+
+
+def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    chunk: list[Item] = []
+    for it in items:
+        chunk.append(it)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def count_lines(path: Path) -> int:
+    n, last = 0, b"\n"
+    with path.open("rb") as fh:
+        while True:
+            block = fh.read(1 << 20)
+            if not block:
+                break
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
+
+
+# --------------------------------------------------------------------------------------
+# Output and resume
+
+
+def resume_point(out: Path) -> int:
+    """Complete lines already in ``out``; cuts a partial last line.  Checks the prefix is ours."""
+    if not out.exists():
+        return 0
+    size = out.stat().st_size
+    n, last_nl = 0, -1
+    with out.open("rb") as fh:
+        pos = 0
+        while True:
+            block = fh.read(1 << 20)
+            if not block:
+                break
+            c = block.count(b"\n")
+            if c:
+                n += c
+                last_nl = pos + block.rindex(b"\n")
+            pos += len(block)
+    if last_nl + 1 != size:
+        with out.open("r+b") as fh:
+            fh.truncate(last_nl + 1)
+    if n:
+        # the last complete record must be ours and numbered n
+        start = max(0, last_nl - (1 << 22))
+        with out.open("rb") as fh:
+            fh.seek(start)
+            tail = fh.read(last_nl - start)
+        last = tail.rsplit(b"\n", 1)[-1]
+        try:
+            rec = json.loads(last)
+            ok = isinstance(rec, dict) and rec.get("line") == n
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            raise OirlError(
+                f"cannot resume: line {n} of the output is not record number {n} of an `oirl score` run", out, n
+            )
+    return n
+
+
+def _dumps(rec: dict) -> str:
+    return json.dumps(rec, ensure_ascii=False, allow_nan=False, default=str)
+
+
+def _num(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _record(item: Item, cands: Candidates, idx, sc, top_k: int, full_row) -> dict:
+    rec = {"line": item.line, "id": item.id}
+    for k, v in item.extra.items():
+        if k not in OUTPUT_KEYS:
+            rec[k] = v
+    b = int(idx[0])
+    rec["prompt_id"] = cands.ids[b]
+    rec["prompt"] = cands.texts[b]
+    rec["score"] = _num(sc[0])
+    if top_k > 1:
+        rec["top_k"] = [{"prompt_id": cands.ids[int(i)], "score": _num(s)} for i, s in zip(idx, sc)]
+    if full_row is not None:
+        rec["scores"] = {pid: _num(s) for pid, s in zip(cands.ids, full_row)}
+    return rec
+
+
+def _error_record(item: Item) -> dict:
+    return {"line": item.line, "id": item.id, "error": item.error}
+
+
+# --------------------------------------------------------------------------------------
+# The job
+
+
+@dataclass
+class ScoreSummary:
+    input: str
+    output: str
+    lines: int = 0  # output lines after this run (resumed + new)
+    resumed: int = 0  # lines found complete in the output before this run
+    scored: int = 0
+    errors: int = 0
+    pairs: int = 0
+    candidates: int = 0
+    path: str = ""
+    fallback_reason: str | None = None
+    seconds: float = 0.0
+    score_seconds: float = 0.0
+    embed_seconds: float = 0.0
+    pairs_per_s: float = 0.0
+    first_errors: list = field(default_factory=list)
+    interrupted: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lines_text(self) -> list[str]:
+        out = [
+            f"{self.lines} lines in {self.output}: {self.scored} scored, {self.errors} errors"
+            + (f", {self.resumed} kept from an earlier run" if self.resumed else ""),
+            f"scoring path: {self.path}" + (f" (fallback: {self.fallback_reason})" if self.fallback_reason else ""),
+            f"{self.pairs} pairs over {self.candidates} candidates in {self.seconds:.1f}s "
+            f"(scoring {self.score_seconds:.2f}s = {self.pairs_per_s:,.0f} pairs/s; embedding {self.embed_seconds:.1f}s)",
+        ]
+        for e in self.first_errors:
+            out.append(f"  line {e['line']}: {e['error']}")
+        if self.errors > len(self.first_errors):
+            out.append(f"  ... and {self.errors - len(self.first_errors)} more error records")
+        return out
+
+
+def _strict_check(items: Iterator[Item], where: Path, emb: np.ndarray | None) -> None:
+    first_nan = None
+    if emb is not None:
+        for a in range(0, len(emb), 1 << 16):
+            bad = np.flatnonzero(np.isnan(np.asarray(emb[a : a + (1 << 16)])).any(axis=1))
+            if len(bad):
+                first_nan = a + int(bad[0])
+                break
+    for it in items:
+        if it.error is None and first_nan is not None and it.row == first_nan:
+            it.error = "query embedding contains NaN"
+        if it.error is not None:
+            raise OirlError(it.error, where, it.line)
+
+
+def score_file(
+    model_dir: str | Path,
+    in_path: str | Path | None,
+    out_path: str | Path,
+    prompts: str | Path | None = None,
+    embeddings: str | Path | None = None,
+    ids: str | Path | None = None,
+    top_k: int = 1,
+    with_scores: bool = False,
+    strict: bool = False,
+    resume: bool = False,
+    device: str = "auto",
+    batch_size: int = 128,
+    chunk_size: int = DEFAULT_CHUNK,
+    cache_dir: str | Path | None = None,
+    path: str = "auto",
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    embedder_factory: Callable | None = None,
+) -> ScoreSummary:
+    """Score ``in_path`` (JSONL queries) or ``embeddings`` + ``ids`` into ``out_path``; see the module doc."""
+    from .embed import MODEL_ID
+    from .train.artifact import load_artifact
+
+    t_start = time.perf_counter()
+    log = log or (lambda s: None)
+    out_path = Path(out_path)
+    if top_k < 1:
+        raise OirlError(f"--top-k must be at least 1, got {top_k}")
+    if chunk_size < 1:
+        raise OirlError(f"chunk size must be at least 1, got {chunk_size}")
+
+    # -- input checks that stop the run, before anything is written
+    emb_matrix = None
+    if embeddings is not None or ids is not None:
+        if embeddings is None or ids is None:
+            raise OirlError("--embeddings and --ids go together")
+        if in_path is not None:
+            raise OirlError("give either --in or --embeddings/--ids, not both")
+        src = Path(ids)
+        emb_path = Path(embeddings)
+        if not emb_path.is_file():
+            raise OirlError("embeddings file not found", emb_path)
+        if not src.is_file():
+            raise OirlError("ids file not found", src)
+        try:
+            emb_matrix = np.load(emb_path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise OirlError(f"not a readable .npy file ({exc})", emb_path) from None
+        if emb_matrix.ndim != 2:
+            raise OirlError(f"embeddings must be a 2-D array, got shape {emb_matrix.shape}", emb_path)
+        n_ids = count_lines(src)
+        if n_ids != len(emb_matrix):
+            raise OirlError(f"{n_ids} ids but {len(emb_matrix)} embedding rows", src)
+    else:
+        if in_path is None:
+            raise OirlError("no input: give --in queries.jsonl (or --embeddings with --ids)")
+        src = Path(in_path)
+        if not src.is_file():
+            raise OirlError("input file not found", src)
+    if src.stat().st_size == 0:
+        raise OirlError("input file is empty", src)
+    if out_path.exists() and out_path.is_dir():
+        raise OirlError("output path is a directory", out_path)
+    if out_path.resolve() == src.resolve():
+        raise OirlError("output would overwrite the input", out_path)
+
+    needs_text_embedder = emb_matrix is None or prompts is not None
+    artifact = load_artifact(model_dir, embedding_model=MODEL_ID if needs_text_embedder else None)
+    layout = artifact.metadata.feature_layout
+    qdim, pdim = int(layout["query_dim"]), int(layout["prompt_dim"])
+    if emb_matrix is not None and emb_matrix.shape[1] != qdim:
+        raise OirlError(f"embeddings have dimension {emb_matrix.shape[1]}, the model expects {qdim}", embeddings)
+
+    embedders: dict[bool, object] = {}
+
+    def get_embedder(cached: bool):
+        if cached not in embedders:
+            if embedder_factory is not None:
+                embedders[cached] = embedder_factory(cached=cached)
+            else:
+                from .embed import Embedder
+
+                # queries are not cached: the cache keeps every vector in memory
+                embedders[cached] = Embedder(cache_dir=cache_dir, device=device, batch_size=batch_size,
+                                             progress=False, use_cache=cached)
+        return embedders[cached]
+
+    if prompts is not None:
+        cands = read_prompts_file(prompts, artifact.metadata.embedding_model, pdim, get_embedder)
+    else:
+        cands = model_candidates(artifact)
+
+    skip = 0
+    if strict:
+        items = _iter_jsonl_items(src, 0) if emb_matrix is None else _iter_embedding_items(src, 0)
+        _strict_check(items, src, emb_matrix)
+    if resume:
+        skip = resume_point(out_path)
+    total_lines = count_lines(src)
+    if skip > total_lines:
+        raise OirlError(f"cannot resume: the output has {skip} lines, the input only {total_lines}", out_path)
+
+    scorer = make_scorer(artifact, cands, device=device, path=path)
+    summary = ScoreSummary(input=str(src), output=str(out_path), resumed=skip, candidates=len(cands),
+                           path=scorer.path, fallback_reason=scorer.reason or None)
+    log(f"scoring {total_lines - skip} lines against {len(cands)} candidates with the {scorer.path}"
+        + (f"; resuming after line {skip}" if skip else ""))
+
+    items = _iter_jsonl_items(src, skip) if emb_matrix is None else _iter_embedding_items(src, skip)
+    k = min(top_k, len(cands))
+    bar = _Progress(progress, total_lines - skip)
+    mode = "ab" if resume else "wb"
+    try:
+        with out_path.open(mode) as fh, bar:
+            for chunk in _chunks(items, chunk_size):
+                lines = _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder, summary, strict, src)
+                fh.write("".join(lines).encode("utf-8"))
+                fh.flush()
+                summary.lines = skip + summary.scored + summary.errors
+                bar.advance(len(chunk), summary.pairs)
+            os.fsync(fh.fileno())
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        summary.lines = skip + summary.scored + summary.errors
+        raise
+    finally:
+        summary.seconds = time.perf_counter() - t_start
+        summary.pairs_per_s = summary.pairs / summary.score_seconds if summary.score_seconds > 0 else 0.0
+    return summary
+
+
+def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder, summary, strict, src) -> list[str]:
+    ok = [it for it in chunk if it.error is None]
+    Q = None
+    if ok:
+        t0 = time.perf_counter()
+        if emb_matrix is None:
+            Q = _embed_queries([it.query for it in ok], get_embedder)
+        else:
+            rows = np.asarray([it.row for it in ok], dtype=np.int64)
+            Q = np.asarray(emb_matrix[rows], dtype=np.float32)
+        bad = np.isnan(Q).any(axis=1)
+        if bad.any():
+            for i in np.flatnonzero(bad):
+                ok[i].error = "query embedding contains NaN"
+                if strict:
+                    raise OirlError(ok[i].error, src, ok[i].line)
+            keep = ~bad
+            Q = Q[keep]
+            ok = [it for it, kk in zip(ok, keep) if kk]
+        summary.embed_seconds += time.perf_counter() - t0
+    results = {}
+    if ok:
+        t0 = time.perf_counter()
+        full = None
+        if with_scores:
+            full = scorer.all(Q)
+            idx, sc = _top_k(full, k)
+        else:
+            idx, sc = scorer.top(Q, k)
+        summary.score_seconds += time.perf_counter() - t0
+        summary.pairs += len(ok) * len(cands)
+        for j, it in enumerate(ok):
+            results[it.line] = (idx[j], sc[j], None if full is None else full[j])
+    lines = []
+    for it in chunk:
+        if it.error is not None:
+            summary.errors += 1
+            if len(summary.first_errors) < 5:
+                summary.first_errors.append({"line": it.line, "error": it.error})
+            lines.append(_dumps(_error_record(it)) + "\n")
+        else:
+            i, s, f = results[it.line]
+            summary.scored += 1
+            lines.append(_dumps(_record(it, cands, i, s, k, f)) + "\n")
+    return lines
+
+
+def _embed_queries(texts: list[str], get_embedder) -> np.ndarray:
+    """Queries already in the embedding cache come from it; the others are embedded without
+    being added (adding would keep every query vector in memory for the whole run)."""
+    from .embed import text_key
+
+    cached = get_embedder(True)
+    cache = getattr(cached, "cache", None)
+    if cache is None or len(cache) == 0:
+        return get_embedder(False).embed(texts)
+    out = None
+    missing = []
+    vecs = [cache.get(text_key(t)) for t in texts]
+    missing = [i for i, v in enumerate(vecs) if v is None]
+    fresh = get_embedder(False).embed([texts[i] for i in missing]) if missing else None
+    dim = (fresh.shape[1] if fresh is not None else len(next(v for v in vecs if v is not None)))
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    for i, v in enumerate(vecs):
+        if v is not None:
+            out[i] = v
+    if missing:
+        out[missing] = fresh
+    return out
+
+
+class _Progress:
+    """rich progress bar with lines and pairs/s; a no-op when disabled."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled = enabled and total > 0
+        self.total = total
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task("scoring", total=self.total, rate="")
+            self._t0 = time.perf_counter()
+        return self
+
+    def advance(self, lines: int, pairs: int):
+        if self.enabled:
+            dt = max(1e-9, time.perf_counter() - self._t0)
+            self._bar.update(self._task, advance=lines, rate=f"{pairs / dt:,.0f} pairs/s")
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.__exit__(*exc)
+        return False
