@@ -126,7 +126,7 @@ def train_cmd(
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
 ):
-    """Fit a reward model r(query, prompt) on [query emb ‖ prompt emb] and write a model artifact."""
+    """Fit a reward model r(query, prompt) on the concatenated query and prompt embeddings; write a model artifact."""
     from .pipeline import train_artifact
     from .schema import read_logs
     from .splits import Protocol
@@ -198,6 +198,11 @@ def demo_cmd(
     )
     if as_json:
         print(json.dumps(summaries, indent=2))
+
+
+from .cli_score import register as _register_score  # noqa: E402  (needs app, _cli_errors, err above)
+
+_register_score(app)
 
 
 def main():  # pragma: no cover
