@@ -49,9 +49,10 @@ def summary_table(summaries: dict[str, dict[str, dict]], title: str = "Best-of-N
 
 def print_summary(summaries: dict, console: Console | None = None) -> None:
     console = console or Console()
-    # Off a terminal rich assumes 80 columns, which folds every cell; the table needs ~130.
-    width = console.width if console.is_terminal else max(console.width, 140)
-    console.print(summary_table(summaries), width=width)
+    if not console.is_terminal:
+        # Off a terminal rich assumes 80 columns, which folds every cell; the table needs ~130.
+        console = Console(file=console.file, width=max(console.width, 140))
+    console.print(summary_table(summaries))
 
 
 def write_json(obj, path: str | Path) -> Path:

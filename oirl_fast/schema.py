@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_path
 from .errors import OirlError
+from .jsonl import iter_objects
 
 SCHEMA_VERSION = 1
 
@@ -151,22 +152,13 @@ def write_logs(table: pa.Table, path: str | Path) -> Path:
 
 def _read_jsonl(path: Path) -> pa.Table:
     records = []
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise OirlError(f"malformed JSON ({exc.msg})", path, lineno) from None
-            if not isinstance(rec, dict):
-                raise OirlError("each line must be a JSON object", path, lineno)
-            missing = [c for c in REQUIRED if c != "group" and c not in rec]
-            if missing:
-                raise OirlError(f"record lacks {', '.join(missing)}", path, lineno)
-            if not isinstance(rec["correct"], bool):
-                raise OirlError(f"'correct' must be true or false, got {rec['correct']!r}", path, lineno)
-            records.append(rec)
+    for lineno, rec in iter_objects(path):
+        missing = [c for c in REQUIRED if c != "group" and c not in rec]
+        if missing:
+            raise OirlError(f"record lacks {', '.join(missing)}", path, lineno)
+        if not isinstance(rec["correct"], bool):
+            raise OirlError(f"'correct' must be true or false, got {rec['correct']!r}", path, lineno)
+        records.append(rec)
     if not records:
         raise OirlError("log has no records", path)
     return from_records(records, path)

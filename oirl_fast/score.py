@@ -34,6 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import OirlError
+from .jsonl import iter_objects
 
 DEFAULT_CHUNK = 2048
 # Materialized fallback paths build at most this many pair rows at a time.
@@ -75,44 +76,35 @@ def read_prompts_file(path: str | Path, embedding_model: str, dim: int, embedder
         raise OirlError("prompts file not found", path)
     ids, texts, given = [], [], {}
     seen: dict[str, int] = {}
-    with path.open("r", encoding="utf-8") as fh:
-        for n, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
+    for n, rec in iter_objects(path, what="prompt record"):
+        if "id" not in rec or "text" not in rec:
+            raise OirlError("prompt record needs both \"id\" and \"text\"", path, n)
+        if not isinstance(rec["text"], str):
+            raise OirlError("prompt \"text\" must be a string", path, n)
+        em = rec.get("embedding_model")
+        if em is not None and em != embedding_model:
+            raise OirlError(
+                f"prompt embedded with {em!r}, but the model was trained on {embedding_model!r} embeddings",
+                path, n,
+            )
+        pid = str(rec["id"])
+        if pid in seen:
+            raise OirlError(f"duplicate prompt id {pid!r} (first on line {seen[pid]})", path, n)
+        seen[pid] = n
+        if "embedding" in rec:
+            if em is None:
+                raise OirlError("a precomputed \"embedding\" needs its \"embedding_model\"", path, n)
             try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise OirlError(f"not valid JSON ({exc.msg})", path, n) from None
-            if not isinstance(rec, dict):
-                raise OirlError("a prompt record must be a JSON object with id and text", path, n)
-            if "id" not in rec or "text" not in rec:
-                raise OirlError("prompt record needs both \"id\" and \"text\"", path, n)
-            if not isinstance(rec["text"], str):
-                raise OirlError("prompt \"text\" must be a string", path, n)
-            em = rec.get("embedding_model")
-            if em is not None and em != embedding_model:
-                raise OirlError(
-                    f"prompt embedded with {em!r}, but the model was trained on {embedding_model!r} embeddings",
-                    path, n,
-                )
-            pid = str(rec["id"])
-            if pid in seen:
-                raise OirlError(f"duplicate prompt id {pid!r} (first on line {seen[pid]})", path, n)
-            seen[pid] = n
-            if "embedding" in rec:
-                if em is None:
-                    raise OirlError("a precomputed \"embedding\" needs its \"embedding_model\"", path, n)
-                try:
-                    vec = np.asarray(rec["embedding"], dtype=np.float32)
-                except (TypeError, ValueError):
-                    raise OirlError("\"embedding\" must be a list of numbers", path, n) from None
-                if vec.shape != (dim,):
-                    raise OirlError(f"\"embedding\" has shape {vec.shape}, the model expects ({dim},)", path, n)
-                if not np.isfinite(vec).all():
-                    raise OirlError("\"embedding\" contains NaN or inf", path, n)
-                given[len(ids)] = vec
-            ids.append(pid)
-            texts.append(rec["text"])
+                vec = np.asarray(rec["embedding"], dtype=np.float32)
+            except (TypeError, ValueError):
+                raise OirlError("\"embedding\" must be a list of numbers", path, n) from None
+            if vec.shape != (dim,):
+                raise OirlError(f"\"embedding\" has shape {vec.shape}, the model expects ({dim},)", path, n)
+            if not np.isfinite(vec).all():
+                raise OirlError("\"embedding\" contains NaN or inf", path, n)
+            given[len(ids)] = vec
+        ids.append(pid)
+        texts.append(rec["text"])
     if not ids:
         raise OirlError("prompts file has no prompts", path)
     emb = np.empty((len(ids), dim), dtype=np.float32)
