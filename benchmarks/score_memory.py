@@ -1,0 +1,74 @@
+"""Peak memory of `oirl score` on a large job: the streaming bound, measured.
+
+Writes N query embeddings (random unit vectors of the model's dimension) as a .npy
+file plus an ids file, runs ``oirl score MODEL --embeddings ... --ids ...`` in a child
+process, and reports the child's peak resident set size next to the size of the
+input, so the bound can be read off: memory grows with the chunk size and the
+candidate count, not with the number of queries.
+
+    python benchmarks/score_memory.py MODEL_DIR [--pairs 10000000] [--chunk-size N]
+
+MODEL_DIR defaults to ./oirl-demo/gsm8k/model (made by `make demo`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", nargs="?", default="oirl-demo/gsm8k/model", type=Path)
+    ap.add_argument("--pairs", type=int, default=10_000_000, help="query-prompt pairs in the job")
+    ap.add_argument("--chunk-size", type=int, default=None, help="passed to oirl score")
+    ap.add_argument("--workdir", type=Path, default=None, help="where to write the inputs [default: a temp dir]")
+    args = ap.parse_args(argv)
+    meta = json.loads((args.model / "metadata.json").read_text())
+    n_prompts = len(meta["prompts"])
+    dim = meta["feature_layout"]["query_dim"]
+    n_queries = -(-args.pairs // n_prompts)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="oirl-mem-"))
+    work.mkdir(parents=True, exist_ok=True)
+    emb_path, ids_path, out_path = work / "queries.npy", work / "ids.txt", work / "picks.jsonl"
+
+    rng = np.random.default_rng(0)
+    emb = np.lib.format.open_memmap(emb_path, mode="w+", dtype=np.float32, shape=(n_queries, dim))
+    for a in range(0, n_queries, 65536):
+        block = rng.standard_normal((min(65536, n_queries - a), dim)).astype(np.float32)
+        emb[a : a + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    emb.flush()
+    del emb
+    with ids_path.open("w") as fh:
+        fh.writelines(f"q{i}\n" for i in range(n_queries))
+
+    cmd = [sys.executable, "-m", "oirl_fast.cli", "score", str(args.model), "--embeddings", str(emb_path),
+           "--ids", str(ids_path), "--out", str(out_path)]
+    if args.chunk_size:
+        cmd += ["--chunk-size", str(args.chunk_size)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - t0
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB
+    with out_path.open() as fh:
+        lines = sum(1 for _ in fh)
+    input_mib = emb_path.stat().st_size / 2**20
+    print(f"queries={n_queries} prompts={n_prompts} pairs={n_queries * n_prompts} lines_out={lines} "
+          f"wall_s={wall:.1f} pairs_per_s={n_queries * n_prompts / wall:,.0f}")
+    print(f"peak_rss_mib={peak_mib:.0f} input_embeddings_mib={input_mib:.0f} output_mib={out_path.stat().st_size / 2**20:.0f}")
+    if lines != n_queries:
+        print(f"ERROR: {lines} output lines for {n_queries} queries", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
