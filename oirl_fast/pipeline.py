@@ -97,7 +97,8 @@ def fit_reward_model(
         train_config=config.to_dict(),
         best_iteration=model.best_iteration,
         n_train_examples=int(len(y)),
-        metrics={"fit_seconds": round(fit_seconds, 2), "n_train_questions": train.n_units},
+        metrics={"fit_seconds": round(fit_seconds, 2), "n_train_questions": train.n_units,
+                 "validation": model.validation},
     )
     return FittedModel(model, metadata, prompt_emb)
 

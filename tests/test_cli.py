@@ -158,3 +158,8 @@ def test_xgboost_backend_end_to_end(small_log, cache_dir, tmp_path):
     summ = json.loads(res.stdout)["mawps"]["published"]
     # the published split leaks: every test question of this subset is also a training question
     assert summ["test_in_train"] == summ["n_test_queries"] > 0
+
+
+def test_metadata_records_validation_metrics(trained):
+    val = json.loads((trained / "metadata.json").read_text())["metrics"]["validation"]
+    assert val["n_cells"] > 0 and 0.0 < val["log_loss"] < 1.0 and 0.0 <= val["auc"] <= 1.0

@@ -53,6 +53,21 @@ def group_validation_split(groups: np.ndarray, fraction: float, seed: int) -> np
     return np.isin(groups, chosen)
 
 
+def _validation_metrics(y: np.ndarray, w: np.ndarray, prob: np.ndarray) -> dict:
+    """Weighted log loss and AUC on the validation questions (success rates expanded by weight)."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    # A cell with rate r over n samples is r*n positives and (1-r)*n negatives.
+    labels = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
+    weights = np.concatenate([y * w, (1 - y) * w])
+    probs = np.concatenate([prob, prob])
+    keep = weights > 0
+    out = {"n_cells": int(len(y)), "log_loss": float(log_loss(labels[keep], probs[keep], sample_weight=weights[keep]))}
+    if len(np.unique(labels[keep])) == 2:
+        out["auc"] = float(roc_auc_score(labels[keep], probs[keep], sample_weight=weights[keep]))
+    return out
+
+
 class RewardModel:
     """``fit(X, y, weight, groups)``, ``predict(X)``; X float32 (n, d), y float (n,) in [0, 1]."""
 
@@ -61,6 +76,7 @@ class RewardModel:
         self.booster = None
         self.best_iteration: int | None = None
         self.n_features: int | None = None
+        self.validation: dict = {}
 
     @property
     def backend(self) -> str:
@@ -79,6 +95,7 @@ class RewardModel:
         self.n_features = X.shape[1]
         fit = self._fit_lightgbm if self.backend == "lightgbm" else self._fit_xgboost
         fit(X[~valid], y[~valid], weight[~valid], X[valid], y[valid], weight[valid])
+        self.validation = _validation_metrics(y[valid], weight[valid], self.predict(X[valid]))
         return self
 
     def _fit_lightgbm(self, X, y, w, Xv, yv, wv):
