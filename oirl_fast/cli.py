@@ -45,7 +45,7 @@ def _embedder(cache_dir: Optional[Path], device: str, batch_size: int = 128, pro
     return Embedder(cache_dir=cache_dir, device=device, batch_size=batch_size, progress=progress)
 
 
-CacheOpt = typer.Option(None, "--cache-dir", help="Embedding cache folder [default: $OIRL_CACHE_DIR or ~/.cache/oirl-fast].")
+CacheOpt = typer.Option(None, "--cache-dir", help="Embedding cache folder \\[default: $OIRL_CACHE_DIR or ~/.cache/oirl-fast].")
 DeviceOpt = typer.Option("auto", "--device", help="Where to embed: auto (CUDA when present), cpu or cuda.")
 
 
@@ -55,7 +55,7 @@ def import_cmd(
     dataset: str = typer.Argument(..., help="gsm8k, svamp or mawps."),
     out: Path = typer.Option(..., "--out", "-o", help="Log file to write: .parquet, or .jsonl for JSON lines."),
     source: Optional[Path] = typer.Option(
-        None, help="Folder laid out like shared/data (plain or .gz files) [default: the copy bundled with oirl-fast]."
+        None, help="Folder laid out like shared/data (plain or .gz files) \\[default: the copy bundled with oirl-fast]."
     ),
 ):
     """Import the published Prompt-OIRL LLaMA-2 logs of one dataset into the oirl log format.
@@ -179,7 +179,7 @@ def demo_cmd(
     datasets: List[str] = typer.Option(list(DATASETS), "--dataset", help="Datasets to run (repeatable)."),
     protocols: List[str] = typer.Option(["published", "grouped"], "--protocol", help="Protocols to run (repeatable)."),
     backend: str = typer.Option("lightgbm", help="lightgbm or xgboost."),
-    source: Optional[Path] = typer.Option(None, help="Data folder [default: the bundled copy]."),
+    source: Optional[Path] = typer.Option(None, help="Data folder \\[default: the bundled copy]."),
     compile: bool = typer.Option(True, "--compile/--no-compile"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     cache_dir: Optional[Path] = CacheOpt,

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         ),
         out: Path = typer.Option(..., "--out", "-o", help="Picks to write (JSONL, one line per input line)."),
         prompts: Optional[Path] = typer.Option(
-            None, "--prompts", help='Candidate prompts (JSONL of {"id", "text"}) [default: the model\'s prompt set].'
+            None, "--prompts", help='Candidate prompts (JSONL of {"id", "text"}) \\[default: the model\'s prompt set].'
         ),
         top_k: int = typer.Option(1, "--top-k", min=1, help="Also list the K best candidates with their scores."),
         scores: bool = typer.Option(False, "--scores", help="Also write every candidate's score."),
@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         path: str = typer.Option("auto", "--path", help="Scoring path: auto, kernel, compiled or native.", hidden=True),
         summary_json: Optional[Path] = typer.Option(None, "--summary", help="Also write the run summary as JSON here."),
         cache_dir: Optional[Path] = typer.Option(
-            None, "--cache-dir", help="Embedding cache folder [default: $OIRL_CACHE_DIR or ~/.cache/oirl-fast]."
+            None, "--cache-dir", help="Embedding cache folder \\[default: $OIRL_CACHE_DIR or ~/.cache/oirl-fast]."
         ),
     ):
         """Pick the best candidate prompt for every query with a trained reward model.
