@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:  # the child just exited
+        pass
+    return 0
 
 
 def main(argv=None) -> int:
@@ -55,9 +65,17 @@ def main(argv=None) -> int:
     if args.chunk_size:
         cmd += ["--chunk-size", str(args.chunk_size)]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    child = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    peak_kib = 0
+    # VmHWM is the child's own high-water mark since exec. getrusage(RUSAGE_CHILDREN)
+    # would also count the pages this (generating) parent had when it forked.
+    while child.poll() is None:
+        peak_kib = max(peak_kib, _vm_hwm_kib(child.pid))
+        time.sleep(0.05)
+    if child.returncode != 0:
+        raise SystemExit(f"oirl score failed with exit code {child.returncode}")
     wall = time.perf_counter() - t0
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB
+    peak_mib = peak_kib / 1024
     with out_path.open() as fh:
         lines = sum(1 for _ in fh)
     input_mib = emb_path.stat().st_size / 2**20

@@ -451,6 +451,55 @@ def _strict_check(items: Iterator[Item], where: Path, emb: np.ndarray | None) ->
             raise OirlError(it.error, where, it.line)
 
 
+class NpyRows:
+    """Rows of a 2-D ``.npy`` file, read from disk only when asked for.
+
+    A memory map would do the same with less code, but every page it touches stays
+    in the process's resident set, so peak memory would grow with the input file;
+    reading just the rows of each chunk keeps it bounded by the chunk size.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with self.path.open("rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            self.offset = fh.tell()
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted (no pickle)")
+        if fortran and len(shape) == 2 and shape[0] > 1 and shape[1] > 1:
+            raise ValueError("Fortran-ordered arrays are not supported; save with np.save(np.ascontiguousarray(a))")
+        self.shape, self.dtype = tuple(shape), dtype
+        self.ndim = len(shape)
+        if self.ndim == 2:
+            self.row_bytes = shape[1] * dtype.itemsize
+            expected = self.offset + shape[0] * self.row_bytes
+            if self.path.stat().st_size < expected:
+                raise ValueError(f"file is truncated: {self.path.stat().st_size} bytes, the header promises {expected}")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset + start * self.row_bytes)
+            buf = fh.read((stop - start) * self.row_bytes)
+        return np.frombuffer(buf, dtype=self.dtype).reshape(stop - start, self.shape[1])
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            return self._read(start, max(start, stop))[::step]
+        rows = np.asarray(index, dtype=np.int64)
+        if rows.size == 0:
+            return np.empty((0, self.shape[1]), self.dtype)
+        lo, hi = int(rows.min()), int(rows.max()) + 1  # a chunk's rows are consecutive
+        return self._read(lo, hi)[rows - lo]
+
+
 def score_file(
     model_dir: str | Path,
     in_path: str | Path | None,
@@ -497,7 +546,7 @@ def score_file(
         if not src.is_file():
             raise OirlError("ids file not found", src)
         try:
-            emb_matrix = np.load(emb_path, mmap_mode="r", allow_pickle=False)
+            emb_matrix = NpyRows(emb_path)
         except (ValueError, OSError) as exc:
             raise OirlError(f"not a readable .npy file ({exc})", emb_path) from None
         if emb_matrix.ndim != 2:

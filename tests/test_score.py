@@ -309,3 +309,21 @@ def test_cli_score_and_exit_codes(model_dir, texts, tmp_path, cache_dir):
     assert res.exit_code == 2 and f"{bad}:2" in res.output and not (tmp_path / "x.jsonl").exists()
     res = runner.invoke(_app(), ["score", str(tmp_path), "--in", str(bad), "--out", str(tmp_path / "x.jsonl")])
     assert res.exit_code == 2 and "metadata.json" in res.output
+
+
+def test_npy_rows_reads_only_what_is_asked(tmp_path):
+    from oirl_fast.score import NpyRows
+
+    a = np.arange(5 * 3, dtype=np.float32).reshape(5, 3)
+    np.save(tmp_path / "a.npy", a)
+    rows = NpyRows(tmp_path / "a.npy")
+    assert len(rows) == 5 and rows.shape == (5, 3)
+    np.testing.assert_array_equal(rows[1:4], a[1:4])
+    np.testing.assert_array_equal(rows[np.array([2, 3, 4])], a[2:5])
+    raw = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "t.npy").write_bytes(raw[:-4])
+    with pytest.raises(ValueError, match="truncated"):
+        NpyRows(tmp_path / "t.npy")
+    np.save(tmp_path / "o.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="object arrays"):
+        NpyRows(tmp_path / "o.npy")
