@@ -589,7 +589,10 @@ def score_file(
         return embedders[cached]
 
     if prompts is not None:
-        cands = read_prompts_file(prompts, artifact.metadata.embedding_model, pdim, get_embedder)
+        cands = read_prompts_file(
+            prompts, artifact.metadata.embedding_model, pdim,
+            get_embedder if embedder_factory is not None else _candidate_embedder(artifact.path, device, batch_size),
+        )
     else:
         cands = model_candidates(artifact)
 
@@ -677,6 +680,18 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
             summary.scored += 1
             lines.append(_dumps(_record(it, cands, i, s, k, f)) + "\n")
     return lines
+
+
+def _candidate_embedder(model_dir: Path, device: str, batch_size: int):
+    """Candidate prompts are embedded once and cached beside the model (``MODEL_DIR/embeddings/``,
+    keyed by model and text hash); a read-only model folder falls back to the user cache."""
+    from .embed import Embedder
+
+    def factory(cached: bool = True):
+        root = model_dir if os.access(model_dir, os.W_OK) else None
+        return Embedder(cache_dir=root, device=device, batch_size=batch_size, progress=False)
+
+    return factory
 
 
 def _embed_queries(texts: list[str], get_embedder) -> np.ndarray:
