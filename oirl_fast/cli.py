@@ -182,6 +182,7 @@ def demo_cmd(
     source: Optional[Path] = typer.Option(None, help="Data folder \\[default: the bundled copy]."),
     compile: bool = typer.Option(True, "--compile/--no-compile"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    seeds: int = typer.Option(5, help="Reward models fitted per split (seeds 0..K-1) for the mean and spread; seed 0 is saved."),
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
 ):
@@ -194,7 +195,7 @@ def demo_cmd(
 
     summaries = run_demo(
         out=out, datasets=datasets, protocols=protocols, backend=backend, source=source,
-        compile_library=compile, embedder=_embedder(cache_dir, device), console=err,
+        compile_library=compile, embedder=_embedder(cache_dir, device), console=err, seeds=seeds,
     )
     if as_json:
         print(json.dumps(summaries, indent=2))

@@ -16,7 +16,7 @@ def model_dir(out: Path, dataset: str, protocol: str) -> Path:
     return out / dataset / ("model" if protocol == "grouped" else f"model-{protocol}")
 
 
-def run_demo(out, datasets, protocols, backend, source, compile_library, embedder, console: Console) -> dict:
+def run_demo(out, datasets, protocols, backend, source, compile_library, embedder, console: Console, seeds: int = 5) -> dict:
     from .collect.published import DATASETS, import_published
     import hashlib
 
@@ -32,6 +32,8 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
             raise OirlError(f"unknown dataset {ds!r}; use one of {', '.join(DATASETS)}")
     for p in protocols:
         Protocol(p)
+    if seeds < 1:
+        raise OirlError(f"--seeds must be at least 1, got {seeds}")
     summaries: dict[str, dict[str, dict]] = {}
     reports = {}
     t_start = time.perf_counter()
@@ -56,13 +58,22 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
             # fit once per distinct split, write one artifact per protocol.
             split_key = hashlib.sha256(holdout_mask(table, protocol).tobytes()).hexdigest()
             if split_key not in fitted:
-                fitted[split_key] = fit_reward_model(table, protocol, TrainConfig(backend=backend), embedder, console.print)
+                first = fit_reward_model(table, protocol, TrainConfig(backend=backend), embedder, console.print)
+                # Seeds 1.. only measure run-to-run spread; the artifact is seed 0's model.
+                others = [
+                    fit_reward_model(table, protocol, TrainConfig(backend=backend, seed=s), embedder, lambda *_: None).model
+                    for s in range(1, seeds)
+                ]
+                if others:
+                    console.print(f"  + {len(others)} more seeds for the spread")
+                fitted[split_key] = (first, others)
             else:
-                console.print("  same train/test split as an earlier protocol: reusing its fitted model")
-            artifact = write_artifact(fitted[split_key], model_dir(out, ds, proto), compile_library, protocol)
+                console.print("  same train/test split as an earlier protocol: reusing its fitted models")
+            first, others = fitted[split_key]
+            artifact = write_artifact(first, model_dir(out, ds, proto), compile_library, protocol)
             console.print(f"  artifact {artifact.path} ({time.perf_counter() - t0:.1f}s)")
             t0 = time.perf_counter()
-            rep = evaluate(artifact, table, embedder)
+            rep = evaluate(artifact, table, embedder, seed_models=others)
             write_json(rep, out / ds / f"report-{proto}.json")
             summaries.setdefault(ds, {})[proto] = summary(rep)
             reports.setdefault(ds, {})[proto] = rep

@@ -66,3 +66,28 @@ def random_accuracy(outcome: np.ndarray) -> float:
 def fixed_prompt_accuracy(outcome: np.ndarray, prompt: int) -> float:
     """Accuracy of always using one prompt (column ``prompt``)."""
     return float(np.mean(outcome[:, prompt]))
+
+
+def paired_bootstrap_ci(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval for mean(a - b), resampling units in pairs.
+
+    a, b: float (U,), per-unit results of two selectors on the same test units.
+    Pairing keeps the between-unit variance (some questions are hard for every
+    prompt) out of the difference, so the interval is much tighter than one
+    computed from the two accuracies separately.
+    """
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.ndim != 1 or len(d) == 0:
+        raise ValueError("need two equally long, non-empty 1-d arrays")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    block = max(1, 2_000_000 // len(d))  # bound the index matrix to ~16 MB
+    for start in range(0, n_boot, block):
+        stop = min(n_boot, start + block)
+        idx = rng.integers(0, len(d), size=(stop - start, len(d)))
+        means[start:stop] = d[idx].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)

@@ -162,13 +162,24 @@ def selection_table(scores: dict[str, np.ndarray], outcome: np.ndarray) -> dict[
     return {name: metrics.pick_accuracy(s, outcome) for name, s in scores.items()}
 
 
-def evaluate(artifact: Artifact, table: pa.Table, embedder: Embedder, knn_k: int = KNN_K) -> dict:
+def evaluate(
+    artifact: Artifact,
+    table: pa.Table,
+    embedder: Embedder,
+    knn_k: int = KNN_K,
+    seed_models: list[RewardModel] = (),
+) -> dict:
     """Evaluate on the held-out queries of the protocol the artifact was trained with.
 
     Returns a JSON-ready dict: classification metrics of the reward model on the test
     rows (training prompts and held-out prompts separately), best-of-N accuracy of
     the model and the baselines for N = training prompts and N = all prompts, and how
     many test questions also occur in training (exact and near-duplicate).
+
+    Every selector's difference to the best single prompt carries a paired-bootstrap
+    95% interval over the test units. ``seed_models`` are the same reward model fitted
+    with other seeds: their best-of-N accuracies give the seed mean and spread, and
+    the interval of ``reward_model_seed_mean`` uses the per-unit mean over seeds.
     """
     protocol = Protocol(**artifact.metadata.protocol)
     split = split_log(table, protocol)
@@ -184,7 +195,10 @@ def evaluate(artifact: Artifact, table: pa.Table, embedder: Embedder, knn_k: int
     train_emb = embedder.embed(train.texts)
 
     P = len(all_ids)
-    raw = artifact.model.predict(grid_features(test_emb, artifact.prompt_embeddings)).reshape(-1, P)
+    grid = grid_features(test_emb, artifact.prompt_embeddings)
+    raw = artifact.model.predict(grid).reshape(-1, P)
+    seed_raw = [m.predict(grid).reshape(-1, P) for m in seed_models]
+    del grid
 
     # Reward-model classification quality on individual test rows.
     pids, labels, probs = _row_predictions(split.test, test, raw, all_ids, protocol.test_unit)
@@ -213,6 +227,19 @@ def evaluate(artifact: Artifact, table: pa.Table, embedder: Embedder, knn_k: int
         if label == "n_train_prompts":
             scores["knn"] = knn[keep]
         res = selection_table(scores, outcome)
+        best_values = outcome[:, ids.index(best_id)]
+        per_unit = {name: metrics.pick_values(sc, outcome) for name, sc in scores.items()}
+        per_unit["random"] = np.nanmean(outcome, axis=1)
+        per_unit["oracle"] = np.nanmax(outcome, axis=1)
+        if seed_raw:
+            seed_values = [metrics.pick_values(r[keep][:, cols], outcome) for r in [raw] + seed_raw]
+            accs = [float(v.mean()) for v in seed_values]
+            per_unit["reward_model_seed_mean"] = np.mean(seed_values, axis=0)
+            res.update(reward_model_seeds=accs, reward_model_seed_mean=float(np.mean(accs)),
+                       reward_model_seed_std=float(np.std(accs, ddof=1)))
+        res["diff_to_best_single_ci95"] = {
+            name: list(metrics.paired_bootstrap_ci(v, best_values)) for name, v in per_unit.items()
+        }
         res.update(
             n_prompts=len(ids),
             n_test_queries=int(keep.sum()),
@@ -251,6 +278,8 @@ def summary(report: dict) -> dict:
     """The flat per-(dataset, protocol) fields of ``oirl demo --json``."""
     s6 = report["selection"]["n_train_prompts"]
     s16 = report["selection"].get("n_all_prompts", {})
+    ci6 = s6["diff_to_best_single_ci95"]
+    ci16 = s16.get("diff_to_best_single_ci95", {})
     return {
         "best_single": s6["best_single"],
         "best_of_n": s6["reward_model"],
@@ -269,4 +298,11 @@ def summary(report: dict) -> dict:
         "n_test_queries_16": s16.get("n_test_queries"),
         "test_in_train": report["test_in_train_exact"],
         "test_near_duplicate": report["test_near_duplicate"],
+        "best_of_n_diff_ci": ci6["reward_model"],
+        "best_of_n_16_diff_ci": ci16.get("reward_model"),
+        "seeds": len(s6.get("reward_model_seeds", [None])),
+        "best_of_n_seed_mean": s6.get("reward_model_seed_mean"),
+        "best_of_n_seed_std": s6.get("reward_model_seed_std"),
+        "best_of_n_16_seed_mean": s16.get("reward_model_seed_mean"),
+        "best_of_n_16_seed_std": s16.get("reward_model_seed_std"),
     }

@@ -26,6 +26,15 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def _fmt_ci(ci) -> str:
+    return "-" if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def _fmt_seed(s: dict, key: str) -> str:
+    mean, sd = s.get(f"{key}_seed_mean"), s.get(f"{key}_seed_std")
+    return "-" if mean is None else f"{mean:.3f} ± {sd:.3f} (n={s['seeds']})"
+
+
 def summary_table(summaries: dict[str, dict[str, dict]], title: str = "Best-of-N selection on held-out queries") -> Table:
     """summaries[dataset][protocol] -> the flat summary dict of pipeline.summary()."""
     table = Table(title=title, title_justify="left")
@@ -36,6 +45,11 @@ def summary_table(summaries: dict[str, dict[str, dict]], title: str = "Best-of-N
     for key, label in SELECTORS:
         table.add_row(label, *[_fmt(summaries[ds][proto].get(key)) for ds, proto in cols])
     table.add_section()
+    for key, label in (("best_of_n", "best of 6 - best single, 95% CI"), ("best_of_n_16", "best of 16 - best single, 95% CI")):
+        table.add_row(label, *[_fmt_ci(summaries[ds][p].get(f"{key}_diff_ci")) for ds, p in cols])
+    if any(summaries[ds][p].get("seeds", 1) > 1 for ds, p in cols):
+        for key, label in (("best_of_n", "best of 6, mean ± sd over seeds"), ("best_of_n_16", "best of 16, mean ± sd over seeds")):
+            table.add_row(label, *[_fmt_seed(summaries[ds][p], key) for ds, p in cols])
     table.add_row("reward model AUC (train prompts)", *[_fmt(summaries[ds][p]["auc"]) for ds, p in cols])
     table.add_row("reward model AUC (held-out prompts)", *[_fmt(summaries[ds][p].get("auc_heldout")) for ds, p in cols])
     table.add_row("test queries", *[str(summaries[ds][p]["n_test_queries"]) for ds, p in cols])

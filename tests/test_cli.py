@@ -163,3 +163,18 @@ def test_xgboost_backend_end_to_end(small_log, cache_dir, tmp_path):
 def test_metadata_records_validation_metrics(trained):
     val = json.loads((trained / "metadata.json").read_text())["metrics"]["validation"]
     assert val["n_cells"] > 0 and 0.0 < val["log_loss"] < 1.0 and 0.0 <= val["auc"] <= 1.0
+
+
+def test_demo_json_on_one_dataset(tmp_path, cache_dir):
+    res = run("demo", "--dataset", "mawps", "--protocol", "grouped", "--seeds", "2", "--no-compile",
+              "--out", str(tmp_path / "demo"), "--json", cache_dir=cache_dir)
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)["mawps"]["grouped"]
+    for key in ("best_single", "best_of_n", "best_of_n_16", "oracle", "critic", "knn", "random", "auc",
+                "n_test_queries", "test_in_train", "best_of_n_diff_ci", "best_of_n_16_diff_ci", "seeds"):
+        assert key in s
+    assert s["seeds"] == 2 and s["test_in_train"] == 0
+    lo, hi = s["best_of_n_diff_ci"]
+    assert lo <= s["best_of_n"] - s["best_single"] <= hi
+    assert (tmp_path / "demo" / "mawps" / "model" / "metadata.json").is_file()
+    assert (tmp_path / "demo" / "summary.png").is_file()

@@ -54,3 +54,26 @@ def test_classification_report_hand_computed():
 def test_classification_report_single_class_has_no_auc():
     rep = metrics.classification_report(np.array([1, 1]), np.array([0.2, 0.9]))
     assert np.isnan(rep["auc"])
+
+
+def test_paired_bootstrap_ci_hand_cases():
+    # identical selectors: the difference is exactly zero in every resample
+    a = np.array([1.0, 0.0, 1.0, 0.0])
+    assert metrics.paired_bootstrap_ci(a, a) == (0.0, 0.0)
+    # a constant per-unit gain of 0.25 is recovered exactly, however units are resampled
+    assert metrics.paired_bootstrap_ci(a + 0.25, a) == pytest.approx((0.25, 0.25))
+    # one win among 100 units: the interval holds the mean gain 0.01 and stays within [0, 0.04]
+    b = np.zeros(100)
+    c = b.copy()
+    c[0] = 1.0
+    lo, hi = metrics.paired_bootstrap_ci(c, b, n_boot=4000)
+    assert lo == 0.0 and 0.01 < hi <= 0.04
+
+
+def test_paired_bootstrap_ci_is_tighter_than_unpaired_spread():
+    rng = np.random.default_rng(0)
+    hard = rng.random(500)  # shared per-unit difficulty
+    a = hard + 0.02
+    b = hard
+    lo, hi = metrics.paired_bootstrap_ci(a, b)
+    assert lo == pytest.approx(0.02) and hi == pytest.approx(0.02)
