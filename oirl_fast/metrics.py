@@ -91,3 +91,12 @@ def paired_bootstrap_ci(
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+def shrunk_rates(wins: np.ndarray, count: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:
+    """Per-(unit, prompt) success estimate pulled toward the prompt's overall rate.
+
+    (wins + strength * prior) / (count + strength): with few samples a question's
+    own record says little, so the estimate leans on the prompt mean ``prior`` (P,).
+    """
+    return (np.nan_to_num(wins) + strength * prior[None, :]) / (count + strength)

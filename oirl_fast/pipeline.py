@@ -23,6 +23,7 @@ from .train.reward_model import RewardModel, TrainConfig
 
 NEAR_DUPLICATE_COSINE = 0.95
 KNN_K = 50
+HEADROOM_SHRINKAGE = 2.0  # pseudo-samples of the prompt mean added to each question's record
 
 
 @dataclass
@@ -251,6 +252,10 @@ def evaluate(
         )
         selection[label] = res
 
+    headroom = known_question_headroom(
+        split.test, split.train_prompt_ids, train_acc, raw[:, [all_ids.index(p) for p in split.train_prompt_ids]],
+        test, protocol.test_unit,
+    )
     train_groups = set(train.groups)
     exact = sum(g in train_groups for g in test.groups)
     near = int((_nearest_cosine(train_emb, test_emb) >= NEAR_DUPLICATE_COSINE).sum())
@@ -271,6 +276,68 @@ def evaluate(
         "knn_k": knn_k,
         "classification": classification,
         "selection": selection,
+        "headroom": headroom,
+    }
+
+
+def known_question_headroom(
+    test_rows: pa.Table,
+    prompt_ids: list[str],
+    prior: np.ndarray,
+    model_scores: np.ndarray,
+    test: Outcomes,
+    unit: str,
+) -> dict:
+    """How much a selector that knew the question could gain, and how much of it the model gets.
+
+    Each test question's repeated rows are split in two halves (alternate query ids).
+    The ceiling picks a prompt per question from half A, shrunk toward the prompt means
+    ``prior`` (P,), and scores the pick on half B; the best single prompt and the reward
+    model (``model_scores`` (U, P) over ``test``'s units) are scored on half B too.
+    ``captured_share`` = (model - best single) / (ceiling - best single).
+    """
+    if unit != "group":
+        return {"available": False, "reason": "headroom needs test units that pool a question's repeats (grouped protocol)"}
+    rows = test_rows.filter(pc.is_in(test_rows.column("prompt_id"), pa.array(prompt_ids)))
+    groups = np.asarray(rows.column("group").to_numpy(zero_copy_only=False), dtype=object)
+    qids = np.asarray(rows.column("query_id").to_numpy(zero_copy_only=False), dtype=object)
+    # Rank each query id within its group; even ranks form half A, odd ranks half B.
+    order = sorted(set(zip(groups.tolist(), qids.tolist())))
+    rank, last, k = {}, None, 0
+    for g, q in order:
+        k = k + 1 if g == last else 0
+        rank[(g, q)] = k
+        last = g
+    in_a = np.array([rank[(g, q)] % 2 == 0 for g, q in zip(groups, qids)])
+    a = pool(rows.filter(pa.array(in_a)), "group", prompt_ids)
+    b = pool(rows.filter(pa.array(~in_a)), "group", prompt_ids)
+    b_index = {g: i for i, g in enumerate(b.ids)}
+    t_index = {g: i for i, g in enumerate(test.ids)}
+    units = [(i, b_index[g]) for i, g in enumerate(a.ids) if g in b_index
+             and (a.count[i] > 0).all() and (b.count[b_index[g]] > 0).all()]
+    if not units:
+        return {"available": False,
+                "reason": "the test questions have no repeated samples (each was asked once per prompt), "
+                          "so a question's own record cannot be split into a half to choose on and a half to score on"}
+    ia = np.array([i for i, _ in units])
+    ib = np.array([j for _, j in units])
+    it = np.array([t_index[a.ids[i]] for i in ia])
+    outcome_b = b.rate[ib]
+    wins_a = a.rate[ia] * a.count[ia]
+    ceiling = metrics.pick_accuracy(metrics.shrunk_rates(wins_a, a.count[ia], prior, HEADROOM_SHRINKAGE), outcome_b)
+    raw_ceiling = metrics.pick_accuracy(a.rate[ia], outcome_b)
+    best = metrics.fixed_prompt_accuracy(outcome_b, int(np.argmax(prior)))
+    model = metrics.pick_accuracy(model_scores[it], outcome_b)
+    gap = ceiling - best
+    return {
+        "available": True,
+        "n_questions": int(len(units)),
+        "ceiling": ceiling,
+        "ceiling_unshrunk": raw_ceiling,
+        "best_single": best,
+        "reward_model": model,
+        "captured_share": (model - best) / gap if gap > 0 else None,
+        "shrinkage_pseudo_samples": HEADROOM_SHRINKAGE,
     }
 
 
@@ -305,4 +372,6 @@ def summary(report: dict) -> dict:
         "best_of_n_seed_std": s6.get("reward_model_seed_std"),
         "best_of_n_16_seed_mean": s16.get("reward_model_seed_mean"),
         "best_of_n_16_seed_std": s16.get("reward_model_seed_std"),
+        "headroom": {k: report["headroom"].get(k) for k in ("ceiling", "best_single", "captured_share")}
+        if report["headroom"]["available"] else None,
     }

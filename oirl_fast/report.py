@@ -35,6 +35,13 @@ def _fmt_seed(s: dict, key: str) -> str:
     return "-" if mean is None else f"{mean:.3f} ± {sd:.3f} (n={s['seeds']})"
 
 
+def _fmt_headroom(h) -> str:
+    if not h:
+        return "-"
+    share = "-" if h["captured_share"] is None else f"{h['captured_share']:.0%}"
+    return f"{h['ceiling']:.3f} ({share})"
+
+
 def summary_table(summaries: dict[str, dict[str, dict]], title: str = "Best-of-N selection on held-out queries") -> Table:
     """summaries[dataset][protocol] -> the flat summary dict of pipeline.summary()."""
     table = Table(title=title, title_justify="left")
@@ -50,6 +57,7 @@ def summary_table(summaries: dict[str, dict[str, dict]], title: str = "Best-of-N
     if any(summaries[ds][p].get("seeds", 1) > 1 for ds, p in cols):
         for key, label in (("best_of_n", "best of 6, mean ± sd over seeds"), ("best_of_n_16", "best of 16, mean ± sd over seeds")):
             table.add_row(label, *[_fmt_seed(summaries[ds][p], key) for ds, p in cols])
+    table.add_row("known-question ceiling (share captured)", *[_fmt_headroom(summaries[ds][p].get("headroom")) for ds, p in cols])
     table.add_row("reward model AUC (train prompts)", *[_fmt(summaries[ds][p]["auc"]) for ds, p in cols])
     table.add_row("reward model AUC (held-out prompts)", *[_fmt(summaries[ds][p].get("auc_heldout")) for ds, p in cols])
     table.add_row("test queries", *[str(summaries[ds][p]["n_test_queries"]) for ds, p in cols])

@@ -178,3 +178,12 @@ def test_demo_json_on_one_dataset(tmp_path, cache_dir):
     assert lo <= s["best_of_n"] - s["best_single"] <= hi
     assert (tmp_path / "demo" / "mawps" / "model" / "metadata.json").is_file()
     assert (tmp_path / "demo" / "summary.png").is_file()
+
+
+def test_demo_reports_headroom_for_repeated_questions(tmp_path, cache_dir):
+    res = run("demo", "--dataset", "mawps", "--protocol", "grouped", "--seeds", "1", "--no-compile",
+              "--out", str(tmp_path / "demo"), "--json", cache_dir=cache_dir)
+    h = json.loads(res.stdout)["mawps"]["grouped"]["headroom"]
+    assert set(h) == {"ceiling", "best_single", "captured_share"}
+    assert 0.0 < h["best_single"] < 1.0 and 0.0 < h["ceiling"] <= 1.0
+    assert "known-question ceiling" in res.stderr

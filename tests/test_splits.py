@@ -79,3 +79,43 @@ def test_real_published_split_leaks_and_grouped_does_not(mawps_log):
     assert (test.count > 0).all()
     n_groups = len(pc.unique(mawps_log.column("group")))
     assert test.n_units == round(0.25 * n_groups)
+
+
+def _headroom_log(repeats=True):
+    rows = []
+    spec = {"x1": ("Question X", 1, 0), "x2": ("Question X", 1, 0), "y1": ("Question Y", 0, 1), "y2": ("Question Y", 0, 1)}
+    if not repeats:
+        spec = {"x1": spec["x1"], "y1": spec["y1"]}
+    for qid, (q, c0, c1) in spec.items():
+        rows.append(_rec(qid, q, "p0", bool(c0), "test"))
+        rows.append(_rec(qid, q, "p1", bool(c1), "test"))
+    return from_records(rows)
+
+
+def test_known_question_headroom_hand_computed():
+    from oirl_fast.pipeline import known_question_headroom
+
+    log = _headroom_log()
+    test = pool(log, unit="group", prompt_ids=["p0", "p1"])
+    prior = np.array([0.6, 0.4])  # p0 is the best single prompt
+    x, y = test.texts.index("Question X"), test.texts.index("Question Y")
+    perfect = np.zeros((2, 2))
+    perfect[x, 0] = perfect[y, 1] = 1.0
+    h = known_question_headroom(log, ["p0", "p1"], prior, perfect, test, "group")
+    # half A (x1, y1) shrunk by 2 pseudo-samples: X -> p0 (0.73 vs 0.27), Y -> p1 (0.6 vs 0.4);
+    # both right on half B, so the ceiling is 1.0; always-p0 gets X only: 0.5.
+    assert h["available"] and h["n_questions"] == 2
+    assert h["ceiling"] == pytest.approx(1.0) and h["best_single"] == pytest.approx(0.5)
+    assert h["reward_model"] == pytest.approx(1.0) and h["captured_share"] == pytest.approx(1.0)
+    always_p1 = np.tile([0.0, 1.0], (2, 1))
+    h = known_question_headroom(log, ["p0", "p1"], prior, always_p1, test, "group")
+    assert h["reward_model"] == pytest.approx(0.5) and h["captured_share"] == pytest.approx(0.0)
+
+
+def test_headroom_without_repeats_says_what_is_missing():
+    from oirl_fast.pipeline import known_question_headroom
+
+    log = _headroom_log(repeats=False)
+    test = pool(log, unit="group", prompt_ids=["p0", "p1"])
+    h = known_question_headroom(log, ["p0", "p1"], np.array([0.5, 0.5]), np.zeros((2, 2)), test, "group")
+    assert not h["available"] and "no repeated samples" in h["reason"]
