@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_dir
+from ..calibration import IsotonicCalibrator
 from ..errors import OirlError
 from ..features import FeatureLayout
 from .reward_model import MODEL_FILES, RewardModel, TrainConfig
@@ -53,6 +54,7 @@ class ModelMetadata:
     n_train_examples: int
     metrics: dict = field(default_factory=dict)
     compiled_library: dict | None = None
+    calibration: dict | None = None  # IsotonicCalibrator.to_dict(), fitted on validation questions
     schema_version: int = ARTIFACT_SCHEMA_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -151,4 +153,5 @@ def load_artifact(
     layout = FeatureLayout.from_dict(meta.feature_layout)
     config = TrainConfig(**meta.train_config)
     model = RewardModel.load(path, config, layout.n_features, meta.best_iteration)
+    model.calibrator = IsotonicCalibrator.from_dict(meta.calibration)
     return Artifact(path=path, metadata=meta, model=model, prompt_embeddings=emb)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..calibration import IsotonicCalibrator
 from ..errors import OirlError
 
 BACKENDS = ("lightgbm", "xgboost")
@@ -77,6 +78,7 @@ class RewardModel:
         self.best_iteration: int | None = None
         self.n_features: int | None = None
         self.validation: dict = {}
+        self.calibrator: IsotonicCalibrator | None = None
 
     @property
     def backend(self) -> str:
@@ -95,7 +97,10 @@ class RewardModel:
         self.n_features = X.shape[1]
         fit = self._fit_lightgbm if self.backend == "lightgbm" else self._fit_xgboost
         fit(X[~valid], y[~valid], weight[~valid], X[valid], y[valid], weight[valid])
-        self.validation = _validation_metrics(y[valid], weight[valid], self.predict(X[valid]))
+        prob_valid = self.predict(X[valid])
+        self.validation = _validation_metrics(y[valid], weight[valid], prob_valid)
+        # Fitted on the validation questions, which the trees never trained on.
+        self.calibrator = IsotonicCalibrator.fit(prob_valid, y[valid], weight[valid])
         return self
 
     def _fit_lightgbm(self, X, y, w, Xv, yv, wv):
