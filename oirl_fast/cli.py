@@ -146,6 +146,7 @@ def evaluate_cmd(
     log: Path = typer.Argument(..., help="The log the model was trained from (the split is rebuilt from it)."),
     report: Optional[Path] = typer.Option(None, help="Write the full report as JSON here."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG bar chart here."),
+    reliability_plot: Optional[Path] = typer.Option(None, help="Write the reward model's reliability diagram (PNG) here."),
     knn_k: int = typer.Option(50, help="Neighbours for the kNN baseline."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
     cache_dir: Optional[Path] = CacheOpt,
@@ -154,7 +155,7 @@ def evaluate_cmd(
     """Offline evaluation on held-out queries: reward-model metrics and best-of-N against baselines."""
     from .embed import MODEL_ID
     from .pipeline import evaluate, summary
-    from .report import plot_summary, print_summary, write_json
+    from .report import plot_reliability, plot_summary, print_summary, write_json
     from .schema import read_logs
     from .train.artifact import load_artifact
 
@@ -166,6 +167,8 @@ def evaluate_cmd(
         write_json(rep, report)
     if plot:
         plot_summary(summ, plot)
+    if reliability_plot:
+        plot_reliability(rep, reliability_plot)
     if as_json:
         print(json.dumps(summ, indent=2))
     else:

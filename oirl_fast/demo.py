@@ -22,7 +22,7 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
 
     from .pipeline import evaluate, fit_reward_model, summary, write_artifact
     from .splits import holdout_mask
-    from .report import plot_summary, print_summary, write_json
+    from .report import plot_reliability, plot_summary, print_summary, write_json
     from .schema import write_logs
     from .train.reward_model import TrainConfig
 
@@ -75,6 +75,7 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
             t0 = time.perf_counter()
             rep = evaluate(artifact, table, embedder, seed_models=others)
             write_json(rep, out / ds / f"report-{proto}.json")
+            plot_reliability(rep, out / ds / f"reliability-{proto}.png")
             summaries.setdefault(ds, {})[proto] = summary(rep)
             reports.setdefault(ds, {})[proto] = rep
             s = summaries[ds][proto]

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import metrics
+from .calibration import expected_calibration_error, reliability_bins
 from .embed import Embedder
 from .errors import OirlError
 from .features import FeatureLayout, grid_features, pair_features
@@ -100,6 +101,7 @@ def fit_reward_model(
         n_train_examples=int(len(y)),
         metrics={"fit_seconds": round(fit_seconds, 2), "n_train_questions": train.n_units,
                  "validation": model.validation},
+        calibration=model.calibrator.to_dict() if model.calibrator is not None else None,
     )
     return FittedModel(model, metadata, prompt_emb)
 
@@ -207,6 +209,12 @@ def evaluate(
     classification = {"train_prompts": metrics.classification_report(labels[seen], probs[seen])}
     if (~seen).any():
         classification["heldout_prompts"] = metrics.classification_report(labels[~seen], probs[~seen])
+    calibration = {"raw": {"ece": expected_calibration_error(labels[seen], probs[seen]),
+                           **reliability_bins(labels[seen], probs[seen])}}
+    if artifact.model.calibrator is not None:
+        cal = artifact.model.calibrator(probs[seen])
+        calibration["calibrated"] = {"ece": expected_calibration_error(labels[seen], cal),
+                                     **reliability_bins(labels[seen], cal)}
 
     # Best single prompt: highest pooled accuracy on the training rows.
     train_acc = np.nansum(train.rate * train.count, axis=0) / train.count.sum(axis=0)
@@ -275,6 +283,7 @@ def evaluate(
         "near_duplicate_cosine": NEAR_DUPLICATE_COSINE,
         "knn_k": knn_k,
         "classification": classification,
+        "calibration": calibration,
         "selection": selection,
         "headroom": headroom,
     }
@@ -372,6 +381,8 @@ def summary(report: dict) -> dict:
         "best_of_n_seed_std": s6.get("reward_model_seed_std"),
         "best_of_n_16_seed_mean": s16.get("reward_model_seed_mean"),
         "best_of_n_16_seed_std": s16.get("reward_model_seed_std"),
+        "ece": report["calibration"]["raw"]["ece"],
+        "ece_calibrated": report["calibration"].get("calibrated", {}).get("ece"),
         "headroom": {k: report["headroom"].get(k) for k in ("ceiling", "best_single", "captured_share")}
         if report["headroom"]["available"] else None,
     }

@@ -115,3 +115,29 @@ def plot_summary(summaries: dict[str, dict[str, dict]], path: str | Path) -> Pat
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def plot_reliability(report: dict, path: str | Path) -> Path:
+    """Reliability diagram of the reward model on test rows (training prompts): raw and calibrated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for key, style in (("raw", "o-"), ("calibrated", "s-")):
+        c = report["calibration"].get(key)
+        if c is None:
+            continue
+        pts = [(m, o) for m, o, n in zip(c["mean_predicted"], c["observed"], c["count"]) if n > 0]
+        ax.plot([m for m, _ in pts], [o for _, o in pts], style, label=f"{key} (ECE {c['ece']:.3f})")
+    ax.set_xlabel("predicted probability of a correct answer")
+    ax.set_ylabel("observed rate")
+    ax.set_title(f"{report['dataset']} {report['protocol']['name']}: reliability on test rows", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
