@@ -24,6 +24,11 @@ def register(app: typer.Typer) -> None:
             None, "--prompts", help='Candidate prompts (JSONL of {"id", "text"}) \\[default: the model\'s prompt set].'
         ),
         top_k: int = typer.Option(1, "--top-k", min=1, help="Also list the K best candidates with their scores."),
+        min_confidence: Optional[float] = typer.Option(
+            None, "--min-confidence",
+            help="Flag picks whose calibrated success probability is below this (field low_confidence), "
+                 "e.g. to route those queries elsewhere.",
+        ),
         scores: bool = typer.Option(False, "--scores", help="Also write every candidate's score."),
         device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda: embedding and kernel."),
         batch_size: int = typer.Option(128, "--batch-size", min=1, help="Texts per embedding forward pass."),
@@ -50,7 +55,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             summary = score_file(
-                model, in_path, out, prompts=prompts, embeddings=embeddings, ids=ids, top_k=top_k,
+                model, in_path, out, prompts=prompts, embeddings=embeddings, ids=ids, top_k=top_k, min_confidence=min_confidence,
                 with_scores=scores, strict=strict, resume=resume, device=device, batch_size=batch_size,
                 chunk_size=chunk_size, cache_dir=cache_dir, path=path, progress=True,
                 log=lambda s: err.print(s, highlight=False, soft_wrap=True),

@@ -39,7 +39,7 @@ from .jsonl import iter_objects
 DEFAULT_CHUNK = 2048
 # Materialized fallback paths build at most this many pair rows at a time.
 FALLBACK_PAIRS = 1 << 16
-OUTPUT_KEYS = ("line", "id", "prompt_id", "prompt", "score", "top_k", "scores", "error")
+OUTPUT_KEYS = ("line", "id", "prompt_id", "prompt", "score", "confidence", "low_confidence", "top_k", "scores", "error")
 
 
 # --------------------------------------------------------------------------------------
@@ -417,6 +417,7 @@ class ScoreSummary:
     pairs_per_s: float = 0.0
     first_errors: list = field(default_factory=list)
     interrupted: bool = False
+    low_confidence: int = 0  # picks whose calibrated success probability fell below --min-confidence
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -426,6 +427,7 @@ class ScoreSummary:
             f"{self.lines} lines in {self.output}: {self.scored} scored, {self.errors} errors"
             + (f", {self.resumed} kept from an earlier run" if self.resumed else ""),
             f"scoring path: {self.path}" + (f" (fallback: {self.fallback_reason})" if self.fallback_reason else ""),
+            *([f"{self.low_confidence} picks below --min-confidence (field low_confidence)"] if self.low_confidence else []),
             f"{self.pairs} pairs over {self.candidates} candidates in {self.seconds:.1f}s "
             f"(scoring {self.score_seconds:.2f}s = {self.pairs_per_s:,.0f} pairs/s; embedding {self.embed_seconds:.1f}s)",
         ]
@@ -509,6 +511,7 @@ def score_file(
     ids: str | Path | None = None,
     top_k: int = 1,
     with_scores: bool = False,
+    min_confidence: float | None = None,
     strict: bool = False,
     resume: bool = False,
     device: str = "auto",
@@ -588,6 +591,23 @@ def score_file(
                                              progress=False, use_cache=cached)
         return embedders[cached]
 
+    calibrator = artifact.model.calibrator
+    if min_confidence is not None:
+        if not 0.0 <= min_confidence <= 1.0:
+            raise OirlError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+        if calibrator is None:
+            raise OirlError("the model has no calibrator (trained by an older oirl-fast); retrain it to use --min-confidence",
+                            Path(model_dir) / "metadata.json")
+
+    def annotate(rec: dict) -> dict:
+        """Add the pick's calibrated success probability and, with a threshold, whether it is too low."""
+        if calibrator is not None and rec.get("score") is not None:
+            rec["confidence"] = float(calibrator(rec["score"]))
+            if min_confidence is not None:
+                rec["low_confidence"] = rec["confidence"] < min_confidence
+                summary.low_confidence += rec["low_confidence"]
+        return rec
+
     if prompts is not None:
         cands = read_prompts_file(
             prompts, artifact.metadata.embedding_model, pdim,
@@ -619,7 +639,8 @@ def score_file(
     try:
         with out_path.open(mode) as fh, bar:
             for chunk in _chunks(items, chunk_size):
-                lines = _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder, summary, strict, src)
+                lines = _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder, summary, strict, src,
+                                     annotate)
                 fh.write("".join(lines).encode("utf-8"))
                 fh.flush()
                 summary.lines = skip + summary.scored + summary.errors
@@ -635,7 +656,8 @@ def score_file(
     return summary
 
 
-def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder, summary, strict, src) -> list[str]:
+def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder, summary, strict, src,
+                 annotate=lambda rec: rec) -> list[str]:
     ok = [it for it in chunk if it.error is None]
     Q = None
     if ok:
@@ -678,7 +700,7 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
         else:
             i, s, f = results[it.line]
             summary.scored += 1
-            lines.append(_dumps(_record(it, cands, i, s, k, f)) + "\n")
+            lines.append(_dumps(annotate(_record(it, cands, i, s, k, f))) + "\n")
     return lines
 
 

@@ -187,3 +187,37 @@ def test_demo_reports_headroom_for_repeated_questions(tmp_path, cache_dir):
     assert set(h) == {"ceiling", "best_single", "captured_share"}
     assert 0.0 < h["best_single"] < 1.0 and 0.0 < h["ceiling"] <= 1.0
     assert "known-question ceiling" in res.stderr
+
+
+def test_score_min_confidence_flags_low_calibrated_picks(trained, mawps_small, cache_dir, tmp_path):
+    queries = sorted(set(mawps_small.column("query").to_pylist()))[:40]
+    inp = tmp_path / "q.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "query": q}) + "\n" for i, q in enumerate(queries)))
+    out = tmp_path / "picks.jsonl"
+    res = run("score", str(trained), "--in", str(inp), "--out", str(out), "--min-confidence", "0.6",
+              cache_dir=cache_dir)
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(recs) == 40
+    for r in recs:
+        assert 0.0 <= r["confidence"] <= 1.0 and r["low_confidence"] == (r["confidence"] < 0.6)
+    by_score = sorted(recs, key=lambda r: r["score"])
+    assert all(a["confidence"] <= b["confidence"] for a, b in zip(by_score, by_score[1:]))  # monotone calibrator
+
+    old = tmp_path / "old-model"
+    shutil.copytree(trained, old)
+    meta = json.loads((old / "metadata.json").read_text())
+    meta["calibration"] = None
+    (old / "metadata.json").write_text(json.dumps(meta))
+    res = run("score", str(old), "--in", str(inp), "--out", str(tmp_path / "o2.jsonl"), "--min-confidence", "0.6",
+              cache_dir=cache_dir)
+    assert res.exit_code == 2 and "no calibrator" in res.stderr
+
+
+def test_evaluate_reports_calibration_and_reliability_plot(trained, small_log, cache_dir, tmp_path):
+    rel = tmp_path / "rel.png"
+    res = run("evaluate", str(trained), str(small_log), "--json", "--reliability-plot", str(rel), cache_dir=cache_dir)
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)["mawps"]["grouped"]
+    assert 0.0 <= s["ece"] <= 1.0 and 0.0 <= s["ece_calibrated"] <= 1.0
+    assert rel.read_bytes()[:4] == b"\x89PNG"
