@@ -396,3 +396,47 @@ __all__ = [
     "load_prompts",
     "load_questions",
 ]
+
+
+_ANSWER_SEPARATOR = re.compile(r"\n\n=+\n")
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+
+
+def load_gsm8k_answers(prompt: Prompt, source: Path | None = None) -> list[str]:
+    """The raw LLM answers of one prompt on the 1000 GSM8K test queries, in query order.
+
+    Each record of ``answers/gsm8k/llama_gsm8k_{test_answers_list_<alias>|answers_list_gpt4_<k>}.txt``
+    is a Python tuple literal ``(i, "answer text")``, parsed with ``ast.literal_eval``
+    (literals only, never code); a record out of order or malformed is an error
+    naming file and record.
+    """
+    import ast
+
+    src = _source(source)
+    name = (f"llama_gsm8k_answers_list_{prompt.id}.txt" if prompt.role == "heldout"
+            else f"llama_gsm8k_test_answers_list_{prompt.id}.txt")
+    path = _locate(src, f"{LOGS_DIR}/answers/gsm8k/{name}")
+    with _open_text(path) as fh:
+        text = fh.read()
+    answers = []
+    for pos, part in enumerate(p for p in _ANSWER_SEPARATOR.split(text) if p.strip()):
+        try:
+            idx, answer = ast.literal_eval(part.strip())
+        except (ValueError, SyntaxError, TypeError) as exc:
+            raise OirlError(f"record #{pos} is not an (index, text) tuple literal ({exc})", path) from None
+        if idx != pos or not isinstance(answer, str):
+            raise OirlError(f"record #{pos} has index {idx!r}; expected {pos} and a text answer", path)
+        answers.append(answer)
+    _check_count(path, len(answers), GSM8K_TEST, "answers")
+    return answers
+
+
+def last_number(text: str) -> float | None:
+    """The last number in an answer (commas, ``$`` and a trailing ``.0`` tolerated), or None."""
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    try:
+        return float(found[-1].replace(",", "").replace("$", ""))
+    except ValueError:
+        return None
