@@ -204,6 +204,34 @@ def demo_cmd(
         print(json.dumps(summaries, indent=2))
 
 
+@app.command("tradeoff")
+@_cli_errors
+def tradeoff_cmd(
+    dataset: str = typer.Option("gsm8k", help="Dataset whose answers are logged (gsm8k)."),
+    model: Path = typer.Option(Path("oirl-demo/gsm8k/model"), help="Reward model artifact trained on that dataset."),
+    source: Optional[Path] = typer.Option(None, help="Data folder \\[default: the bundled copy]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG of the points and their Pareto front here."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N test queries."),
+    cache_dir: Optional[Path] = CacheOpt,
+    device: str = DeviceOpt,
+):
+    """Cost against quality from logged answers: best single, reward-model pick, votes, cascades."""
+    from .tradeoff import plot_tradeoff, run_tradeoff
+
+    result = run_tradeoff(model, _embedder(cache_dir, device), source, dataset, limit)
+    if plot:
+        plot_tradeoff(result, plot)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        err.print(f"grader agrees with the published verdicts on {result['grader_agreement_with_published_verdicts']:.1%} of answers")
+        for p in result["points"]:
+            mark = "*" if p["policy"] in result["pareto_front"] else " "
+            print(f"{mark} {p['policy']:<28} calls/query {p['calls_per_query']:5.2f}  accuracy {p['accuracy']:.3f}")
+        print("* = on the Pareto front")
+
+
 from .cli_score import register as _register_score  # noqa: E402  (needs app, _cli_errors, err above)
 
 _register_score(app)
