@@ -148,20 +148,30 @@ def evaluate_cmd(
     plot: Optional[Path] = typer.Option(None, help="Write a PNG bar chart here."),
     reliability_plot: Optional[Path] = typer.Option(None, help="Write the reward model's reliability diagram (PNG) here."),
     knn_k: int = typer.Option(50, help="Neighbours for the kNN baseline."),
+    seeds: int = typer.Option(5, min=1, help="Refit the model with seeds 1..K-1 on the same split for the mean and spread."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
 ):
     """Offline evaluation on held-out queries: reward-model metrics and best-of-N against baselines."""
     from .embed import MODEL_ID
-    from .pipeline import evaluate, summary
+    from dataclasses import replace
+
+    from .pipeline import evaluate, fit_reward_model, summary
     from .report import plot_reliability, plot_summary, print_summary, write_json
     from .schema import read_logs
+    from .splits import Protocol
     from .train.artifact import load_artifact
 
     artifact = load_artifact(model, embedding_model=MODEL_ID)
     table = read_logs(log)
-    rep = evaluate(artifact, table, _embedder(cache_dir, device), knn_k=knn_k)
+    embedder = _embedder(cache_dir, device)
+    protocol = Protocol(**artifact.metadata.protocol)
+    others = [
+        fit_reward_model(table, protocol, replace(artifact.model.config, seed=s), embedder, lambda *_: None).model
+        for s in range(1, seeds)
+    ]
+    rep = evaluate(artifact, table, embedder, knn_k=knn_k, seed_models=others)
     summ = {rep["dataset"]: {rep["protocol"]["name"]: summary(rep)}}
     if report:
         write_json(rep, report)

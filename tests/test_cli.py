@@ -56,6 +56,9 @@ def test_evaluate_reports_table_json_and_plot(trained, small_log, cache_dir, tmp
                 "n_test_queries", "test_in_train"):
         assert key in summ
     assert summ["test_in_train"] == 0  # grouped: no test question in training
+    assert summ["seeds"] == 5 and summ["best_of_n_seed_std"] >= 0.0
+    lo, hi = summ["best_of_n_diff_ci"]
+    assert lo <= summ["best_of_n"] - summ["best_single"] <= hi
     assert summ["n_test_queries"] == 75  # 25% of the 300 questions
     for key in ("best_single", "best_of_n", "best_of_n_16", "critic", "knn", "random"):
         assert 0.0 <= summ[key] <= summ["oracle_16" if key.endswith("16") else "oracle"] + 1e-12
