@@ -223,13 +223,14 @@ def tradeoff_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG of the points and their Pareto front here."),
     limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N test queries."),
+    log: Optional[Path] = typer.Option(None, help="Take answers from this log's 'response' column instead (test queries of the model's protocol)."),
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
 ):
     """Cost against quality from logged answers: best single, reward-model pick, votes, cascades."""
     from .tradeoff import plot_tradeoff, run_tradeoff
 
-    result = run_tradeoff(model, _embedder(cache_dir, device), source, dataset, limit)
+    result = run_tradeoff(model, _embedder(cache_dir, device), source, dataset, limit, log)
     if plot:
         plot_tradeoff(result, plot)
     if as_json:

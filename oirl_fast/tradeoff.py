@@ -18,6 +18,8 @@ deterministic. A query with no numeric answer counts as wrong.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -93,55 +95,126 @@ def pareto_front(points: list[dict]) -> list[dict]:
     return front
 
 
-def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit: int | None = None) -> dict:
-    """Simulate the policies on the logged GSM8K test answers with a trained model artifact.
+@dataclass
+class AnswerTable:
+    """Logged answers of every prompt on a set of test queries.
 
-    ``limit``: use only the first ``limit`` test queries (a quick look, or a test).
+    queries (U,), gold float (U,), values float (U, P) numeric answers (NaN if none),
+    verdicts bool (U, P) the log's own grading, prompt_ids (P,), best_single column index.
     """
+
+    queries: list
+    gold: np.ndarray
+    values: np.ndarray
+    verdicts: np.ndarray
+    prompt_ids: list
+    best_single: int
+
+
+def _number(text) -> float:
+    from .collect.published import last_number
+
+    x = None if text is None else last_number(str(text))
+    return np.nan if x is None else x
+
+
+def _published_answers(source, limit: int | None) -> AnswerTable:
     import pyarrow.compute as pc
 
-    from .collect.published import import_published, last_number, load_gsm8k_answers, load_prompts
-    from .errors import OirlError
-    from .features import grid_features
-    from .train.artifact import load_artifact
+    from .collect.published import import_published, load_gsm8k_answers, load_prompts
 
-    if dataset != "gsm8k":
-        raise OirlError(f"the {dataset} logs hold verdicts but no answer texts, so votes cannot be simulated; "
-                        "only gsm8k has logged answers")
     prompts = load_prompts(source)
     ids = [p.id for p in prompts]
-    artifact = load_artifact(model_dir, embedding_model=embedder.model_id, prompt_ids=ids)
     log = import_published("gsm8k", source)
     test = log.filter(pc.equal(log.column("split"), "test"))
     first = test.filter(pc.equal(test.column("prompt_id"), ids[0]))
     U = first.num_rows if limit is None else max(1, min(limit, first.num_rows))
-    queries, gold_text = first.column("query").to_pylist()[:U], first.column("gold").to_pylist()[:U]
-    gold = np.array([float(g) for g in gold_text])
-    values = np.full((len(queries), len(ids)), np.nan)
-    agree, n = 0, 0
+    values = np.full((U, len(ids)), np.nan)
+    verdicts = np.zeros((U, len(ids)), bool)
     for j, p in enumerate(prompts):
-        answers = load_gsm8k_answers(p, source)
-        values[:, j] = [np.nan if (x := last_number(a)) is None else x for a in answers[:U]]
-        verdicts = test.filter(pc.equal(test.column("prompt_id"), p.id)).column("correct").to_pylist()[:U]
-        ours = np.isclose(values[:, j], gold) & ~np.isnan(values[:, j])
-        agree += int((ours == np.array(verdicts)).sum())
-        n += len(verdicts)
-    order = [artifact.metadata.prompt_ids.index(i) for i in ids]
-    scores = artifact.model.predict(grid_features(embedder.embed(queries), artifact.prompt_embeddings[order]))
-    scores = scores.reshape(len(queries), len(ids))
-    top = scores.max(axis=1)
-    confidence = artifact.model.calibrator(top) if artifact.model.calibrator is not None else top
+        values[:, j] = [_number(a) for a in load_gsm8k_answers(p, source)[:U]]
+        verdicts[:, j] = test.filter(pc.equal(test.column("prompt_id"), p.id)).column("correct").to_pylist()[:U]
     train = log.filter(pc.equal(log.column("split"), "train"))
     train_ids = [p.id for p in prompts if p.role == "train"]
     acc = [np.mean(train.filter(pc.equal(train.column("prompt_id"), i)).column("correct").to_numpy()) for i in train_ids]
-    best_single = ids.index(train_ids[int(np.argmax(acc))])
-    points = simulate(values, gold, scores, confidence, best_single)
+    return AnswerTable(first.column("query").to_pylist()[:U], np.array([float(g) for g in first.column("gold").to_pylist()[:U]]),
+                       values, verdicts, ids, ids.index(train_ids[int(np.argmax(acc))]))
+
+
+def _log_answers(log_path, protocol: dict, prompt_ids: list, limit: int | None) -> AnswerTable:
+    """Answers from a log with a ``response`` column (e.g. collected with oirl collect), on the
+    test queries of the model's own protocol, so the model never saw them."""
+    from .errors import OirlError
+    from .pipeline import split_log
+    from .schema import read_logs
+    from .splits import Protocol
+
+    table = read_logs(log_path)
+    responses = table.column("response")
+    if responses.null_count == table.num_rows:
+        raise OirlError("the log keeps no responses (column 'response' is empty), so answers cannot be voted over; "
+                        "collect with responses kept", log_path)
+    split = split_log(table, Protocol(**protocol))
+    rows = split.test.to_pylist()
+    cells: dict = {}
+    for r in rows:
+        if r["response"] is not None and r["prompt_id"] in prompt_ids:
+            cells.setdefault(r["query_id"], {}).setdefault(r["prompt_id"], r)
+    complete = [q for q, per in cells.items() if len(per) == len(prompt_ids)]
+    if not complete:
+        raise OirlError("no test query has a logged response for every prompt of the model", log_path)
+    complete = complete[:limit] if limit else complete
+    first = [cells[q][prompt_ids[0]] for q in complete]
+    try:
+        gold = np.array([float(str(r["gold"]).replace(",", "")) for r in first])
+    except ValueError:
+        raise OirlError("votes compare numbers, but some gold answers are not numeric", log_path) from None
+    values = np.array([[_number(cells[q][p]["response"]) for p in prompt_ids] for q in complete])
+    verdicts = np.array([[cells[q][p]["correct"] for p in prompt_ids] for q in complete])
+    correct = np.array(split.train.column("correct").to_pylist(), dtype=float)
+    pids = split.train.column("prompt_id").to_pylist()
+    acc = {p: correct[[x == p for x in pids]].mean() for p in split.train_prompt_ids}
+    return AnswerTable([r["query"] for r in first], gold, values, verdicts, list(prompt_ids),
+                       prompt_ids.index(max(acc, key=acc.get)))
+
+
+def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit: int | None = None,
+                 log=None) -> dict:
+    """Simulate the policies with a trained model artifact on logged answers.
+
+    Answers come from the bundled GSM8K answer logs, or from ``log`` (any oirl log whose
+    ``response`` column keeps the answers; its test queries under the model's protocol).
+    ``limit``: use only the first ``limit`` test queries.
+    """
+    from .errors import OirlError
+    from .features import grid_features
+    from .train.artifact import load_artifact
+
+    artifact = load_artifact(model_dir, embedding_model=embedder.model_id)
+    if log is not None:
+        answers = _log_answers(log, artifact.metadata.protocol, artifact.metadata.prompt_ids, limit)
+        dataset = artifact.metadata.dataset
+    else:
+        if dataset != "gsm8k":
+            raise OirlError(f"the {dataset} logs hold verdicts but no answer texts, so votes cannot be simulated; "
+                            "only gsm8k has logged answers (or pass --log with a log that keeps responses)")
+        answers = _published_answers(source, limit)
+        if sorted(answers.prompt_ids) != sorted(artifact.metadata.prompt_ids):
+            raise OirlError(f"model was built for prompts {artifact.metadata.prompt_ids}, the answers cover "
+                            f"{answers.prompt_ids}", artifact.path / "metadata.json")
+    ours = np.isclose(answers.values, answers.gold[:, None]) & ~np.isnan(answers.values)
+    order = [artifact.metadata.prompt_ids.index(i) for i in answers.prompt_ids]
+    scores = artifact.model.predict(grid_features(embedder.embed(answers.queries), artifact.prompt_embeddings[order]))
+    scores = scores.reshape(len(answers.queries), len(answers.prompt_ids))
+    top = scores.max(axis=1)
+    confidence = artifact.model.calibrator(top) if artifact.model.calibrator is not None else top
+    points = simulate(answers.values, answers.gold, scores, confidence, answers.best_single)
     return {
         "dataset": dataset,
         "model": str(model_dir),
-        "n_queries": len(queries),
-        "n_prompts": len(ids),
-        "grader_agreement_with_published_verdicts": agree / n,
+        "n_queries": len(answers.queries),
+        "n_prompts": len(answers.prompt_ids),
+        "grader_agreement_with_published_verdicts": float(np.mean(ours == answers.verdicts)),
         "points": points,
         "pareto_front": [p["policy"] for p in pareto_front(points)],
     }

@@ -61,12 +61,9 @@ def test_real_answers_agree_with_published_verdicts_mostly():
     assert agreement > 0.9  # the published grader also took the last number
 
 
-def test_tradeoff_command_on_a_real_subset(real_pairs, embedder, cache_dir, tmp_path):
-    import json
-
-    from typer.testing import CliRunner
-
-    from oirl_fast.cli import app
+@pytest.fixture(scope="module")
+def gsm8k_model(real_pairs, embedder, tmp_path_factory):
+    """A small reward model over the 16 GSM8K prompts, trained on real test-set pairs."""
     from oirl_fast.features import FeatureLayout
     from oirl_fast.train import artifact as art
     from oirl_fast.train.reward_model import RewardModel, TrainConfig
@@ -83,8 +80,19 @@ def test_tradeoff_command_on_a_real_subset(real_pairs, embedder, cache_dir, tmp_
         train_config=model.config.to_dict(), best_iteration=model.best_iteration, n_train_examples=len(y),
         calibration=model.calibrator.to_dict(),
     )
-    art.save_artifact(tmp_path / "m", model, meta, p_emb, compile_library=False)
-    res = CliRunner().invoke(app, ["tradeoff", "--model", str(tmp_path / "m"), "--limit", "60", "--json",
+    out = tmp_path_factory.mktemp("tradeoff") / "m"
+    art.save_artifact(out, model, meta, p_emb, compile_library=False)
+    return out
+
+
+def test_tradeoff_command_on_a_real_subset(gsm8k_model, cache_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from oirl_fast.cli import app
+
+    res = CliRunner().invoke(app, ["tradeoff", "--model", str(gsm8k_model), "--limit", "60", "--json",
                                    "--plot", str(tmp_path / "t.png"), "--cache-dir", str(cache_dir)])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
@@ -93,5 +101,35 @@ def test_tradeoff_command_on_a_real_subset(real_pairs, embedder, cache_dir, tmp_
     assert policies["best single"]["calls_per_query"] == 1.0 and policies["vote 5 (random)"]["calls_per_query"] == 5.0
     assert all(1.0 <= p["calls_per_query"] <= 6.0 and 0.0 <= p["accuracy"] <= 1.0 for p in out["points"])
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
-    res = CliRunner().invoke(app, ["tradeoff", "--dataset", "svamp", "--model", str(tmp_path / "m")])
+    res = CliRunner().invoke(app, ["tradeoff", "--dataset", "svamp", "--model", str(gsm8k_model)])
     assert res.exit_code == 2 and "no answer texts" in res.stderr
+
+
+def test_tradeoff_from_a_log_that_keeps_responses(gsm8k_model, cache_dir, tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from typer.testing import CliRunner
+
+    from oirl_fast.cli import app
+    from oirl_fast.collect.published import import_published
+    from oirl_fast.schema import write_logs
+
+    log = import_published("gsm8k")
+    test_ids = [f"gsm8k:test:{i}" for i in range(30)]
+    train_ids = [f"gsm8k:train:{i}" for i in range(50)]
+    sub = log.filter(pc.is_in(log.column("query_id"), pa.array(test_ids + train_ids)))
+    answers = {p.id: load_gsm8k_answers(p) for p in load_prompts()}
+    responses = [answers[p][int(q.split(":")[-1])] if q.startswith("gsm8k:test") else None
+                 for q, p in zip(sub.column("query_id").to_pylist(), sub.column("prompt_id").to_pylist())]
+    with_resp = sub.set_column(sub.schema.get_field_index("response"), "response", pa.array(responses, pa.string()))
+    write_logs(with_resp, tmp_path / "log.parquet")
+    res = CliRunner().invoke(app, ["tradeoff", "--model", str(gsm8k_model), "--log", str(tmp_path / "log.parquet"),
+                                   "--json", "--cache-dir", str(cache_dir)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["n_queries"] == 30 and out["grader_agreement_with_published_verdicts"] > 0.9
+    write_logs(sub, tmp_path / "bare.parquet")
+    res = CliRunner().invoke(app, ["tradeoff", "--model", str(gsm8k_model), "--log", str(tmp_path / "bare.parquet")])
+    assert res.exit_code == 2 and "no responses" in res.stderr and "bare.parquet" in res.stderr
