@@ -173,6 +173,8 @@ def evaluate_cmd(
     ]
     rep = evaluate(artifact, table, embedder, knn_k=knn_k, seed_models=others)
     summ = {rep["dataset"]: {rep["protocol"]["name"]: summary(rep)}}
+    if not rep["headroom"]["available"]:
+        err.print(f"headroom not measured: {rep['headroom']['reason']}", highlight=False)
     if report:
         write_json(rep, report)
     if plot:

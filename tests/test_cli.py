@@ -224,3 +224,15 @@ def test_evaluate_reports_calibration_and_reliability_plot(trained, small_log, c
     s = json.loads(res.stdout)["mawps"]["grouped"]
     assert 0.0 <= s["ece"] <= 1.0 and 0.0 <= s["ece_calibrated"] <= 1.0
     assert rel.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_says_why_headroom_is_missing(tmp_path, mawps_small, cache_dir):
+    # the published protocol scores single rows, not questions with their repeats pooled
+    log = tmp_path / "log.parquet"
+    write_logs(mawps_small, log)
+    out = tmp_path / "m"
+    assert run("train", str(log), "--out", str(out), "--protocol", "published", "--n-estimators", "10",
+               "--no-compile", cache_dir=cache_dir).exit_code == 0
+    res = run("evaluate", str(out), str(log), "--seeds", "1", "--json", cache_dir=cache_dir)
+    assert res.exit_code == 0 and "headroom not measured" in res.stderr
+    assert json.loads(res.stdout)["mawps"]["published"]["headroom"] is None
