@@ -147,7 +147,7 @@ def evaluate_cmd(
     report: Optional[Path] = typer.Option(None, help="Write the full report as JSON here."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG bar chart here."),
     reliability_plot: Optional[Path] = typer.Option(None, help="Write the reward model's reliability diagram (PNG) here."),
-    knn_k: int = typer.Option(50, help="Neighbours for the kNN baseline."),
+    knn_k: int = typer.Option(50, min=1, help="Neighbours for the kNN baseline."),
     seeds: int = typer.Option(5, min=1, help="Refit the model with seeds 1..K-1 on the same split for the mean and spread."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
     cache_dir: Optional[Path] = CacheOpt,

@@ -128,26 +128,21 @@ def train_artifact(
     return write_artifact(fit_reward_model(table, protocol, config, embedder, log), out_dir, compile_library)
 
 
-def _knn_scores(train: Outcomes, train_emb: np.ndarray, test_emb: np.ndarray, k: int) -> np.ndarray:
-    """float (U_test, P): each prompt's pooled success rate on the k most similar training questions."""
+def _nearest_training(train_emb: np.ndarray, test_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine float (U_test, k), index int (U_test, k)) of each test question's k nearest training questions."""
     import faiss
 
     index = faiss.IndexFlatIP(train_emb.shape[1])
     index.add(np.ascontiguousarray(train_emb, dtype=np.float32))
-    _, nbr = index.search(np.ascontiguousarray(test_emb, dtype=np.float32), min(k, len(train_emb)))
+    return index.search(np.ascontiguousarray(test_emb, dtype=np.float32), min(k, len(train_emb)))
+
+
+def _knn_scores(train: Outcomes, nbr: np.ndarray) -> np.ndarray:
+    """float (U_test, P): each prompt's pooled success rate on the neighbours ``nbr`` (U_test, k)."""
     wins = np.nan_to_num(train.rate * train.count)
     n = train.count
     with np.errstate(invalid="ignore", divide="ignore"):
         return wins[nbr].sum(axis=1) / n[nbr].sum(axis=1)
-
-
-def _nearest_cosine(train_emb: np.ndarray, test_emb: np.ndarray) -> np.ndarray:
-    import faiss
-
-    index = faiss.IndexFlatIP(train_emb.shape[1])
-    index.add(np.ascontiguousarray(train_emb, dtype=np.float32))
-    sim, _ = index.search(np.ascontiguousarray(test_emb, dtype=np.float32), 1)
-    return sim[:, 0]
 
 
 def _row_predictions(test: pa.Table, outcomes: Outcomes, scores: np.ndarray, prompt_ids: list[str], unit: str):
@@ -219,7 +214,9 @@ def evaluate(
     # Best single prompt: highest pooled accuracy on the training rows.
     train_acc = np.nansum(train.rate * train.count, axis=0) / train.count.sum(axis=0)
     best_id = split.train_prompt_ids[int(np.argmax(train_acc))]
-    knn = _knn_scores(train, train_emb, test_emb, knn_k)
+    # One search serves the kNN baseline and the near-duplicate count (nearest = column 0).
+    sim, nbr = _nearest_training(train_emb, test_emb, knn_k)
+    knn = _knn_scores(train, nbr)
 
     selection = {}
     for label, ids in (("n_train_prompts", split.train_prompt_ids), ("n_all_prompts", all_ids)):
@@ -266,7 +263,7 @@ def evaluate(
     )
     train_groups = set(train.groups)
     exact = sum(g in train_groups for g in test.groups)
-    near = int((_nearest_cosine(train_emb, test_emb) >= NEAR_DUPLICATE_COSINE).sum())
+    near = int((sim[:, 0] >= NEAR_DUPLICATE_COSINE).sum())
     return {
         "dataset": artifact.metadata.dataset,
         "protocol": protocol.to_dict(),
