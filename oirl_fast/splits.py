@@ -112,15 +112,6 @@ class Outcomes:
         idx = [self.prompt_ids.index(p) for p in prompt_ids]
         return Outcomes(self.ids, self.texts, self.groups, list(prompt_ids), self.rate[:, idx], self.count[:, idx], self.confidence[:, idx])
 
-    def complete(self) -> "Outcomes":
-        """Only the units logged with every prompt."""
-        keep = (self.count > 0).all(axis=1)
-        sel = np.flatnonzero(keep)
-        return Outcomes(
-            [self.ids[i] for i in sel], [self.texts[i] for i in sel], [self.groups[i] for i in sel],
-            self.prompt_ids, self.rate[sel], self.count[sel], self.confidence[sel],
-        )
-
 
 def pool(table: pa.Table, unit: str, prompt_ids: list[str] | None = None) -> Outcomes:
     """Pool rows into an :class:`Outcomes` with one unit per distinct value of column ``unit``."""
