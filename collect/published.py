@@ -28,6 +28,7 @@ import oirl_fast
 
 from ..errors import OirlError
 from ..schema import conform, group_key
+from .graders import last_number  # noqa: F401  (re-exported: the one number parser lives in graders)
 
 DATASETS = ("gsm8k", "svamp", "mawps")
 SOURCE_TAG = "prompt-oirl/llama-2-7b-chat"
@@ -399,7 +400,6 @@ __all__ = [
 
 
 _ANSWER_SEPARATOR = re.compile(r"\n\n=+\n")
-_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 
 
 def load_gsm8k_answers(prompt: Prompt, source: Path | None = None) -> list[str]:
@@ -429,14 +429,3 @@ def load_gsm8k_answers(prompt: Prompt, source: Path | None = None) -> list[str]:
         answers.append(answer)
     _check_count(path, len(answers), GSM8K_TEST, "answers")
     return answers
-
-
-def last_number(text: str) -> float | None:
-    """The last number in an answer (commas, ``$`` and a trailing ``.0`` tolerated), or None."""
-    found = _NUMBER.findall(text)
-    if not found:
-        return None
-    try:
-        return float(found[-1].replace(",", "").replace("$", ""))
-    except ValueError:
-        return None

@@ -112,7 +112,7 @@ class AnswerTable:
 
 
 def _number(text) -> float:
-    from .collect.published import last_number
+    from .collect.graders import last_number
 
     x = None if text is None else last_number(str(text))
     return np.nan if x is None else x
