@@ -502,40 +502,10 @@ class NpyRows:
         return self._read(lo, hi)[rows - lo]
 
 
-def score_file(
-    model_dir: str | Path,
-    in_path: str | Path | None,
-    out_path: str | Path,
-    prompts: str | Path | None = None,
-    embeddings: str | Path | None = None,
-    ids: str | Path | None = None,
-    top_k: int = 1,
-    with_scores: bool = False,
-    min_confidence: float | None = None,
-    strict: bool = False,
-    resume: bool = False,
-    device: str = "auto",
-    batch_size: int = 128,
-    chunk_size: int = DEFAULT_CHUNK,
-    cache_dir: str | Path | None = None,
-    path: str = "auto",
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-    embedder_factory: Callable | None = None,
-) -> ScoreSummary:
-    """Score ``in_path`` (JSONL queries) or ``embeddings`` + ``ids`` into ``out_path``; see the module doc."""
-    from .embed import MODEL_ID
-    from .train.artifact import load_artifact
+def open_input(in_path, embeddings=None, ids=None) -> tuple[Path, "NpyRows | None"]:
+    """(line source, embedding rows or None): the JSONL input, or the ids file beside ``embeddings``.
 
-    t_start = time.perf_counter()
-    log = log or (lambda s: None)
-    out_path = Path(out_path)
-    if top_k < 1:
-        raise OirlError(f"--top-k must be at least 1, got {top_k}")
-    if chunk_size < 1:
-        raise OirlError(f"chunk size must be at least 1, got {chunk_size}")
-
-    # -- input checks that stop the run, before anything is written
+    Raises OirlError for a missing, empty or mismatched input, before anything is written."""
     emb_matrix = None
     if embeddings is not None or ids is not None:
         if embeddings is None or ids is None:
@@ -565,17 +535,75 @@ def score_file(
             raise OirlError("input file not found", src)
     if src.stat().st_size == 0:
         raise OirlError("input file is empty", src)
-    if out_path.exists() and out_path.is_dir():
-        raise OirlError("output path is a directory", out_path)
-    if out_path.resolve() == src.resolve():
-        raise OirlError("output would overwrite the input", out_path)
+    return src, emb_matrix
 
-    needs_text_embedder = emb_matrix is None or prompts is not None
+
+class Scoring:
+    """A model loaded and ready to score lines: artifact, candidates, scorer, embedders.
+
+    Built once per process: by ``score_file`` for a local run, and once per Dask worker
+    process (``oirl_fast.distributed``), so the numba kernel compiles once per worker.
+    ``write`` turns parsed input lines into output records; it is the only place the
+    record format is produced, for the local stream and the distributed partitions alike.
+    """
+
+    def __init__(self, artifact, cands: Candidates, scorer: PairScorer, top_k: int, with_scores: bool,
+                 min_confidence: float | None, get_embedder: Callable):
+        self.artifact, self.cands, self.scorer = artifact, cands, scorer
+        self.k = min(top_k, len(cands))
+        self.with_scores, self.min_confidence = with_scores, min_confidence
+        self.calibrator = artifact.model.calibrator
+        self.get_embedder = get_embedder
+
+    def annotate(self, rec: dict, summary: "ScoreSummary") -> dict:
+        """Add the pick's calibrated success probability and, with a threshold, whether it is too low."""
+        if self.calibrator is not None and rec.get("score") is not None:
+            rec["confidence"] = float(self.calibrator(rec["score"]))
+            if self.min_confidence is not None:
+                rec["low_confidence"] = rec["confidence"] < self.min_confidence
+                summary.low_confidence += rec["low_confidence"]
+        return rec
+
+    def write(self, items: Iterator[Item], fh, summary: "ScoreSummary", chunk_size: int = DEFAULT_CHUNK,
+              emb_matrix=None, strict: bool = False, src: Path | None = None,
+              on_chunk: Callable[[int], None] | None = None) -> None:
+        """Score ``items`` chunk by chunk and write one record a line to the binary file ``fh``."""
+        for chunk in _chunks(items, chunk_size):
+            lines = _score_chunk(chunk, self.cands, self.scorer, self.k, self.with_scores, emb_matrix,
+                                 self.get_embedder, summary, strict, src, lambda rec: self.annotate(rec, summary))
+            fh.write("".join(lines).encode("utf-8"))
+            fh.flush()
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+
+
+def load_scoring(
+    model_dir: str | Path,
+    prompts: str | Path | None = None,
+    candidates: Candidates | None = None,
+    query_dim: int | None = None,
+    needs_text_embedder: bool = True,
+    top_k: int = 1,
+    with_scores: bool = False,
+    min_confidence: float | None = None,
+    device: str = "auto",
+    batch_size: int = 128,
+    cache_dir: str | Path | None = None,
+    path: str = "auto",
+    embedder_factory: Callable | None = None,
+    embeddings_label: str | Path | None = None,
+) -> Scoring:
+    """Load the artifact, check it against the input (``query_dim`` of precomputed embeddings),
+    resolve the candidates (the model's, a ``prompts`` file, or ready ``candidates``) and pick
+    the fastest scorer."""
+    from .embed import MODEL_ID
+    from .train.artifact import load_artifact
+
     artifact = load_artifact(model_dir, embedding_model=MODEL_ID if needs_text_embedder else None)
     layout = artifact.metadata.feature_layout
     qdim, pdim = int(layout["query_dim"]), int(layout["prompt_dim"])
-    if emb_matrix is not None and emb_matrix.shape[1] != qdim:
-        raise OirlError(f"embeddings have dimension {emb_matrix.shape[1]}, the model expects {qdim}", embeddings)
+    if query_dim is not None and query_dim != qdim:
+        raise OirlError(f"embeddings have dimension {query_dim}, the model expects {qdim}", embeddings_label)
 
     embedders: dict[bool, object] = {}
 
@@ -591,30 +619,125 @@ def score_file(
                                              progress=False, use_cache=cached)
         return embedders[cached]
 
-    calibrator = artifact.model.calibrator
     if min_confidence is not None:
         if not 0.0 <= min_confidence <= 1.0:
             raise OirlError(f"--min-confidence must be in [0, 1], got {min_confidence}")
-        if calibrator is None:
+        if artifact.model.calibrator is None:
             raise OirlError("the model has no calibrator (trained by an older oirl-fast); retrain it to use --min-confidence",
                             Path(model_dir) / "metadata.json")
 
-    def annotate(rec: dict) -> dict:
-        """Add the pick's calibrated success probability and, with a threshold, whether it is too low."""
-        if calibrator is not None and rec.get("score") is not None:
-            rec["confidence"] = float(calibrator(rec["score"]))
-            if min_confidence is not None:
-                rec["low_confidence"] = rec["confidence"] < min_confidence
-                summary.low_confidence += rec["low_confidence"]
-        return rec
-
-    if prompts is not None:
+    if candidates is not None:
+        cands = candidates
+    elif prompts is not None:
         cands = read_prompts_file(
             prompts, artifact.metadata.embedding_model, pdim,
             get_embedder if embedder_factory is not None else _candidate_embedder(artifact.path, device, batch_size),
         )
     else:
         cands = model_candidates(artifact)
+    scorer = make_scorer(artifact, cands, device=device, path=path)
+    return Scoring(artifact, cands, scorer, top_k, with_scores, min_confidence, get_embedder)
+
+
+def iter_range_items(src: Path, start: int, stop: int, first_line: int, embeddings: bool) -> Iterator[Item]:
+    """Parsed input lines in bytes [start, stop) of ``src``, numbered from ``first_line``.
+
+    ``start`` must be the first byte of a line; ``stop`` the byte after a newline (or the
+    file size).  Lines are split and decoded exactly as ``iter_lines`` does, so a
+    partition yields the same items as the whole-file stream does for those lines.
+    """
+    with Path(src).open("rb") as fh:
+        fh.seek(start)
+        pos, n = start, first_line
+        while pos < stop:
+            raw = fh.readline()
+            if not raw:
+                break
+            pos += len(raw)
+            text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+            if embeddings:
+                yield Item(n, id=text, query=None, row=n - 1, error=None if text.strip() else "empty id")
+            else:
+                yield parse_line(text, n)
+            n += 1
+
+
+def score_partition(scoring: Scoring, src: str | Path, start: int, stop: int, first_line: int, out: str | Path,
+                    emb_matrix=None, chunk_size: int = DEFAULT_CHUNK) -> tuple["ScoreSummary", str, int]:
+    """Score the lines in bytes [start, stop) of ``src`` into ``out``, written atomically.
+
+    Returns (summary, SHA-256 of the file, its size).  Running it twice gives the same
+    file, so a partition retried after a lost worker is harmless.
+    """
+    import hashlib
+
+    from .atomic import atomic_path
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    summary = ScoreSummary(input=str(src), output=str(out), candidates=len(scoring.cands), path=scoring.scorer.path,
+                           fallback_reason=scoring.scorer.reason or None)
+    items = iter_range_items(Path(src), start, stop, first_line, embeddings=emb_matrix is not None)
+    with atomic_path(out) as tmp:
+        with tmp.open("wb") as fh:
+            scoring.write(items, fh, summary, chunk_size, emb_matrix=emb_matrix, src=Path(src))
+            fh.flush()
+            os.fsync(fh.fileno())
+        digest, size = hashlib.sha256(), 0
+        with tmp.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
+    summary.lines = summary.scored + summary.errors
+    summary.seconds = time.perf_counter() - t0
+    summary.pairs_per_s = summary.pairs / summary.score_seconds if summary.score_seconds > 0 else 0.0
+    return summary, digest.hexdigest(), size
+
+
+def score_file(
+    model_dir: str | Path,
+    in_path: str | Path | None,
+    out_path: str | Path,
+    prompts: str | Path | None = None,
+    embeddings: str | Path | None = None,
+    ids: str | Path | None = None,
+    top_k: int = 1,
+    with_scores: bool = False,
+    min_confidence: float | None = None,
+    strict: bool = False,
+    resume: bool = False,
+    device: str = "auto",
+    batch_size: int = 128,
+    chunk_size: int = DEFAULT_CHUNK,
+    cache_dir: str | Path | None = None,
+    path: str = "auto",
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    embedder_factory: Callable | None = None,
+) -> ScoreSummary:
+    """Score ``in_path`` (JSONL queries) or ``embeddings`` + ``ids`` into ``out_path``; see the module doc."""
+    t_start = time.perf_counter()
+    log = log or (lambda s: None)
+    out_path = Path(out_path)
+    if top_k < 1:
+        raise OirlError(f"--top-k must be at least 1, got {top_k}")
+    if chunk_size < 1:
+        raise OirlError(f"chunk size must be at least 1, got {chunk_size}")
+
+    # -- input checks that stop the run, before anything is written
+    src, emb_matrix = open_input(in_path, embeddings, ids)
+    if out_path.exists() and out_path.is_dir():
+        raise OirlError("output path is a directory", out_path)
+    if out_path.resolve() == src.resolve():
+        raise OirlError("output would overwrite the input", out_path)
+
+    scoring = load_scoring(
+        model_dir, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
+        needs_text_embedder=emb_matrix is None or prompts is not None, top_k=top_k, with_scores=with_scores,
+        min_confidence=min_confidence, device=device, batch_size=batch_size, cache_dir=cache_dir, path=path,
+        embedder_factory=embedder_factory, embeddings_label=embeddings,
+    )
+    cands, scorer = scoring.cands, scoring.scorer
 
     skip = 0
     if strict:
@@ -626,25 +749,23 @@ def score_file(
     if skip > total_lines:
         raise OirlError(f"cannot resume: the output has {skip} lines, the input only {total_lines}", out_path)
 
-    scorer = make_scorer(artifact, cands, device=device, path=path)
     summary = ScoreSummary(input=str(src), output=str(out_path), resumed=skip, candidates=len(cands),
                            path=scorer.path, fallback_reason=scorer.reason or None)
     log(f"scoring {total_lines - skip} lines against {len(cands)} candidates with the {scorer.path}"
         + (f"; resuming after line {skip}" if skip else ""))
 
     items = _iter_jsonl_items(src, skip) if emb_matrix is None else _iter_embedding_items(src, skip)
-    k = min(top_k, len(cands))
     bar = _Progress(progress, total_lines - skip)
     mode = "ab" if resume else "wb"
+
+    def advance(n: int) -> None:
+        summary.lines = skip + summary.scored + summary.errors
+        bar.advance(n, summary.pairs)
+
     try:
         with out_path.open(mode) as fh, bar:
-            for chunk in _chunks(items, chunk_size):
-                lines = _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder, summary, strict, src,
-                                     annotate)
-                fh.write("".join(lines).encode("utf-8"))
-                fh.flush()
-                summary.lines = skip + summary.scored + summary.errors
-                bar.advance(len(chunk), summary.pairs)
+            scoring.write(items, fh, summary, chunk_size, emb_matrix=emb_matrix, strict=strict, src=src,
+                          on_chunk=advance)
             os.fsync(fh.fileno())
     except KeyboardInterrupt:
         summary.interrupted = True
