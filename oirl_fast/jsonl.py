@@ -1,23 +1,108 @@
-"""Strict JSON-lines reading shared by every reader of a user's file."""
+"""Strict JSON-lines reading shared by every reader of a user's file.
+
+Python's ``json`` is lenient in ways that turn into wrong answers or crashes later:
+it accepts ``NaN``/``Infinity`` (and ``1e999`` becomes ``inf``), lone UTF-16
+surrogates that cannot be written back as UTF-8, and it raises ``ValueError`` or
+``RecursionError`` rather than ``JSONDecodeError`` for huge integers and deep
+nesting.  :func:`parse_json_line` turns all of these into one ``BadLine`` with a
+short reason, so each reader can make it a record-level error or an
+``OirlError`` naming file and line.
+"""
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Iterator
 
 from .errors import OirlError
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class BadLine(ValueError):
+    """One line that is not a usable JSON value; ``str(exc)`` says why."""
+
+
+def _reject_constant(name: str):
+    raise BadLine(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadLine(f"number {text[:20]} is out of range")
+    return value
+
+
+def _is_valid_unicode(raw: str, obj) -> bool:
+    if not raw.isascii():
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes, kept as surrogate escapes by the reader
+            return False
+    if _SURROGATE_ESCAPE.search(raw):  # \ud83d\ude00 is a fine pair; a lone \udc80 is not
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
+def parse_json_line(raw: str):
+    """Parse one line of JSON strictly; raise :class:`BadLine` with the reason."""
+    try:
+        obj = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise BadLine(f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise BadLine("JSON is nested too deeply") from None
+    except BadLine:
+        raise
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise BadLine(f"not usable JSON ({str(exc).split(';')[0]})") from None
+    if not _is_valid_unicode(raw, obj):
+        raise BadLine("not valid UTF-8 (or holds an unpaired surrogate escape)")
+    return obj
+
+
+def iter_lines(path: Path, skip: int = 0) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text without its line ending) for lines after ``skip``.
+
+    Lines end at ``\\n`` only, as :func:`count_lines` counts them (a text-mode reader
+    would also split at a lone ``\\r``).  Undecodable bytes are kept as surrogate
+    escapes so :func:`parse_json_line` reports them with their line number.
+    """
+    with Path(path).open("rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if n <= skip:
+                continue
+            yield n, raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+
+
+def count_lines(path: Path) -> int:
+    """Number of lines in ``path``: newline bytes, plus one for a last line without a newline."""
+    n, last = 0, b"\n"
+    with Path(path).open("rb") as fh:
+        while True:
+            block = fh.read(1 << 20)
+            if not block:
+                break
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
+
 
 def iter_objects(path: Path, what: str = "record") -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; a bad line is an OirlError naming file and line."""
-    with Path(path).open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise OirlError(f"malformed JSON ({exc.msg})", path, lineno) from None
-            if not isinstance(rec, dict):
-                raise OirlError(f"a {what} must be a JSON object", path, lineno)
-            yield lineno, rec
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = parse_json_line(line)
+        except BadLine as exc:
+            raise OirlError(str(exc), path, lineno) from None
+        if not isinstance(rec, dict):
+            raise OirlError(f"a {what} must be a JSON object, got {type(rec).__name__}", path, lineno)
+        yield lineno, rec

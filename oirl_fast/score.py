@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import OirlError
-from .jsonl import iter_objects
+from .jsonl import BadLine, count_lines, iter_lines, iter_objects, parse_json_line
 
 DEFAULT_CHUNK = 2048
 # Materialized fallback paths build at most this many pair rows at a time.
@@ -265,11 +265,9 @@ def parse_line(raw: str, line: int) -> Item:
     if not raw.strip():
         return Item(line, error="empty line")
     try:
-        rec = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return Item(line, error=f"line is not valid JSON ({exc.msg} at column {exc.colno})")
-    except RecursionError:
-        return Item(line, error="line is nested too deeply")
+        rec = parse_json_line(raw)
+    except BadLine as exc:
+        return Item(line, error=str(exc))
     if not isinstance(rec, dict):
         return Item(line, error=f"a record must be a JSON object, got {type(rec).__name__}")
     rid = rec.get("id")
@@ -282,21 +280,13 @@ def parse_line(raw: str, line: int) -> Item:
     return Item(line, id=rid, query=q, extra=extra)
 
 
-def _iter_lines(path: Path, skip: int) -> Iterator[tuple[int, str]]:
-    with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
-        for n, raw in enumerate(fh, start=1):
-            if n <= skip:
-                continue
-            yield n, raw.rstrip("\r\n")
-
-
 def _iter_jsonl_items(path: Path, skip: int) -> Iterator[Item]:
-    for n, raw in _iter_lines(path, skip):
+    for n, raw in iter_lines(path, skip):
         yield parse_line(raw, n)
 
 
 def _iter_embedding_items(ids_path: Path, skip: int) -> Iterator[Item]:
-    for n, raw in _iter_lines(ids_path, skip):
+    for n, raw in iter_lines(ids_path, skip):
         yield Item(n, id=raw, query=None, row=n - 1, error=None if raw.strip() else "empty id")
 
 
@@ -309,18 +299,6 @@ def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def count_lines(path: Path) -> int:
-    n, last = 0, b"\n"
-    with path.open("rb") as fh:
-        while True:
-            block = fh.read(1 << 20)
-            if not block:
-                break
-            n += block.count(b"\n")
-            last = block[-1:]
-    return n + (last != b"\n")
 
 
 # --------------------------------------------------------------------------------------
@@ -442,13 +420,13 @@ def _strict_check(items: Iterator[Item], where: Path, emb: np.ndarray | None) ->
     first_nan = None
     if emb is not None:
         for a in range(0, len(emb), 1 << 16):
-            bad = np.flatnonzero(np.isnan(np.asarray(emb[a : a + (1 << 16)])).any(axis=1))
+            bad = np.flatnonzero(~np.isfinite(np.asarray(emb[a : a + (1 << 16)], dtype=np.float32)).all(axis=1))
             if len(bad):
                 first_nan = a + int(bad[0])
                 break
     for it in items:
         if it.error is None and first_nan is not None and it.row == first_nan:
-            it.error = "query embedding contains NaN"
+            it.error = "query embedding contains NaN or infinity"
         if it.error is not None:
             raise OirlError(it.error, where, it.line)
 
@@ -472,6 +450,8 @@ class NpyRows:
             self.offset = fh.tell()
         if dtype.hasobject:
             raise ValueError("object arrays are not accepted (no pickle)")
+        if dtype.kind not in "fiu":
+            raise ValueError(f"embeddings must be real numbers, got dtype {dtype}")
         if fortran and len(shape) == 2 and shape[0] > 1 and shape[1] > 1:
             raise ValueError("Fortran-ordered arrays are not supported; save with np.save(np.ascontiguousarray(a))")
         self.shape, self.dtype = tuple(shape), dtype
@@ -571,7 +551,9 @@ class Scoring:
         for chunk in _chunks(items, chunk_size):
             lines = _score_chunk(chunk, self.cands, self.scorer, self.k, self.with_scores, emb_matrix,
                                  self.get_embedder, summary, strict, src, lambda rec: self.annotate(rec, summary))
-            fh.write("".join(lines).encode("utf-8"))
+            # A lone surrogate can only sit inside a JSON string, where backslashreplace
+            # writes it as the valid escape \udcXX, exactly what ensure_ascii would.
+            fh.write("".join(lines).encode("utf-8", "backslashreplace"))
             fh.flush()
             if on_chunk is not None:
                 on_chunk(len(chunk))
@@ -788,10 +770,10 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
         else:
             rows = np.asarray([it.row for it in ok], dtype=np.int64)
             Q = np.asarray(emb_matrix[rows], dtype=np.float32)
-        bad = np.isnan(Q).any(axis=1)
+        bad = ~np.isfinite(Q).all(axis=1)
         if bad.any():
             for i in np.flatnonzero(bad):
-                ok[i].error = "query embedding contains NaN"
+                ok[i].error = "query embedding contains NaN or infinity"
                 if strict:
                     raise OirlError(ok[i].error, src, ok[i].line)
             keep = ~bad

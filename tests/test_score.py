@@ -102,7 +102,7 @@ def test_picks_match_native_and_every_line_is_accounted_for(model_dir, texts, fa
     assert [r["line"] for r in recs] == list(range(1, 46))
     errors = {r["line"]: r for r in recs if "error" in r}
     assert sorted(errors) == [4, 8, 10, 13, 16]
-    assert "not valid JSON" in errors[4]["error"]
+    assert "malformed JSON" in errors[4]["error"]
     assert errors[8]["id"] == "noq" and "missing \"query\"" in errors[8]["error"]
     assert errors[10]["error"] == "empty line"
     assert "JSON object" in errors[13]["error"]
