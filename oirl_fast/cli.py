@@ -248,6 +248,8 @@ def tradeoff_cmd(
 from .cli_score import register as _register_score  # noqa: E402  (needs app, _cli_errors, err above)
 
 _register_score(app)
+from .cli_collect import register as _register_collect  # noqa: E402
+_register_collect(app)
 
 
 def main():  # pragma: no cover
