@@ -204,10 +204,12 @@ def resolve_kernel_device(device: str) -> str:
     return "cuda" if available else "cpu"
 
 
-def make_scorer(artifact, candidates: Candidates, device: str = "auto", path: str = "auto") -> PairScorer:
+def make_scorer(artifact, candidates: Candidates, device: str = "auto", path: str = "auto",
+                log: Callable[[str], None] = lambda s: None) -> PairScorer:
     """The fastest path that can run this model: kernel, else compiled library, else native predict.
 
-    ``path`` forces one of "kernel", "compiled", "native" (for tests and benchmarks).
+    ``path`` forces one of "kernel", "compiled", "native" (for tests and benchmarks).  A compiled
+    library built for another platform or library version is rebuilt first, never loaded.
     """
     if path not in ("auto", "kernel", "compiled", "native"):
         raise OirlError(f"unknown scoring path {path!r}")
@@ -229,11 +231,12 @@ def make_scorer(artifact, candidates: Candidates, device: str = "auto", path: st
                 raise OirlError(f"the kernel cannot score this model: {exc}", artifact.path) from None
             reasons.append(f"kernel: {exc}")
     if path in ("auto", "compiled"):
-        lib = artifact.library_path
-        if lib is not None and lib.is_file():
+        if artifact.metadata.compiled_library is not None:
             try:
+                from .train.artifact import usable_library
                 from .train.compile import CompiledPredictor
 
+                lib = usable_library(artifact, log)
                 pred = CompiledPredictor(lib, nthread=artifact.model.config.nthread)
                 return MaterializedScorer(pred.predict, candidates, "compiled library (tl2cgen)", "; ".join(reasons))
             except (ImportError, OirlError) as exc:
@@ -574,6 +577,7 @@ def load_scoring(
     path: str = "auto",
     embedder_factory: Callable | None = None,
     embeddings_label: str | Path | None = None,
+    log: Callable[[str], None] = lambda s: None,
 ) -> Scoring:
     """Load the artifact, check it against the input (``query_dim`` of precomputed embeddings),
     resolve the candidates (the model's, a ``prompts`` file, or ready ``candidates``) and pick
@@ -617,7 +621,7 @@ def load_scoring(
         )
     else:
         cands = model_candidates(artifact)
-    scorer = make_scorer(artifact, cands, device=device, path=path)
+    scorer = make_scorer(artifact, cands, device=device, path=path, log=log)
     return Scoring(artifact, cands, scorer, top_k, with_scores, min_confidence, get_embedder)
 
 
@@ -717,7 +721,7 @@ def score_file(
         model_dir, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
         needs_text_embedder=emb_matrix is None or prompts is not None, top_k=top_k, with_scores=with_scores,
         min_confidence=min_confidence, device=device, batch_size=batch_size, cache_dir=cache_dir, path=path,
-        embedder_factory=embedder_factory, embeddings_label=embeddings,
+        embedder_factory=embedder_factory, embeddings_label=embeddings, log=log,
     )
     cands, scorer = scoring.cands, scoring.scorer
 

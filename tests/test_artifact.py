@@ -1,4 +1,6 @@
 """Model artifacts: round trip, and a failed write never leaves a partial artifact."""
+import json
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,55 @@ def test_missing_metadata_and_wrong_prompt_set(tmp_path, small_model):
         art.load_artifact(tmp_path / "m", prompt_ids=["p0", "other"])
     with pytest.raises(OirlError, match="embedding model"):
         art.load_artifact(tmp_path / "m", embedding_model="openai/text-embedding-3-large")
+
+
+def _saved(tmp_path, small_model, compile_library=False):
+    model, X = small_model
+    prompt_emb = X[:3, 384:].copy()
+    art.save_artifact(tmp_path / "m", model, _metadata(prompt_emb), prompt_emb, compile_library=compile_library)
+    return tmp_path / "m", X
+
+
+def test_checksums_cover_every_file_and_catch_tampering(tmp_path, small_model):
+    path, _ = _saved(tmp_path, small_model)
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["schema_version"] == art.ARTIFACT_SCHEMA_VERSION
+    assert sorted(meta["checksums"]) == sorted(
+        str(f.relative_to(path)) for f in path.rglob("*") if f.is_file() and f.name != "metadata.json"
+    )
+    model_file = path / "model.lgb.txt"
+    model_file.write_text(model_file.read_text().replace("leaf_value=", "leaf_value=1", 1))
+    with pytest.raises(OirlError, match=r"model.lgb.txt: file does not match its checksum"):
+        art.load_artifact(path)
+
+
+def test_refuses_other_schema_version_and_feature_layout(tmp_path, small_model):
+    path, _ = _saved(tmp_path, small_model)
+    with pytest.raises(OirlError, match="feature layout"):
+        art.load_artifact(path, feature_layout=FeatureLayout(768, 768))
+    art.load_artifact(path, feature_layout=FeatureLayout(384, 384))
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["schema_version"] = 1
+    (path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(OirlError, match="schema version 1"):
+        art.load_artifact(path)
+
+
+@pytest.mark.slow
+def test_library_from_another_platform_is_rebuilt_not_loaded(tmp_path, small_model):
+    from oirl_fast.train.compile import CompiledPredictor
+
+    path, X = _saved(tmp_path, small_model, compile_library=True)
+    lib = path / art.LIBRARY_FILE
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["compiled_library"]["platform"] = "Plan9-sparc64-py2.7"
+    (path / "metadata.json").write_text(json.dumps(meta))
+    lib.write_bytes(b"\x7fELF not really a library")  # would crash or fail if it were loaded
+    loaded = art.load_artifact(path)
+    assert "platform" in art.library_mismatch(loaded)
+    notes = []
+    rebuilt = art.usable_library(loaded, notes.append)
+    assert rebuilt == lib and "rebuilding" in notes[0]
+    np.testing.assert_allclose(CompiledPredictor(rebuilt).predict(X[:50]), loaded.model.predict(X[:50]), atol=1e-5)
+    again = art.load_artifact(path)  # metadata.json now describes the rebuilt library
+    assert art.library_mismatch(again) is None

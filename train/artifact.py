@@ -1,18 +1,23 @@
 """The model artifact: one self-describing directory per trained reward model.
 
     model_dir/
-      metadata.json            ModelMetadata (schema version, embedding model, layout, prompts, protocol, metrics)
+      metadata.json            ModelMetadata (schema version, embedding model, layout, prompts, protocol,
+                             metrics, sha256 of every other file)
       model.lgb.txt | model.xgb.json   native booster file
       prompt_embeddings.npy    float32 (P, d), rows in metadata.prompts order
       compiled/model.so        native library from treelite + tl2cgen (optional)
 
 It is written to a temporary directory and renamed into place, so a crash never
-leaves a partial artifact that looks whole.
+leaves a partial artifact that looks whole.  Loading checks the schema version, the
+checksums and what the caller asks for (embedding model, prompt set, feature layout);
+a compiled library built on another platform or with another treelite/tl2cgen is
+rebuilt rather than loaded (:func:`usable_library`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, write_text
 from ..calibration import IsotonicCalibrator
 from ..errors import OirlError
 from ..features import FeatureLayout
 from .reward_model import MODEL_FILES, RewardModel, TrainConfig
 
-ARTIFACT_SCHEMA_VERSION = 1
+# 2: per-file sha256 checksums in metadata.json.
+ARTIFACT_SCHEMA_VERSION = 2
 METADATA_FILE = "metadata.json"
 PROMPT_EMB_FILE = "prompt_embeddings.npy"
 LIBRARY_FILE = "compiled/model.so"
@@ -34,6 +40,14 @@ LIBRARY_FILE = "compiled/model.so"
 
 def embeddings_hash(emb: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(emb, dtype=np.float32).tobytes()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def platform_tag() -> str:
@@ -55,6 +69,7 @@ class ModelMetadata:
     metrics: dict = field(default_factory=dict)
     compiled_library: dict | None = None
     calibration: dict | None = None  # IsotonicCalibrator.to_dict(), fitted on validation questions
+    checksums: dict = field(default_factory=dict)  # file relative to the artifact -> sha256
     schema_version: int = ARTIFACT_SCHEMA_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -117,16 +132,35 @@ def save_artifact(
                 "treelite": treelite.__version__,
                 "compile_seconds": round(time.perf_counter() - t0, 2),
             }
+        metadata.checksums = {
+            str(f.relative_to(tmp)): file_sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()
+        }
         (tmp / METADATA_FILE).write_text(metadata.to_json(), encoding="utf-8")
     return out_dir
+
+
+def _verify(path: Path, rel: str, meta: ModelMetadata) -> None:
+    expected = meta.checksums.get(rel)
+    if expected is None:
+        raise OirlError(f"metadata.json has no checksum for {rel}", path / METADATA_FILE)
+    if not (path / rel).is_file():
+        raise OirlError(f"{rel} missing from the model directory", path)
+    if file_sha256(path / rel) != expected:
+        raise OirlError("file does not match its checksum in metadata.json (changed or corrupted)", path / rel)
 
 
 def load_artifact(
     path: str | Path,
     embedding_model: str | None = None,
     prompt_ids: list[str] | None = None,
+    feature_layout: FeatureLayout | None = None,
 ) -> Artifact:
-    """Load and check an artifact; refuse one built for another embedding model or prompt set."""
+    """Load and check an artifact.
+
+    Refuses (``OirlError`` naming the file) an artifact of another schema version, one whose
+    files do not match their checksums, and one built for another embedding model, prompt
+    set or feature layout than the ones given.
+    """
     path = Path(path)
     meta_path = path / METADATA_FILE
     if not meta_path.is_file():
@@ -144,14 +178,80 @@ def load_artifact(
         raise OirlError(
             f"model was built for prompts {meta.prompt_ids}, the log has {sorted(prompt_ids)}", meta_path
         )
+    layout = FeatureLayout.from_dict(meta.feature_layout)
+    if feature_layout is not None and layout != feature_layout:
+        raise OirlError(f"model was built for feature layout {layout}, not {feature_layout}", meta_path)
     emb_path = path / PROMPT_EMB_FILE
     if not emb_path.is_file():
         raise OirlError("prompt embeddings missing", emb_path)
-    emb = np.load(emb_path, allow_pickle=False)
+    config = TrainConfig(**meta.train_config)
+    for rel in (PROMPT_EMB_FILE, MODEL_FILES[config.backend]):
+        _verify(path, rel, meta)
+    try:
+        emb = np.load(emb_path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise OirlError(f"not a readable .npy file ({exc})", emb_path) from None
     if emb.shape[0] != len(meta.prompts) or embeddings_hash(emb) != meta.prompt_embeddings_sha256:
         raise OirlError("prompt embeddings do not match the hash in metadata.json", emb_path)
-    layout = FeatureLayout.from_dict(meta.feature_layout)
-    config = TrainConfig(**meta.train_config)
     model = RewardModel.load(path, config, layout.n_features, meta.best_iteration)
     model.calibrator = IsotonicCalibrator.from_dict(meta.calibration)
     return Artifact(path=path, metadata=meta, model=model, prompt_embeddings=emb)
+
+
+def library_mismatch(artifact: Artifact) -> str | None:
+    """Why the artifact's compiled library cannot be loaded here, or None when it can."""
+    lib = artifact.metadata.compiled_library
+    if lib is None:
+        return "the model has no compiled library"
+    import tl2cgen
+    import treelite
+
+    here = {"platform": platform_tag(), "tl2cgen": tl2cgen.__version__, "treelite": treelite.__version__}
+    for key, value in here.items():
+        if lib.get(key) != value:
+            return f"built for {key} {lib.get(key)}, this is {value}"
+    path = artifact.path / lib["file"]
+    if not path.is_file():
+        return f"{lib['file']} is missing"
+    if file_sha256(path) != artifact.metadata.checksums.get(lib["file"]):
+        return f"{lib['file']} does not match its checksum"
+    return None
+
+
+def usable_library(artifact: Artifact, log=lambda s: None) -> Path:
+    """Path of a compiled library that this platform and these library versions can load.
+
+    A library built elsewhere (another OS, CPU, Python, treelite or tl2cgen), missing or
+    corrupted is rebuilt from the native model file: in the model directory when it is
+    writable (metadata.json updated atomically), otherwise in the user cache.
+    """
+    reason = library_mismatch(artifact)
+    if reason is None:
+        return artifact.library_path
+    import tl2cgen
+    import treelite
+
+    from .compile import compile_library
+
+    meta = artifact.metadata
+    writable = os.access(artifact.path, os.W_OK)
+    if writable:
+        target = artifact.path / LIBRARY_FILE
+    else:
+        base = Path(os.environ.get("OIRL_CACHE_DIR") or Path.home() / ".cache" / "oirl-fast")
+        model_sum = meta.checksums[MODEL_FILES[artifact.model.backend]]
+        target = base / "libraries" / f"{model_sum[:16]}-{platform_tag()}" / "model.so"
+        if target.is_file():
+            return target
+    log(f"rebuilding the compiled library ({reason})")
+    t0 = time.perf_counter()
+    compile_library(artifact.path / MODEL_FILES[artifact.model.backend], artifact.model.backend, target,
+                    nthread=artifact.model.config.nthread)
+    if writable:
+        meta.compiled_library = {
+            "file": LIBRARY_FILE, "platform": platform_tag(), "tl2cgen": tl2cgen.__version__,
+            "treelite": treelite.__version__, "compile_seconds": round(time.perf_counter() - t0, 2),
+        }
+        meta.checksums[LIBRARY_FILE] = file_sha256(target)
+        write_text(artifact.path / METADATA_FILE, meta.to_json())
+    return target
