@@ -106,7 +106,25 @@ def conform(table: pa.Table, path: str | Path = "<table>") -> pa.Table:
         else:
             col = pa.nulls(table.num_rows, field.type)
         columns.append(col)
-    return pa.Table.from_arrays(columns, schema=LOG_SCHEMA)
+    out = pa.Table.from_arrays(columns, schema=LOG_SCHEMA)
+    _check_ranges(out, path)
+    return out
+
+
+def _check_ranges(table: pa.Table, path: str | Path) -> None:
+    """Values the types allow but the meaning does not: a confidence outside [0, 1] (or NaN), a negative sample."""
+    import pyarrow.compute as pc
+
+    conf = table.column("confidence")
+    if conf.null_count < len(conf):
+        bad = pc.invert(pc.and_(pc.greater_equal(conf, 0.0), pc.less_equal(conf, 1.0)))
+        bad = pc.fill_null(bad, False)
+        if pc.any(bad).as_py():
+            row = pc.index(bad, True).as_py()
+            raise OirlError(f"row {row + 1}: 'confidence' must be in [0, 1], got {conf[row].as_py()!r}", path)
+    sample = table.column("sample")
+    if sample.null_count < len(sample) and pc.min(sample).as_py() < 0:
+        raise OirlError("'sample' has negative values", path)
 
 
 def from_records(records: list[dict], path: str | Path = "<records>") -> pa.Table:
@@ -131,8 +149,9 @@ def read_logs(path: str | Path) -> pa.Table:
         return _read_jsonl(path)
     try:
         table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise OirlError(f"not a readable Parquet file: {exc}", path) from None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise OirlError(f"not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                        path) from None
     return conform(table, path)
 
 
@@ -150,14 +169,42 @@ def write_logs(table: pa.Table, path: str | Path) -> Path:
     return path
 
 
+_STRING_COLUMNS = [f.name for f in LOG_SCHEMA if pa.types.is_string(f.type)]
+
+
+def _check_record(rec: dict) -> str | None:
+    """Why ``rec`` cannot be a log row, or None; the types the Parquet schema would enforce, per line."""
+    missing = [c for c in REQUIRED if c != "group" and c not in rec]
+    if missing:
+        return f"record lacks {', '.join(missing)}"
+    unknown = sorted(set(rec) - set(LOG_SCHEMA.names))
+    if unknown:
+        return f"record has unknown field(s) {', '.join(unknown)}"
+    if isinstance(rec.get("gold"), (int, float)) and not isinstance(rec["gold"], bool):
+        rec["gold"] = str(rec["gold"])  # a numeric gold answer is the same answer as text
+    for name in _STRING_COLUMNS:
+        value = rec.get(name)
+        if value is None and name in OPTIONAL or name == "group" and name not in rec:
+            continue
+        if not isinstance(value, str):
+            return f"{name!r} must be a string, got {type(value).__name__}"
+    if not isinstance(rec["correct"], bool):
+        return f"'correct' must be true or false, got {rec['correct']!r}"
+    sample = rec.get("sample")
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or not 0 <= sample < 2**31):
+        return f"'sample' must be a non-negative integer, got {sample!r}"
+    conf = rec.get("confidence")
+    if conf is not None and (isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 <= conf <= 1.0):
+        return f"'confidence' must be a number in [0, 1], got {conf!r}"
+    return None
+
+
 def _read_jsonl(path: Path) -> pa.Table:
     records = []
     for lineno, rec in iter_objects(path):
-        missing = [c for c in REQUIRED if c != "group" and c not in rec]
-        if missing:
-            raise OirlError(f"record lacks {', '.join(missing)}", path, lineno)
-        if not isinstance(rec["correct"], bool):
-            raise OirlError(f"'correct' must be true or false, got {rec['correct']!r}", path, lineno)
+        problem = _check_record(rec)
+        if problem:
+            raise OirlError(problem, path, lineno)
         records.append(rec)
     if not records:
         raise OirlError("log has no records", path)
