@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import OirlError
 
@@ -33,7 +34,7 @@ def _cli_errors(fn):
         try:
             return fn(*args, **kwargs)
         except OirlError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # a message is not markup
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
