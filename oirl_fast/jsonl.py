@@ -78,7 +78,9 @@ def iter_lines(path: Path, skip: int = 0) -> Iterator[tuple[int, str]]:
         for n, raw in enumerate(fh, start=1):
             if n <= skip:
                 continue
-            yield n, raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+            text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+            # Editors on Windows start UTF-8 files with a byte-order mark; it is not part of the record.
+            yield n, text[1:] if n == 1 and text.startswith("\ufeff") else text
 
 
 def count_lines(path: Path) -> int:

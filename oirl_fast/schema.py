@@ -91,7 +91,11 @@ def conform(table: pa.Table, path: str | Path = "<table>") -> pa.Table:
     if unknown:
         raise OirlError(f"log has unknown column(s) {', '.join(unknown)}", path)
     if "group" not in names:
-        groups = [group_key(q) for q in table.column("query").to_pylist()]
+        try:
+            queries = table.column("query").cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise OirlError(f"column 'query' is not string: {exc}", path) from None
+        groups = [group_key(q) for q in queries.to_pylist()]
         table = table.append_column("group", pa.array(groups, pa.string()))
     columns = []
     for field in LOG_SCHEMA:
@@ -148,8 +152,12 @@ def read_logs(path: str | Path) -> pa.Table:
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
     try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError, ValueError) as exc:
+        table = pq.read_table(path, page_checksum_verification=True)
+        # A corrupt file can still parse; full validation (UTF-8 included) catches it here,
+        # not as a UnicodeDecodeError deep inside a later stage.
+        table.validate(full=True)
+        table.column_names
+    except (pa.ArrowException, OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise OirlError(f"not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
                         path) from None
     return conform(table, path)
@@ -165,7 +173,8 @@ def write_logs(table: pa.Table, path: str | Path) -> Path:
                 for row in table.to_pylist():
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
-            pq.write_table(table, tmp, compression="zstd")
+            # Page checksums let read_logs tell a corrupted log from a real one.
+            pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
     return path
 
 
