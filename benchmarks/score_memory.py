@@ -6,7 +6,11 @@ process, and reports the child's peak resident set size next to the size of the
 input, so the bound can be read off: memory grows with the chunk size and the
 candidate count, not with the number of queries.
 
-    python benchmarks/score_memory.py MODEL_DIR [--pairs 10000000] [--chunk-size N]
+    python benchmarks/score_memory.py MODEL_DIR [--pairs 10000000] [--chunk-size N] [--bound-mib 512]
+
+The load test passes (exit 0) when every input line has its output line and the peak
+RSS stays under ``--bound-mib`` (512 MiB by default: the README's stated bound for the
+default chunk size and up to 256 candidates); it exits 1 otherwise.
 
 MODEL_DIR defaults to ./oirl-demo/gsm8k/model (made by `make demo`).
 """
@@ -40,6 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("model", nargs="?", default="oirl-demo/gsm8k/model", type=Path)
     ap.add_argument("--pairs", type=int, default=10_000_000, help="query-prompt pairs in the job")
     ap.add_argument("--chunk-size", type=int, default=None, help="passed to oirl score")
+    ap.add_argument("--bound-mib", type=float, default=512.0, help="peak RSS the job must stay under")
     ap.add_argument("--workdir", type=Path, default=None, help="where to write the inputs [default: a temp dir]")
     args = ap.parse_args(argv)
     meta = json.loads((args.model / "metadata.json").read_text())
@@ -82,8 +87,13 @@ def main(argv=None) -> int:
     print(f"queries={n_queries} prompts={n_prompts} pairs={n_queries * n_prompts} lines_out={lines} "
           f"wall_s={wall:.1f} pairs_per_s={n_queries * n_prompts / wall:,.0f}")
     print(f"peak_rss_mib={peak_mib:.0f} input_embeddings_mib={input_mib:.0f} output_mib={out_path.stat().st_size / 2**20:.0f}")
+    within = peak_mib <= args.bound_mib
+    print(f"bound_mib={args.bound_mib:.0f} within_bound={'yes' if within else 'no'}")
     if lines != n_queries:
         print(f"ERROR: {lines} output lines for {n_queries} queries", file=sys.stderr)
+        return 1
+    if not within:
+        print(f"ERROR: peak RSS {peak_mib:.0f} MiB exceeds the bound of {args.bound_mib:.0f} MiB", file=sys.stderr)
         return 1
     return 0
 
