@@ -10,7 +10,7 @@ grader     verdict
 numeric    the last number in the response equals the gold number (commas, ``$``, a sign
            and a trailing ``.0`` tolerated on both sides; compared as floats, 1e-6 absolute)
 gsm8k      as ``numeric``, but the gold may be a full GSM8K solution (the number after its last
-           ``####`` is taken) and a response with a ``####`` line is read after it
+           ``####`` is taken) and a response with a ``####`` is read there (the first number after it)
 choice     the response's answer letter (A-E: "answer is (C)", "Answer: C", a lone "C" at the
            end, ...) equals the gold letter; for multiple-choice sets such as MedQA
 prompt-oirl the published Prompt-OIRL grader, reproduced: the last run of digits (no sign,
@@ -79,10 +79,17 @@ def gsm8k_gold(gold: str) -> float:
     return numeric_gold(text)
 
 
+def first_number(text: str) -> float | None:
+    """The first number in ``text``, read like :func:`last_number`."""
+    found = _NUMBER.search(text)
+    return None if found is None else last_number(found.group(0))
+
+
 def grade_gsm8k(response: str, gold: str) -> bool:
-    """GSM8K: gold after ``####`` (or the whole gold); the response after its own ``####`` if it has one."""
-    text = response.rsplit(_HASHES, 1)[1] if _HASHES in response else response
-    return _same(last_number(text), gsm8k_gold(gold))
+    """GSM8K: gold after ``####`` (or the whole gold); the first number after the response's own last
+    ``####`` if it has one, else its last number."""
+    value = first_number(response.rsplit(_HASHES, 1)[1]) if _HASHES in response else last_number(response)
+    return _same(value, gsm8k_gold(gold))
 
 
 # --------------------------------------------------------------------------- choice
