@@ -55,12 +55,25 @@ class EmbeddingCache:
         self._index: dict[str, np.ndarray] = {}
         if self.dir.is_dir():
             for shard in sorted(self.dir.glob("shard-*.npz")):
-                try:
-                    with np.load(shard, allow_pickle=False) as data:
-                        keys, vectors = data["keys"], data["vectors"]
-                except (OSError, ValueError, KeyError) as exc:
-                    raise OirlError(f"corrupt embedding cache shard ({exc}); delete it to re-embed", shard) from None
+                keys, vectors = self._read_shard(shard)
                 self._index.update(zip(keys.tolist(), vectors))
+
+    @staticmethod
+    def _read_shard(shard: Path) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            with np.load(shard, allow_pickle=False) as data:
+                keys, vectors = data["keys"], data["vectors"]
+        # numpy's header parser can also raise tokenize/syntax errors on a damaged file
+        except Exception as exc:  # noqa: BLE001 - any failure to parse means the shard is corrupt
+            problem = str(exc) or type(exc).__name__
+        else:
+            if keys.ndim != 1 or keys.dtype.kind != "U" or vectors.ndim != 2 or len(vectors) != len(keys):
+                problem = f"keys {keys.dtype}{keys.shape} do not match vectors {vectors.dtype}{vectors.shape}"
+            elif vectors.dtype != np.float32 or not np.isfinite(vectors).all():
+                problem = "vectors are not finite float32"
+            else:
+                return keys, vectors
+        raise OirlError(f"corrupt embedding cache shard ({problem}); delete it to re-embed", shard)
 
     def __len__(self) -> int:
         return len(self._index)

@@ -445,11 +445,15 @@ class NpyRows:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         with self.path.open("rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            try:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            # numpy's header parser raises tokenize and syntax errors too on a damaged header
+            except Exception as exc:  # noqa: BLE001
+                raise ValueError(f"not a .npy header ({exc})") from None
             self.offset = fh.tell()
         if dtype.hasobject:
             raise ValueError("object arrays are not accepted (no pickle)")

@@ -200,7 +200,7 @@ def _npy_bytes(arr) -> bytes:
 
 @FUZZ
 @given(
-    mode=st.sampled_from(["random", "truncated", "header"]),
+    mode=st.sampled_from(["random", "truncated", "header", "flipped"]),
     data=st.binary(max_size=600),
     cut=st.integers(min_value=0, max_value=10_000),
     dtype=st.sampled_from(["<f4", ">f8", "<f2", "<i4", "|u1", "<c8", "|b1", "<U3", "|O", "|V4"]),
@@ -212,7 +212,9 @@ def test_npy_reader_refuses_bad_files_with_a_reason(tmp_path_factory, mode, data
     else:
         arr = np.zeros(shape, dtype=np.dtype(dtype))
     good = _npy_bytes(arr)
-    blob = {"random": data, "truncated": good[: cut % (len(good) + 1)], "header": good}[mode]
+    pos = cut % min(len(good), 128)  # within the header, where a flip changes what the file claims to be
+    flipped = good[:pos] + bytes([good[pos] ^ 0x20]) + good[pos + 1 :]
+    blob = {"random": data, "truncated": good[: cut % (len(good) + 1)], "header": good, "flipped": flipped}[mode]
     path = _write_bytes(tmp_path_factory.mktemp("npy"), "emb.npy", blob)
     try:
         rows = NpyRows(path)
@@ -333,3 +335,40 @@ def test_score_embeddings_with_nan_inf_and_bad_dtypes(tmp_path, tiny_model):
             score_file(model_dir, None, tmp_path / "o2.jsonl", embeddings=tmp_path / "bad.npy", ids=tmp_path / "ids.txt",
                        progress=False)
     assert not (tmp_path / "o2.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------ embedding cache shards
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mode=st.sampled_from(["random", "truncated", "flipped", "nan", "shape"]), data=st.binary(max_size=400),
+       cut=st.integers(min_value=0, max_value=100_000))
+def test_corrupt_embedding_cache_shard_is_named_not_trusted(tmp_path_factory, mode, data, cut):
+    from oirl_fast.embed import EmbeddingCache
+
+    root = tmp_path_factory.mktemp("cache")
+    cache = EmbeddingCache(root)
+    vectors = np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32)
+    if mode == "nan":
+        vectors[1, 5] = np.nan
+    if mode == "shape":
+        vectors = vectors[:2]
+    keys = ["a", "b", "c"]
+    cache.dir.mkdir(parents=True)
+    shard = cache.dir / "shard-x.npz"
+    buf = io.BytesIO()
+    np.savez(buf, keys=np.array(keys), vectors=vectors)
+    good = buf.getvalue()
+    blob = {"random": data, "truncated": good[: cut % len(good)],
+            "flipped": good[: cut % len(good)] + bytes([good[cut % len(good)] ^ 0x55]) + good[cut % len(good) + 1 :]}.get(mode, good)
+    shard.write_bytes(blob)
+    try:
+        loaded = EmbeddingCache(root)
+    except OirlError as exc:
+        assert str(exc.path) == str(shard)
+        return
+    # accepted: every vector is finite and the right size
+    assert mode in ("flipped",) and len(loaded) == 3
+    for k in keys:
+        v = loaded.get(k)
+        assert v.shape == (384,) and np.isfinite(v).all()
