@@ -196,7 +196,7 @@ def test_kill9_then_resume_has_every_request_exactly_once(tiny_model, inputs, tm
     assert f"{n} requests (" in res.stderr
 
 
-def test_cli_collect_bundled_queries_and_published_prompts(tiny_model, tmp_path):
+def test_cli_collect_bundled_queries_and_published_prompts(tiny_model, tmp_path, cache_dir):
     out = tmp_path / "run"
     res = cli("collect", "--model", tiny_model, "--queries", "svamp", "--split", "test", "--limit", "2",
               "--prompts", "published", "--out", out, "--backend", "transformers", "--max-tokens", "4",
@@ -207,6 +207,9 @@ def test_cli_collect_bundled_queries_and_published_prompts(tiny_model, tmp_path)
     assert set(table.column("dataset").to_pylist()) == {"svamp"} and set(table.column("split").to_pylist()) == {"test"}
     assert set(table.column("sample").to_pylist()) == {0}
     assert "accuracy per prompt" in res.stderr and "req" in res.stderr
+    # downstream commands read a collected log as they read an imported one
+    res = cli("embed", out / "logs.parquet", "--cache-dir", cache_dir)
+    assert res.exit_code == 0 and "18 distinct texts" in res.stderr, res.output
 
 
 # --------------------------------------------------------------------------- bad input
