@@ -53,3 +53,19 @@ def test_corrupt_cache_shard_is_a_clear_error(tmp_path):
 def test_non_string_text_is_refused(tmp_path):
     with pytest.raises(OirlError, match="not a string"):
         Embedder(cache_dir=tmp_path, progress=False).embed(["ok", 3])
+
+
+def test_fp16_embeddings_stay_close_and_keep_their_own_cache(tmp_path):
+    from oirl_fast.embed import Embedder
+    from oirl_fast.errors import OirlError
+
+    texts = ["Natalia sold clips to 48 of her friends in April.", "What is 7 times 8?", "Let's think step by step."]
+    e32 = Embedder(cache_dir=tmp_path, device="cpu", progress=False)
+    e16 = Embedder(cache_dir=tmp_path, device="cpu", progress=False, precision="fp16")
+    a, b = e32.embed(texts), e16.embed(texts)
+    assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5)
+    assert 0 < np.abs(a - b).max() < 2e-3  # really computed in half precision, and close
+    assert e16.cache.dir != e32.cache.dir and len(e16.cache) == len(e32.cache) == 3
+    assert Embedder(cache_dir=tmp_path, device="cpu", precision="auto").precision == "fp32"
+    with pytest.raises(OirlError, match="unknown precision"):
+        Embedder(cache_dir=tmp_path, precision="int8")
