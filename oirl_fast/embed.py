@@ -104,14 +104,15 @@ class Embedder:
         use_cache: bool = True,
         precision: str = "fp32",
     ):
-        if precision not in ("auto", "fp32", "fp16"):
-            raise OirlError(f"unknown precision {precision!r}; use auto, fp32 or fp16")
+        if precision not in ("fp32", "fp16"):
+            raise OirlError(f"unknown precision {precision!r}; use fp32 or fp16")
         self.model_id = MODEL_ID
         self.dim = EMBED_DIM
         self.device_request = device
-        # auto: fp16 on CUDA, where it is about twice as fast (benchmarks/embed_precision.py
-        # measures how often it changes a pick), fp32 on CPU
-        self.precision = precision if precision != "auto" else ("fp16" if resolve_device(device) == "cuda" else "fp32")
+        # fp32 by default: fp16 moved embeddings by at most 3e-4, yet that changed the pick of
+        # 24% of GSM8K test queries (benchmarks/embed_precision.py), because tree models are
+        # step functions and many candidates score within a hair of each other.
+        self.precision = precision
         self.batch_size = batch_size
         self.progress = progress
         # fp16 vectors differ from fp32 ones in the 4th digit: they get a cache of their own
