@@ -60,3 +60,30 @@ def real_pairs(embedder):
     X = pair_features(embedder.embed(list(uq)), embedder.embed(list(up)), qi, pi)
     y = rows.column("correct").to_numpy(zero_copy_only=False).astype(int)
     return X, y
+
+
+@pytest.fixture(scope="session")
+def make_artifact(real_pairs):
+    """make_artifact(path, n_estimators=10, n_prompts=4) -> path: a small LightGBM artifact on the real
+    pairs, prompts ``p0..`` with the first rows' prompt embeddings (no compiled library)."""
+    from oirl_fast.features import FeatureLayout
+    from oirl_fast.train import artifact as art
+    from oirl_fast.train.reward_model import RewardModel, TrainConfig
+
+    X, y = real_pairs
+
+    def make(path, n_estimators: int = 10, n_prompts: int = 4):
+        config = TrainConfig(n_estimators=n_estimators, early_stopping_rounds=1000)
+        model = RewardModel(config).fit(X, y)
+        p_emb = np.ascontiguousarray(X[:n_prompts, 384:])
+        meta = art.ModelMetadata(
+            dataset="gsm8k", backend="lightgbm", embedding_model="sentence-transformers/all-MiniLM-L6-v2",
+            feature_layout=FeatureLayout(384, 384).to_dict(),
+            prompts=[{"id": f"p{i}", "text": f"prompt {i}", "seen_in_training": True} for i in range(n_prompts)],
+            prompt_embeddings_sha256=art.embeddings_hash(p_emb), protocol={"name": "test"},
+            train_config=config.to_dict(), best_iteration=model.best_iteration, n_train_examples=len(y),
+        )
+        art.save_artifact(path, model, meta, p_emb, compile_library=False)
+        return path
+
+    return make

@@ -272,25 +272,8 @@ def test_every_single_byte_flip_of_a_log_is_refused_or_harmless(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, real_pairs):
-    from oirl_fast.features import FeatureLayout
-    from oirl_fast.train import artifact as art
-    from oirl_fast.train.reward_model import RewardModel, TrainConfig
-
-    X, y = real_pairs
-    config = TrainConfig(n_estimators=10, early_stopping_rounds=1000)
-    model = RewardModel(config).fit(X, y)
-    p_emb = np.ascontiguousarray(X[:4, 384:])
-    meta = art.ModelMetadata(
-        dataset="gsm8k", backend="lightgbm", embedding_model="sentence-transformers/all-MiniLM-L6-v2",
-        feature_layout=FeatureLayout(384, 384).to_dict(),
-        prompts=[{"id": f"p{i}", "text": f"prompt {i}", "seen_in_training": True} for i in range(4)],
-        prompt_embeddings_sha256=art.embeddings_hash(p_emb), protocol={"name": "test"},
-        train_config=config.to_dict(), best_iteration=model.best_iteration, n_train_examples=len(y),
-    )
-    out = tmp_path_factory.mktemp("fuzz-model") / "m"
-    art.save_artifact(out, model, meta, p_emb, compile_library=False)
-    return out, X
+def tiny_model(tmp_path_factory, make_artifact, real_pairs):
+    return make_artifact(tmp_path_factory.mktemp("fuzz-model") / "m"), real_pairs[0]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

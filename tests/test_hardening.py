@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,24 +18,10 @@ def test_no_pickle_anywhere_in_the_product():
     assert hits == []
 
 
-def test_cli_refuses_a_tampered_model_with_one_line(tmp_path, real_pairs):
+def test_cli_refuses_a_tampered_model_with_one_line(tmp_path, make_artifact):
     from oirl_fast.cli import app
-    from oirl_fast.features import FeatureLayout
-    from oirl_fast.train import artifact as art
-    from oirl_fast.train.reward_model import RewardModel, TrainConfig
 
-    X, y = real_pairs
-    config = TrainConfig(n_estimators=5, early_stopping_rounds=1000)
-    model = RewardModel(config).fit(X, y)
-    p_emb = np.ascontiguousarray(X[:2, 384:])
-    meta = art.ModelMetadata(
-        dataset="gsm8k", backend="lightgbm", embedding_model="sentence-transformers/all-MiniLM-L6-v2",
-        feature_layout=FeatureLayout(384, 384).to_dict(),
-        prompts=[{"id": "a", "text": "A", "seen_in_training": True}, {"id": "b", "text": "B", "seen_in_training": True}],
-        prompt_embeddings_sha256=art.embeddings_hash(p_emb), protocol={"name": "test"},
-        train_config=config.to_dict(), best_iteration=model.best_iteration, n_train_examples=len(y),
-    )
-    art.save_artifact(tmp_path / "m", model, meta, p_emb, compile_library=False)
+    make_artifact(tmp_path / "m", n_estimators=5, n_prompts=2)
     (tmp_path / "q.jsonl").write_text('{"id": 1, "query": "What is 2+2?"}\n')
     booster = tmp_path / "m" / "model.lgb.txt"
     booster.write_text(booster.read_text() + "\n")
