@@ -72,38 +72,73 @@ class FittedModel:
     prompt_embeddings: np.ndarray
 
 
-def fit_reward_model(
-    table: pa.Table, protocol: Protocol, config: TrainConfig, embedder: Embedder, log=print
-) -> FittedModel:
-    """Fit a reward model on the protocol's train rows (held-out prompts excluded)."""
+@dataclass
+class TrainingSet:
+    """What a reward model is fitted on: the split, the pooled training cells, the prompt embeddings.
+
+    The single-machine fit builds the feature rows here; the Dask fit builds them on
+    the workers, one block of cells each (``oirl_fast.distributed``)."""
+
+    table: pa.Table
+    protocol: Protocol
+    split: SplitLog
+    train: Outcomes  # pooled per (question group, training prompt)
+    prompt_emb: np.ndarray  # every prompt, log order
+    train_cols: list[int]  # rows of prompt_emb that are training prompts
+
+    @property
+    def train_prompt_emb(self) -> np.ndarray:
+        return self.prompt_emb[self.train_cols]
+
+    def cells(self):
+        """(unit u (k,), prompt p (k,), y, weight, groups): the logged (question, training prompt) cells."""
+        u, p = np.nonzero(self.train.count > 0)
+        return u, p, self.train.rate[u, p], self.train.count[u, p].astype(np.float64), np.asarray(self.train.groups)[u]
+
+
+def training_set(table: pa.Table, protocol: Protocol, embedder: Embedder) -> TrainingSet:
     split = split_log(table, protocol)
     train = pool(split.train, unit="group", prompt_ids=split.train_prompt_ids)
     all_ids = [p for p, _ in split.prompts]
     prompt_emb = embedder.embed([t for _, t in split.prompts])
-    query_emb = embedder.embed(train.texts)
     train_cols = [all_ids.index(p) for p in split.train_prompt_ids]
-    X, y, w, groups = training_examples(train, query_emb, prompt_emb[train_cols])
+    return TrainingSet(table, protocol, split, train, prompt_emb, train_cols)
+
+
+def training_metadata(ts: TrainingSet, config: TrainConfig, model: RewardModel, embedding_model: str,
+                      query_dim: int, n_examples: int, fit_seconds: float, extra_metrics: dict | None = None) -> ModelMetadata:
+    split = ts.split
+    layout = FeatureLayout(query_dim, ts.prompt_emb.shape[1])
+    return ModelMetadata(
+        dataset=_dataset_name(ts.table),
+        backend=config.backend,
+        embedding_model=embedding_model,
+        feature_layout=layout.to_dict(),
+        prompts=[{"id": p, "text": t, "seen_in_training": p in split.train_prompt_ids} for p, t in split.prompts],
+        prompt_embeddings_sha256=embeddings_hash(ts.prompt_emb),
+        protocol=ts.protocol.to_dict(),
+        train_config=config.to_dict(),
+        best_iteration=model.best_iteration,
+        n_train_examples=int(n_examples),
+        metrics={"fit_seconds": round(fit_seconds, 2), "n_train_questions": ts.train.n_units,
+                 "validation": model.validation, **(extra_metrics or {})},
+        calibration=model.calibrator.to_dict() if model.calibrator is not None else None,
+    )
+
+
+def fit_reward_model(
+    table: pa.Table, protocol: Protocol, config: TrainConfig, embedder: Embedder, log=print
+) -> FittedModel:
+    """Fit a reward model on the protocol's train rows (held-out prompts excluded)."""
+    ts = training_set(table, protocol, embedder)
+    query_emb = embedder.embed(ts.train.texts)
+    X, y, w, groups = training_examples(ts.train, query_emb, ts.train_prompt_emb)
     t0 = time.perf_counter()
     model = RewardModel(config).fit(X, y, w, groups)
     fit_seconds = time.perf_counter() - t0
     log(f"  fitted {config.backend}: {model.best_iteration} trees on {len(y)} (question, prompt) cells in {fit_seconds:.1f}s")
-    layout = FeatureLayout(query_emb.shape[1], prompt_emb.shape[1])
-    metadata = ModelMetadata(
-        dataset=_dataset_name(table),
-        backend=config.backend,
-        embedding_model=embedder.model_id,
-        feature_layout=layout.to_dict(),
-        prompts=[{"id": p, "text": t, "seen_in_training": p in split.train_prompt_ids} for p, t in split.prompts],
-        prompt_embeddings_sha256=embeddings_hash(prompt_emb),
-        protocol=protocol.to_dict(),
-        train_config=config.to_dict(),
-        best_iteration=model.best_iteration,
-        n_train_examples=int(len(y)),
-        metrics={"fit_seconds": round(fit_seconds, 2), "n_train_questions": train.n_units,
-                 "validation": model.validation},
-        calibration=model.calibrator.to_dict() if model.calibrator is not None else None,
-    )
-    return FittedModel(model, metadata, prompt_emb)
+    metadata = training_metadata(ts, config, model, embedder.model_id, query_emb.shape[1], len(y), fit_seconds)
+    return FittedModel(model, metadata, ts.prompt_emb)
 
 
 def write_artifact(fitted: FittedModel, out_dir, compile_library: bool = True, protocol: Protocol | None = None) -> Artifact:

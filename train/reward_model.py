@@ -45,6 +45,44 @@ class TrainConfig:
         return asdict(self)
 
 
+def lightgbm_params(c: TrainConfig) -> dict:
+    """LightGBM training parameters for a config (the single-machine and the Dask fit use the same)."""
+    return {
+        # cross_entropy takes fractional labels (pooled success rates).
+        "objective": "cross_entropy",
+        "learning_rate": c.learning_rate,
+        "num_leaves": c.num_leaves,
+        "min_sum_hessian_in_leaf": c.min_child_weight * 0.1,
+        "min_data_in_leaf": int(c.min_child_weight),
+        "feature_fraction": c.colsample,
+        "bagging_fraction": c.subsample,
+        "bagging_freq": 1,
+        "seed": c.seed,
+        "num_threads": c.nthread,
+        "verbosity": -1,
+        "deterministic": True,
+        "force_row_wise": True,
+        "max_bin": c.max_bin,
+    }
+
+
+def xgboost_params(c: TrainConfig) -> dict:
+    """XGBoost training parameters for a config (the single-machine and the Dask fit use the same)."""
+    return {
+        "objective": "binary:logistic",
+        "eval_metric": "logloss",
+        "eta": c.learning_rate,
+        "max_depth": c.max_depth,
+        "min_child_weight": c.min_child_weight * 0.1,
+        "colsample_bytree": c.colsample,
+        "subsample": c.subsample,
+        "tree_method": "hist",
+        "max_bin": c.max_bin + 1,
+        "seed": c.seed,
+        "nthread": c.nthread,
+    }
+
+
 def group_validation_split(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """bool (n,): validation rows, whole groups at a time so repeats never straddle the split."""
     uniq = np.unique(groups)
@@ -97,33 +135,22 @@ class RewardModel:
         self.n_features = X.shape[1]
         fit = self._fit_lightgbm if self.backend == "lightgbm" else self._fit_xgboost
         fit(X[~valid], y[~valid], weight[~valid], X[valid], y[valid], weight[valid])
-        prob_valid = self.predict(X[valid])
-        self.validation = _validation_metrics(y[valid], weight[valid], prob_valid)
+        return self.finish(y[valid], weight[valid], self.predict(X[valid]))
+
+    def finish(self, y_valid: np.ndarray, w_valid: np.ndarray, prob_valid: np.ndarray) -> "RewardModel":
+        """Validation metrics and the calibrator, from the fitted trees' predictions on the validation cells.
+
+        Shared by the single-machine fit and the Dask one (``oirl_fast.distributed``)."""
+        self.validation = _validation_metrics(y_valid, w_valid, prob_valid)
         # Fitted on the validation questions, which the trees never trained on.
-        self.calibrator = IsotonicCalibrator.fit(prob_valid, y[valid], weight[valid])
+        self.calibrator = IsotonicCalibrator.fit(prob_valid, y_valid, w_valid)
         return self
 
     def _fit_lightgbm(self, X, y, w, Xv, yv, wv):
         import lightgbm as lgb
 
         c = self.config
-        params = {
-            # cross_entropy takes fractional labels (pooled success rates).
-            "objective": "cross_entropy",
-            "learning_rate": c.learning_rate,
-            "num_leaves": c.num_leaves,
-            "min_sum_hessian_in_leaf": c.min_child_weight * 0.1,
-            "min_data_in_leaf": int(c.min_child_weight),
-            "feature_fraction": c.colsample,
-            "bagging_fraction": c.subsample,
-            "bagging_freq": 1,
-            "seed": c.seed,
-            "num_threads": c.nthread,
-            "verbosity": -1,
-            "deterministic": True,
-            "force_row_wise": True,
-            "max_bin": c.max_bin,
-        }
+        params = lightgbm_params(c)
         train = lgb.Dataset(X, y, weight=w, free_raw_data=True, params={"max_bin": c.max_bin})
         valid = lgb.Dataset(Xv, yv, weight=wv, reference=train)
         booster = lgb.train(
@@ -142,19 +169,7 @@ class RewardModel:
         import xgboost as xgb
 
         c = self.config
-        params = {
-            "objective": "binary:logistic",
-            "eval_metric": "logloss",
-            "eta": c.learning_rate,
-            "max_depth": c.max_depth,
-            "min_child_weight": c.min_child_weight * 0.1,
-            "colsample_bytree": c.colsample,
-            "subsample": c.subsample,
-            "tree_method": "hist",
-            "max_bin": c.max_bin + 1,
-            "seed": c.seed,
-            "nthread": c.nthread,
-        }
+        params = xgboost_params(c)
         dtrain = xgb.DMatrix(X, y, weight=w)
         dvalid = xgb.DMatrix(Xv, yv, weight=wv)
         booster = xgb.train(
