@@ -582,10 +582,11 @@ def load_scoring(
     embedder_factory: Callable | None = None,
     embeddings_label: str | Path | None = None,
     log: Callable[[str], None] = lambda s: None,
+    build_scorer: bool = True,
 ) -> Scoring:
     """Load the artifact, check it against the input (``query_dim`` of precomputed embeddings),
     resolve the candidates (the model's, a ``prompts`` file, or ready ``candidates``) and pick
-    the fastest scorer."""
+    the fastest scorer (unless ``build_scorer`` is False: a client that only checks the job)."""
     from .embed import MODEL_ID
     from .train.artifact import load_artifact
 
@@ -625,7 +626,7 @@ def load_scoring(
         )
     else:
         cands = model_candidates(artifact)
-    scorer = make_scorer(artifact, cands, device=device, path=path, log=log)
+    scorer = make_scorer(artifact, cands, device=device, path=path, log=log) if build_scorer else None
     return Scoring(artifact, cands, scorer, top_k, with_scores, min_confidence, get_embedder)
 
 
