@@ -126,6 +126,23 @@ def train_cmd(
     compile: bool = typer.Option(True, "--compile/--no-compile", help="Build the native library with treelite + tl2cgen."),
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
+    engine: str = typer.Option(
+        "local", "--engine",
+        help="local: fit in this process. dask: build the feature rows on Dask workers and fit with "
+             "lightgbm.dask / xgboost.dask (LOG may then be a folder or a quoted glob of Parquet shards).",
+    ),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler",
+        help="--engine dask: address of a running scheduler, e.g. tcp://10.0.0.5:8786 "
+             "\\[default: a local cluster on this machine]. Paths must be shared with the workers.",
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, help="--engine dask without --scheduler: worker processes \\[default: CPU cores]."
+    ),
+    partitions: Optional[int] = typer.Option(
+        None, "--partitions", min=1,
+        help="--engine dask: blocks of training cells \\[default: 50,000 cells each, at least 2 per worker].",
+    ),
 ):
     """Fit a reward model r(query, prompt) on the concatenated query and prompt embeddings; write a model artifact."""
     from .pipeline import train_artifact
@@ -133,10 +150,20 @@ def train_cmd(
     from .splits import Protocol
     from .train.reward_model import TrainConfig
 
+    if engine not in ("local", "dask"):
+        raise OirlError(f"unknown engine {engine!r}; use local or dask")
+    if engine == "local" and (scheduler or workers or partitions):
+        raise OirlError("--scheduler, --workers and --partitions need --engine dask")
     config = TrainConfig(backend=backend, n_estimators=n_estimators, learning_rate=learning_rate, seed=seed)
     proto = Protocol(protocol, test_fraction=test_fraction, seed=seed)
-    table = read_logs(log)
-    train_artifact(table, proto, config, _embedder(cache_dir, device), out, compile_library=compile, log=err.print)
+    if engine == "dask":
+        from .distributed import train_distributed
+
+        train_distributed(log, proto, config, out, cache_dir=cache_dir, device=device, scheduler=scheduler,
+                          workers=workers, partitions=partitions, compile_library=compile, log_fn=err.print)
+    else:
+        table = read_logs(log)
+        train_artifact(table, proto, config, _embedder(cache_dir, device), out, compile_library=compile, log=err.print)
     err.print(f"wrote model artifact {out}")
 
 

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from .errors import OirlError
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``score`` command to ``app``."""
@@ -17,7 +19,8 @@ def register(app: typer.Typer) -> None:
     def score_cmd(
         model: Path = typer.Argument(..., help="Model artifact folder written by `oirl train`."),
         in_path: Optional[Path] = typer.Option(
-            None, "--in", "-i", help='Queries, one JSON object a line: {"id": ..., "query": "..."} (other fields kept).'
+            None, "--in", "-i", help='Queries, one JSON object a line: {"id": ..., "query": "..."} (other fields kept). '
+                 'With --engine dask also a folder of *.jsonl shards or a quoted glob.'
         ),
         out: Path = typer.Option(..., "--out", "-o", help="Picks to write (JSONL, one line per input line)."),
         prompts: Optional[Path] = typer.Option(
@@ -44,24 +47,64 @@ def register(app: typer.Typer) -> None:
         cache_dir: Optional[Path] = typer.Option(
             None, "--cache-dir", help="Embedding cache folder \\[default: $OIRL_CACHE_DIR or ~/.cache/oirl-fast]."
         ),
+        engine: str = typer.Option(
+            "local", "--engine",
+            help="local: stream in this process. dask: split the input into partitions scored by Dask workers "
+                 "(--in may then be a folder or a glob of JSONL shards).",
+        ),
+        scheduler: Optional[str] = typer.Option(
+            None, "--scheduler",
+            help="--engine dask: address of a running scheduler, e.g. tcp://10.0.0.5:8786 "
+                 "\\[default: a local cluster on this machine]. Paths must be shared with the workers.",
+        ),
+        workers: Optional[int] = typer.Option(
+            None, "--workers", min=1, help="--engine dask without --scheduler: worker processes \\[default: CPU cores]."
+        ),
+        partitions: Optional[int] = typer.Option(
+            None, "--partitions", min=1,
+            help="--engine dask: partitions of whole lines \\[default: 64 MiB each, at least 4 per worker].",
+        ),
+        merge: Optional[bool] = typer.Option(
+            None, "--merge/--no-merge",
+            help="--engine dask: merge the part files into --out in input order, or keep --out as a folder of "
+                 "part-NNNNN.jsonl files plus manifest.json \\[default: merge unless --out is an existing folder].",
+        ),
+        keep_parts: bool = typer.Option(False, "--keep-parts", help="--engine dask with merge: keep OUT.parts/ after merging."),
     ):
         """Pick the best candidate prompt for every query with a trained reward model.
 
         Output lines follow input lines one to one; a malformed line becomes an error record
-        with its line number. Interrupted runs continue with --resume.
+        with its line number. Interrupted runs continue with --resume (with --engine dask:
+        the partitions already written are kept).
         """
         from .atomic import write_text
         from .score import score_file
 
+        if engine not in ("local", "dask"):
+            raise OirlError(f"unknown engine {engine!r}; use local or dask")
+        if engine == "local" and (scheduler or workers or partitions or merge is not None or keep_parts):
+            raise OirlError("--scheduler, --workers, --partitions, --merge and --keep-parts need --engine dask")
         try:
-            summary = score_file(
-                model, in_path, out, prompts=prompts, embeddings=embeddings, ids=ids, top_k=top_k, min_confidence=min_confidence,
-                with_scores=scores, strict=strict, resume=resume, device=device, batch_size=batch_size,
-                chunk_size=chunk_size, cache_dir=cache_dir, path=path, progress=True,
-                log=lambda s: err.print(s, highlight=False, soft_wrap=True),
-            )
+            if engine == "dask":
+                from .distributed import score_distributed
+
+                summary = score_distributed(
+                    model, in_path, out, prompts=prompts, embeddings=embeddings, ids=ids, top_k=top_k,
+                    min_confidence=min_confidence, with_scores=scores, strict=strict, resume=resume, device=device,
+                    batch_size=batch_size, chunk_size=chunk_size, cache_dir=cache_dir, path=path, scheduler=scheduler,
+                    workers=workers, partitions=partitions, merge=merge, keep_parts=keep_parts, progress=True,
+                    log=lambda s: err.print(s, highlight=False, soft_wrap=True),
+                )
+            else:
+                summary = score_file(
+                    model, in_path, out, prompts=prompts, embeddings=embeddings, ids=ids, top_k=top_k, min_confidence=min_confidence,
+                    with_scores=scores, strict=strict, resume=resume, device=device, batch_size=batch_size,
+                    chunk_size=chunk_size, cache_dir=cache_dir, path=path, progress=True,
+                    log=lambda s: err.print(s, highlight=False, soft_wrap=True),
+                )
         except KeyboardInterrupt:
-            err.print(f"interrupted: {out} holds a valid prefix; rerun with --resume to continue", highlight=False)
+            kept = "finished partitions are kept beside it" if engine == "dask" else f"{out} holds a valid prefix"
+            err.print(f"interrupted: {kept}; rerun with --resume to continue", highlight=False)
             raise typer.Exit(130) from None
         for line in summary.lines_text():
             err.print(line, highlight=False, soft_wrap=True)
