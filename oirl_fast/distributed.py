@@ -69,7 +69,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, thread
     log = log or (lambda s: None)
     if scheduler:
         try:
-            c = Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+            c = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as exc:
             raise OirlError(f"cannot reach the Dask scheduler at {scheduler} ({_first_line(exc)})") from None
         try:
@@ -79,9 +79,11 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, thread
         return
     n = workers or os.cpu_count() or 1
     log(f"starting a local Dask cluster: {n} worker processes, {threads_per_worker} thread each")
+    # torch (query embedding) reads OMP_NUM_THREADS when it is imported: the cores shared out
+    env = {"OMP_NUM_THREADS": str(_local_threads(n))}
     with LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=":0", silence_logs=40) as cluster, \
-            Client(cluster, set_as_default=False) as c:
+                      dashboard_address=":0", silence_logs=40, env=env) as cluster, \
+            Client(cluster) as c:
         yield c
 
 
@@ -796,9 +798,10 @@ def train_distributed(
 
         X_tr, y_tr, w_tr = blocks(~valid, n_parts)
         X_va, y_va, w_va = blocks(valid, max(1, n_workers))
-        from distributed import wait
+        from distributed import as_completed
 
-        wait(futures)
+        for _ in as_completed(futures):  # waits on the futures' own client, default or not
+            pass
         bad = [f for f in futures if f.status == "error"]
         if bad:
             bad[0].result()  # raises the worker's error here
@@ -829,7 +832,7 @@ def train_distributed(
             parts = [da.from_delayed(dask.delayed(_loss_curve_block)(xb, yb, wb, b_d, t_d), shape=(1, table_.shape[0]),
                                      dtype=np.float64)
                      for xb, yb, wb in zip(X_va.to_delayed().ravel(), y_va.to_delayed().ravel(), w_va.to_delayed().ravel())]
-            curve = da.concatenate(parts, axis=0).sum(axis=0).compute() / float(w[valid].sum())
+            curve = cl.compute(da.concatenate(parts, axis=0).sum(axis=0)).result() / float(w[valid].sum())
             model.best_iteration = early_stopping_point(curve, config.early_stopping_rounds)
             model.booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=model.best_iteration))
         else:
@@ -847,7 +850,7 @@ def train_distributed(
             model.booster = booster[: model.best_iteration]
             model.booster.set_param({"nthread": config.nthread})
         fit_seconds = time.perf_counter() - t0
-        prob_valid = X_va.map_blocks(_predict_block, model, drop_axis=1, dtype=np.float64).compute()
+        prob_valid = cl.compute(X_va.map_blocks(_predict_block, model, drop_axis=1, dtype=np.float64)).result()
         model.finish(y[valid], w[valid], prob_valid)
     log_fn(f"  fitted {config.backend} on dask ({n_workers} workers): {model.best_iteration} trees on "
            f"{len(y)} (question, prompt) cells in {fit_seconds:.1f}s")
