@@ -402,3 +402,26 @@ def test_cli_train_dask(client, tmp_path, cache_dir):
     assert meta.metrics["engine"]["name"] == "dask" and meta.best_iteration <= 20
     r = CliRunner().invoke(app, ["train", str(shards), "--out", str(out), "--workers", "2"])
     assert r.exit_code == 2 and "need --engine dask" in r.output
+
+
+def test_prompts_file_and_strict(synth_model, client, tmp_path):
+    """A --prompts file's candidates reach the workers; --strict stops before anything is written."""
+    emb, ids = _write_embeddings(tmp_path, 400)
+    rng = np.random.default_rng(5)
+    vecs = rng.normal(size=(5, D)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"c{i}", "text": f"candidate {i}", "embedding": v.tolist(),
+                                           "embedding_model": MODEL_ID}) + "\n" for i, v in enumerate(vecs)))
+    local = tmp_path / "local.jsonl"
+    score_file(synth_model, None, local, embeddings=emb, ids=ids, prompts=prompts, top_k=2, progress=False)
+    out = tmp_path / "picks.jsonl"
+    s = dist.score_distributed(synth_model, None, out, embeddings=emb, ids=ids, prompts=prompts, top_k=2,
+                               partitions=3, client=client, progress=False)
+    assert out.read_bytes() == local.read_bytes() and s.candidates == 5
+    assert {r.get("prompt_id") for r in _read(out)} <= {None, "c0", "c1", "c2", "c3", "c4"}
+
+    with pytest.raises(OirlError, match=r"ids.txt:6: empty id"):
+        dist.score_distributed(synth_model, None, tmp_path / "strict.jsonl", embeddings=emb, ids=ids, strict=True,
+                               client=client, progress=False)
+    assert not (tmp_path / "strict.jsonl").exists() and not (tmp_path / "strict.jsonl.parts").exists()
