@@ -87,13 +87,12 @@ def write_inputs(work: Path, n_queries: int, dim: int) -> tuple[Path, Path]:
 
 def run_dask(model: Path, emb: Path, ids: Path, out: Path, workers: int, partitions: int | None, reference: bytes) -> dict:
     """Two jobs on one fresh LocalCluster: cold (workers load the model) and warm (already loaded)."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from oirl_fast.distributed import _local_threads, score_distributed
+    from oirl_fast.distributed import _local_threads, local_cluster, score_distributed
 
     t0 = time.perf_counter()
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=40) as cluster, Client(cluster) as client:
+    with local_cluster(workers) as cluster, Client(cluster) as client:
         start = time.perf_counter() - t0
         walls = []
         for _ in range(2):

@@ -64,7 +64,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, thread
     if client is not None:
         yield client
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     log = log or (lambda s: None)
     if scheduler:
@@ -79,12 +79,31 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, thread
         return
     n = workers or os.cpu_count() or 1
     log(f"starting a local Dask cluster: {n} worker processes, {threads_per_worker} thread each")
-    # torch (query embedding) reads OMP_NUM_THREADS when it is imported: the cores shared out
-    env = {"OMP_NUM_THREADS": str(_local_threads(n))}
-    with LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=":0", silence_logs=40, env=env) as cluster, \
-            Client(cluster) as c:
+    with local_cluster(n, threads_per_worker) as cluster, Client(cluster) as c:
         yield c
+
+
+@contextlib.contextmanager
+def local_cluster(n_workers: int, threads_per_worker: int = 1, silence_logs: int = 40):
+    """A LocalCluster of worker processes that leaves this process's environment alone.
+
+    Dask's nanny sets OMP_NUM_THREADS=1 (and MKL/OpenBLAS, MALLOC_TRIM_THRESHOLD_) in its
+    *own* process before spawning each worker; in a LocalCluster that is the client
+    process, where an OpenMP runtime loaded afterwards (tl2cgen, LightGBM) would then be
+    capped at one thread.  Here those variables go to the workers only, set to the
+    cores shared out (torch reads OMP_NUM_THREADS when it is imported there)."""
+    import dask
+    from distributed import LocalCluster
+
+    t = str(_local_threads(n_workers))
+    env = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                               dashboard_address=":0", silence_logs=silence_logs, env=env)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -23,6 +23,7 @@ from oirl_fast.train import artifact as art
 from oirl_fast.train.reward_model import RewardModel, TrainConfig
 
 D = 384
+_ENV_AT_IMPORT = dict(os.environ)
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -119,11 +120,17 @@ def _write_embeddings(tmp_path, n, seed=1):
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=40) as cluster, Client(cluster) as c:
+    with dist.local_cluster(2) as cluster, Client(cluster) as c:
         yield c
+
+
+def test_local_cluster_leaves_this_process_environment_alone(client):
+    """Dask's nanny would set OMP_NUM_THREADS=1 here, capping tl2cgen and LightGBM in this process."""
+    assert os.environ.get("OMP_NUM_THREADS") != "1" or "OMP_NUM_THREADS" in _ENV_AT_IMPORT
+    workers_env = client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
+    assert set(workers_env.values()) == {str(max(1, (os.cpu_count() or 1) // 2))}
 
 
 # --------------------------------------------------------------------------------------
@@ -197,15 +204,14 @@ def test_text_shards_parts_manifest_and_resume(synth_model, client, tmp_path, em
 def test_worker_killed_mid_run(synth_model, tmp_path):
     """Two worker processes, one SIGKILLed after the first part file appears: every input line is
     in the merged output exactly once, in order, equal to a single-process run."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     emb, ids = _write_embeddings(tmp_path, 40_000, seed=2)
     local = tmp_path / "local.jsonl"
     score_file(synth_model, None, local, embeddings=emb, ids=ids, progress=False)
     out = tmp_path / "picks.jsonl"
     parts_dir = Path(str(out) + ".parts")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=50) as cluster, Client(cluster) as c:
+    with dist.local_cluster(2, silence_logs=50) as cluster, Client(cluster) as c:
         c.run(lambda: __import__("oirl_fast.distributed"))  # warm imports so the kill lands mid-job
         result = {}
 
