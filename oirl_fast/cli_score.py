@@ -35,6 +35,11 @@ def register(app: typer.Typer) -> None:
         scores: bool = typer.Option(False, "--scores", help="Also write every candidate's score."),
         device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda: embedding and kernel."),
         batch_size: int = typer.Option(128, "--batch-size", min=1, help="Texts per embedding forward pass."),
+        precision: str = typer.Option(
+            "fp32", "--precision",
+            help="Query embedding precision: fp32, or fp16 (faster on CUDA, but it changed 24% of GSM8K picks; "
+                 "see benchmarks/embed_precision.py).",
+        ),
         chunk_size: int = typer.Option(2048, "--chunk-size", min=1, help="Input lines read, scored and written at a time."),
         strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad line, before writing."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: keep the output's complete lines."),
@@ -91,7 +96,8 @@ def register(app: typer.Typer) -> None:
                 summary = score_distributed(
                     model, in_path, out, prompts=prompts, embeddings=embeddings, ids=ids, top_k=top_k,
                     min_confidence=min_confidence, with_scores=scores, strict=strict, resume=resume, device=device,
-                    batch_size=batch_size, chunk_size=chunk_size, cache_dir=cache_dir, path=path, scheduler=scheduler,
+                    batch_size=batch_size, precision=precision, chunk_size=chunk_size, cache_dir=cache_dir, path=path,
+                    scheduler=scheduler,
                     workers=workers, partitions=partitions, merge=merge, keep_parts=keep_parts, progress=True,
                     log=lambda s: err.print(s, highlight=False, soft_wrap=True),
                 )
@@ -99,7 +105,7 @@ def register(app: typer.Typer) -> None:
                 summary = score_file(
                     model, in_path, out, prompts=prompts, embeddings=embeddings, ids=ids, top_k=top_k, min_confidence=min_confidence,
                     with_scores=scores, strict=strict, resume=resume, device=device, batch_size=batch_size,
-                    chunk_size=chunk_size, cache_dir=cache_dir, path=path, progress=True,
+                    precision=precision, chunk_size=chunk_size, cache_dir=cache_dir, path=path, progress=True,
                     log=lambda s: err.print(s, highlight=False, soft_wrap=True),
                 )
         except KeyboardInterrupt:

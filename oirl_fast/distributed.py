@@ -279,7 +279,7 @@ def _worker_scoring(job: dict):
             job["model_dir"], candidates=cands, query_dim=None if emb is None else emb.shape[1],
             needs_text_embedder=emb is None, top_k=o["top_k"], with_scores=o["with_scores"],
             min_confidence=o["min_confidence"], device=o["device"], batch_size=o["batch_size"],
-            cache_dir=o["cache_dir"], path=o["path"],
+            precision=o.get("precision", "fp32"), cache_dir=o["cache_dir"], path=o["path"],
         )
         hit = _WORKER_CACHE[key] = (scoring, emb)
     return hit
@@ -473,6 +473,7 @@ def score_distributed(
     resume: bool = False,
     device: str = "auto",
     batch_size: int = 128,
+    precision: str = "fp32",
     chunk_size: int | None = None,
     cache_dir: str | Path | None = None,
     path: str = "auto",
@@ -540,8 +541,8 @@ def score_distributed(
     scoring = load_scoring(
         model_dir, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
         needs_text_embedder=emb_matrix is None or prompts is not None, top_k=top_k, with_scores=with_scores,
-        min_confidence=min_confidence, device=device, batch_size=batch_size, cache_dir=cache_dir, path=path,
-        embeddings_label=embeddings, build_scorer=False,
+        min_confidence=min_confidence, device=device, batch_size=batch_size, precision=precision,
+        cache_dir=cache_dir, path=path, embeddings_label=embeddings, build_scorer=False,
     )
     if strict:
         line0 = 1
@@ -551,7 +552,7 @@ def score_distributed(
             line0 += _cuts(f, 1)[2]
 
     options = {"top_k": top_k, "with_scores": with_scores, "min_confidence": min_confidence, "device": device,
-               "batch_size": batch_size, "chunk_size": chunk_size,
+               "batch_size": batch_size, "precision": precision, "chunk_size": chunk_size,
                "cache_dir": None if cache_dir is None else str(Path(cache_dir).resolve()), "path": path}
     cand_sha = None
     if prompts is not None:

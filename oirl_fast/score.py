@@ -577,6 +577,7 @@ def load_scoring(
     min_confidence: float | None = None,
     device: str = "auto",
     batch_size: int = 128,
+    precision: str = "fp32",
     cache_dir: str | Path | None = None,
     path: str = "auto",
     embedder_factory: Callable | None = None,
@@ -590,6 +591,8 @@ def load_scoring(
     from .embed import MODEL_ID
     from .train.artifact import load_artifact
 
+    if precision not in ("fp32", "fp16"):
+        raise OirlError(f"--precision must be fp32 or fp16, got {precision!r}")
     artifact = load_artifact(model_dir, embedding_model=MODEL_ID if needs_text_embedder else None)
     layout = artifact.metadata.feature_layout
     qdim, pdim = int(layout["query_dim"]), int(layout["prompt_dim"])
@@ -607,7 +610,7 @@ def load_scoring(
 
                 # queries are not cached: the cache keeps every vector in memory
                 embedders[cached] = Embedder(cache_dir=cache_dir, device=device, batch_size=batch_size,
-                                             progress=False, use_cache=cached)
+                                             progress=False, use_cache=cached, precision=precision)
         return embedders[cached]
 
     if min_confidence is not None:
@@ -699,6 +702,7 @@ def score_file(
     resume: bool = False,
     device: str = "auto",
     batch_size: int = 128,
+    precision: str = "fp32",
     chunk_size: int = DEFAULT_CHUNK,
     cache_dir: str | Path | None = None,
     path: str = "auto",
@@ -725,8 +729,8 @@ def score_file(
     scoring = load_scoring(
         model_dir, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
         needs_text_embedder=emb_matrix is None or prompts is not None, top_k=top_k, with_scores=with_scores,
-        min_confidence=min_confidence, device=device, batch_size=batch_size, cache_dir=cache_dir, path=path,
-        embedder_factory=embedder_factory, embeddings_label=embeddings, log=log,
+        min_confidence=min_confidence, device=device, batch_size=batch_size, precision=precision, cache_dir=cache_dir,
+        path=path, embedder_factory=embedder_factory, embeddings_label=embeddings, log=log,
     )
     cands, scorer = scoring.cands, scoring.scorer
 

@@ -344,3 +344,16 @@ def test_candidate_prompts_are_cached_beside_the_model(model_dir, texts, tmp_pat
         shards = list((local / "embeddings").rglob("shard-*.npz"))
         assert len(shards) == 1  # embedded on the first run, read back on the second
     assert _read(tmp_path / "picks0.jsonl") == _read(tmp_path / "picks1.jsonl")
+
+
+def test_fp16_query_embeddings_are_opt_in_and_checked(model_dir, texts, cache_dir, tmp_path):
+    queries = texts[0][:6]
+    inp = tmp_path / "q.jsonl"
+    _write_queries(inp, queries, bad=False)
+    s = score_file(model_dir, inp, tmp_path / "o16.jsonl", precision="fp16", cache_dir=cache_dir, progress=False,
+                   device="cpu")
+    recs = _read(tmp_path / "o16.jsonl")
+    assert s.scored == 6 and all("prompt_id" in r for r in recs)
+    with pytest.raises(OirlError, match="--precision must be fp32 or fp16"):
+        score_file(model_dir, inp, tmp_path / "bad.jsonl", precision="bf16", progress=False)
+    assert not (tmp_path / "bad.jsonl").exists()
