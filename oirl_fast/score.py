@@ -347,8 +347,15 @@ def resume_point(out: Path) -> int:
     return n
 
 
+# Characters that str.splitlines() and some JSONL readers treat as line breaks. JSON allows
+# them raw inside strings (the only place json.dumps can emit them), so escaping them there
+# keeps one record per line for every reader.
+# (json.dumps already escapes the C0 controls among them.)
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _dumps(rec: dict) -> str:
-    return json.dumps(rec, ensure_ascii=False, allow_nan=False, default=str)
+    return json.dumps(rec, ensure_ascii=False, allow_nan=False, default=str).translate(_LINE_BREAKS)
 
 
 def _num(x: float) -> float | None:

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from oirl_fast.errors import OirlError
@@ -278,6 +278,7 @@ def tiny_model(tmp_path_factory, make_artifact, real_pairs):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(LINE, min_size=1, max_size=12))
+@example(lines=['{"id": {"\x85": null}}', '{"id": 2, "query": "a\u2028b\u2029c"}'])  # found by this test
 def test_score_file_answers_every_line_once_whatever_the_input(tmp_path_factory, tiny_model, embedder, lines):
     from oirl_fast.score import score_file
 
@@ -288,7 +289,9 @@ def test_score_file_answers_every_line_once_whatever_the_input(tmp_path_factory,
     inp = _write_bytes(d, "in.jsonl", data)
     out = d / "out.jsonl"
     summary = score_file(model_dir, inp, out, progress=False, embedder_factory=lambda cached: embedder)
-    recs = [json.loads(l) for l in out.read_bytes().decode("utf-8").splitlines()]
+    text = out.read_bytes().decode("utf-8")
+    assert text.count("\n") == len(text.splitlines())  # no record holds a raw U+0085/U+2028/U+2029
+    recs = [json.loads(l) for l in text.split("\n")[:-1]]
     n = count_lines(inp)
     assert [r["line"] for r in recs] == list(range(1, n + 1))
     assert summary.scored + summary.errors == n
