@@ -48,6 +48,14 @@ def _embedder(cache_dir: Optional[Path], device: str, batch_size: int = 128, pro
 
 CacheOpt = typer.Option(None, "--cache-dir", help="Embedding cache folder \\[default: $OIRL_CACHE_DIR or ~/.cache/oirl-fast].")
 DeviceOpt = typer.Option("auto", "--device", help="Where to embed: auto (CUDA when present), cpu or cuda.")
+SchedulerOpt = typer.Option(
+    None, "--scheduler",
+    help="--engine dask: address of a running scheduler, e.g. tcp://10.0.0.5:8786 "
+         "\\[default: a local cluster on this machine]. Paths must be shared with the workers.",
+)
+WorkersOpt = typer.Option(
+    None, "--workers", min=1, help="--engine dask without --scheduler: worker processes \\[default: CPU cores]."
+)
 
 
 @app.command("import")
@@ -131,14 +139,8 @@ def train_cmd(
         help="local: fit in this process. dask: build the feature rows on Dask workers and fit with "
              "lightgbm.dask / xgboost.dask (LOG may then be a folder or a quoted glob of Parquet shards).",
     ),
-    scheduler: Optional[str] = typer.Option(
-        None, "--scheduler",
-        help="--engine dask: address of a running scheduler, e.g. tcp://10.0.0.5:8786 "
-             "\\[default: a local cluster on this machine]. Paths must be shared with the workers.",
-    ),
-    workers: Optional[int] = typer.Option(
-        None, "--workers", min=1, help="--engine dask without --scheduler: worker processes \\[default: CPU cores]."
-    ),
+    scheduler: Optional[str] = SchedulerOpt,
+    workers: Optional[int] = WorkersOpt,
     partitions: Optional[int] = typer.Option(
         None, "--partitions", min=1,
         help="--engine dask: blocks of training cells \\[default: 50,000 cells each, at least 2 per worker].",

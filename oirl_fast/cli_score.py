@@ -12,7 +12,7 @@ from .errors import OirlError
 
 def register(app: typer.Typer) -> None:
     """Add the ``score`` command to ``app``."""
-    from .cli import _cli_errors, err
+    from .cli import SchedulerOpt, WorkersOpt, _cli_errors, err
 
     @app.command("score")
     @_cli_errors
@@ -57,14 +57,8 @@ def register(app: typer.Typer) -> None:
             help="local: stream in this process. dask: split the input into partitions scored by Dask workers "
                  "(--in may then be a folder or a glob of JSONL shards).",
         ),
-        scheduler: Optional[str] = typer.Option(
-            None, "--scheduler",
-            help="--engine dask: address of a running scheduler, e.g. tcp://10.0.0.5:8786 "
-                 "\\[default: a local cluster on this machine]. Paths must be shared with the workers.",
-        ),
-        workers: Optional[int] = typer.Option(
-            None, "--workers", min=1, help="--engine dask without --scheduler: worker processes \\[default: CPU cores]."
-        ),
+        scheduler: Optional[str] = SchedulerOpt,
+        workers: Optional[int] = WorkersOpt,
         partitions: Optional[int] = typer.Option(
             None, "--partitions", min=1,
             help="--engine dask: partitions of whole lines \\[default: 64 MiB each, at least 4 per worker].",

@@ -237,11 +237,9 @@ _WORKER_CACHE: dict = {}
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from .train.artifact import file_sha256
+
+    return file_sha256(path)
 
 
 def _set_threads(n: int | None) -> None:
