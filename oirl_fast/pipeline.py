@@ -222,6 +222,9 @@ def evaluate(
             f"the log's prompt set {all_ids} differs from the model's {artifact.metadata.prompt_ids}",
             artifact.path / "metadata.json",
         )
+    changed = [pid for (pid, text), meta in zip(split.prompts, artifact.metadata.prompts) if text != meta["text"]]
+    if changed:
+        raise OirlError(f"the log's text of prompt(s) {changed} differs from the model's", artifact.path / "metadata.json")
     train = pool(split.train, unit="group", prompt_ids=split.train_prompt_ids)
     test = pool(split.test, unit=protocol.test_unit, prompt_ids=all_ids)
     test_emb = embedder.embed(test.texts)

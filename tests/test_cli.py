@@ -132,6 +132,13 @@ def test_artifact_for_another_prompt_set_is_refused(trained, mawps_small, cache_
     res = run("evaluate", str(trained), str(log), cache_dir=cache_dir)
     assert res.exit_code == 2 and "prompt set" in res.stderr
 
+    # same ids, one prompt worded differently: the model's prompt embeddings would not match the log
+    prompts = pc.if_else(pc.equal(mawps_small.column("prompt_id"), "gpt4_9"), "Reworded prompt.", mawps_small.column("prompt"))
+    reworded = mawps_small.set_column(mawps_small.schema.get_field_index("prompt"), "prompt", prompts)
+    write_logs(reworded, log)
+    res = run("evaluate", str(trained), str(log), cache_dir=cache_dir)
+    assert res.exit_code == 2 and "text of prompt(s) ['gpt4_9']" in res.stderr
+
 
 def test_tampered_prompt_embeddings_are_refused(trained, small_log, cache_dir, tmp_path):
     import numpy as np
