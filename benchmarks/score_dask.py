@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from random_queries import write_inputs  # noqa: E402
 
 MODEL_VERSION = 1
 
@@ -69,20 +70,6 @@ def bench_model(n_trees: int, n_prompts: int, log) -> Path:
     art.save_artifact(out, model, meta, p_emb, compile_library=False)
     log(f"  built the benchmark model in {time.perf_counter() - t0:.0f}s -> {out}")
     return out
-
-
-def write_inputs(work: Path, n_queries: int, dim: int) -> tuple[Path, Path]:
-    emb_path, ids_path = work / "queries.npy", work / "ids.txt"
-    rng = np.random.default_rng(0)
-    emb = np.lib.format.open_memmap(emb_path, mode="w+", dtype=np.float32, shape=(n_queries, dim))
-    for a in range(0, n_queries, 65536):
-        block = rng.standard_normal((min(65536, n_queries - a), dim)).astype(np.float32)
-        emb[a : a + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    emb.flush()
-    del emb
-    with ids_path.open("w") as fh:
-        fh.writelines(f"q{i}\n" for i in range(n_queries))
-    return emb_path, ids_path
 
 
 def run_dask(model: Path, emb: Path, ids: Path, out: Path, workers: int, partitions: int | None, reference: bytes) -> dict:

@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from random_queries import write_inputs  # noqa: E402
 
 
 def _vm_hwm_kib(pid: int) -> int:
@@ -53,17 +54,8 @@ def main(argv=None) -> int:
     n_queries = -(-args.pairs // n_prompts)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="oirl-mem-"))
     work.mkdir(parents=True, exist_ok=True)
-    emb_path, ids_path, out_path = work / "queries.npy", work / "ids.txt", work / "picks.jsonl"
-
-    rng = np.random.default_rng(0)
-    emb = np.lib.format.open_memmap(emb_path, mode="w+", dtype=np.float32, shape=(n_queries, dim))
-    for a in range(0, n_queries, 65536):
-        block = rng.standard_normal((min(65536, n_queries - a), dim)).astype(np.float32)
-        emb[a : a + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    emb.flush()
-    del emb
-    with ids_path.open("w") as fh:
-        fh.writelines(f"q{i}\n" for i in range(n_queries))
+    emb_path, ids_path = write_inputs(work, n_queries, dim)
+    out_path = work / "picks.jsonl"
 
     cmd = [sys.executable, "-m", "oirl_fast.cli", "score", str(args.model), "--embeddings", str(emb_path),
            "--ids", str(ids_path), "--out", str(out_path)]
