@@ -10,18 +10,40 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
+def write_errors(target: str | Path, *own: str | Path, within: str | Path | None = None) -> Iterator[None]:
+    """Turn a failed write of ``target`` (no space left, read-only folder, a folder in the way)
+    into one OirlError naming it. Only errors on ``target``, on the files ``own`` (its
+    temporary files), under the folder ``within`` or on no file (a failed ``write()``) are
+    turned; others (a missing input, say) keep their type."""
+    from .paths import write_error
+
+    try:
+        yield
+    except OSError as exc:
+        name = None if exc.filename is None else str(exc.filename)
+        mine = name is None or name in {str(target), *map(str, own)} or (
+            within is not None and name.startswith(str(within) + os.sep))
+        err = write_error(exc, target) if mine else None
+        if err is None:
+            raise
+        raise err from None
+
+
+@contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only on success."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with write_errors(target, target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        # mkstemp creates files private to the owner; give the result ordinary permissions.
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, target)
+        with write_errors(target, tmp_path):
+            yield tmp_path
+            # mkstemp creates files private to the owner; give the result ordinary permissions.
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -46,10 +68,12 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     is in place, so an interrupted write keeps the old directory.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with write_errors(target, target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        yield tmp
+        with write_errors(target, within=tmp):
+            yield tmp
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"

@@ -5,6 +5,7 @@ OirlError, printed as one line on stderr with exit code 2.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .errors import OirlError
+from .paths import JSON_SUFFIXES, LOG_SUFFIXES, PNG_SUFFIXES, Output, check_paths
 
 app = typer.Typer(
     add_completion=False,
@@ -36,6 +38,14 @@ def _cli_errors(fn):
         except OirlError as exc:
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # a message is not markup
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a write that failed on the user's side (full disk, read-only): one line too
+            from .paths import write_error
+
+            user = write_error(exc, None) if exc.filename is not None or exc.errno == errno.ENOSPC else None
+            if user is None:
+                raise
+            err.print(f"[bold red]error:[/] {escape(str(user))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(user.exit_code) from None
 
     return wrapper
 
@@ -77,6 +87,7 @@ def import_cmd(
 
     if dataset not in DATASETS:
         raise OirlError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+    check_paths({"--source": source}, [Output(out, "--out", LOG_SUFFIXES)])
     table = import_published(dataset, source, progress=True)
     write_logs(table, out)
     err.print(f"wrote {table.num_rows} records of {dataset} to {out}")
@@ -91,6 +102,7 @@ def convert_cmd(
     """Convert a log between Parquet and JSON lines (validating it against the schema)."""
     from .schema import read_logs, write_logs
 
+    check_paths({"SRC": src}, [Output(dst, "DST", LOG_SUFFIXES)])
     table = read_logs(src)
     write_logs(table, dst)
     err.print(f"wrote {table.num_rows} records to {dst}")
@@ -156,6 +168,8 @@ def train_cmd(
         raise OirlError(f"unknown engine {engine!r}; use local or dask")
     if engine == "local" and (scheduler or workers or partitions):
         raise OirlError("--scheduler, --workers and --partitions need --engine dask")
+    # before the log is read or a tree fitted: --out must be new, empty or a model to replace, and writable
+    check_paths({"LOG": log, "--cache-dir": cache_dir}, [Output(out, "--out", kind="artifact")])
     config = TrainConfig(backend=backend, n_estimators=n_estimators, learning_rate=learning_rate, seed=seed)
     proto = Protocol(protocol, test_fraction=test_fraction, seed=seed)
     if engine == "dask":
@@ -193,6 +207,9 @@ def evaluate_cmd(
     from .splits import Protocol
     from .train.artifact import load_artifact
 
+    check_paths({"MODEL": model, "LOG": log, "--cache-dir": cache_dir},
+                [Output(report, "--report", JSON_SUFFIXES), Output(plot, "--plot", PNG_SUFFIXES),
+                 Output(reliability_plot, "--reliability-plot", PNG_SUFFIXES)])
     artifact = load_artifact(model, embedding_model=MODEL_ID)
     table = read_logs(log)
     embedder = _embedder(cache_dir, device)
@@ -238,6 +255,7 @@ def demo_cmd(
     """
     from .demo import run_demo
 
+    check_paths({"--source": source, "--cache-dir": cache_dir}, [Output(out, "--out", kind="folder")])
     summaries = run_demo(
         out=out, datasets=datasets, protocols=protocols, backend=backend, source=source,
         compile_library=compile, embedder=_embedder(cache_dir, device), console=err, seeds=seeds,
@@ -262,6 +280,8 @@ def tradeoff_cmd(
     """Cost against quality from logged answers: best single, reward-model pick, votes, cascades."""
     from .tradeoff import plot_tradeoff, run_tradeoff
 
+    check_paths({"--model": model, "--source": source, "--log": log, "--cache-dir": cache_dir},
+                [Output(plot, "--plot", PNG_SUFFIXES)])
     result = run_tradeoff(model, _embedder(cache_dir, device), source, dataset, limit, log)
     if plot:
         plot_tradeoff(result, plot)

@@ -60,7 +60,12 @@ def register(app: typer.Typer) -> None:
         OUT/logs.parquet, ready for embed / train / evaluate / score.
         """
         from .collect.run import CollectConfig, collect
+        from .paths import Output, check_paths
 
+        inputs = {"--queries": queries, "--prompts": prompts, "--model": model, "--lora": lora}
+        # a bundled set's name (gsm8k, published) or a hub id is not a path here
+        check_paths({k: v for k, v in inputs.items() if v is not None and Path(v).exists()},
+                    [Output(out, "--out", kind="folder")])
         cfg = CollectConfig(
             model=model, queries=queries, prompts=prompts, out=out, backend=backend, samples=samples,
             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, chat_template=chat_template,
@@ -94,8 +99,10 @@ def register(app: typer.Typer) -> None:
         from .atomic import write_text
         from .collect.graders import get_grader
         from .collect.regrade import regrade_path
+        from .paths import JSON_SUFFIXES, LOG_SUFFIXES, Output, check_paths
         from .schema import write_logs
 
+        check_paths({"--in": in_path}, [Output(out, "--out", LOG_SUFFIXES), Output(summary_json, "--summary", JSON_SUFFIXES)])
         table, summary = regrade_path(in_path, get_grader(grader), n_examples=max(examples, 20))
         if out is not None:
             write_logs(table, out)

@@ -149,7 +149,7 @@ def read_logs(path: str | Path) -> pa.Table:
     path = Path(path)
     if not path.is_file():
         raise OirlError("log file not found", path)
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         return _read_jsonl(path)
     try:
         table = pq.read_table(path, page_checksum_verification=True)
@@ -166,9 +166,11 @@ def read_logs(path: str | Path) -> pa.Table:
 def write_logs(table: pa.Table, path: str | Path) -> Path:
     """Write a log atomically, as Parquet or (for ``.jsonl``) JSON lines."""
     path = Path(path)
+    if path.suffix.lower() not in (".parquet", ".jsonl"):
+        raise OirlError("a log is written as .parquet or .jsonl; give a name ending with one of them", path)
     table = conform(table, path)
     with atomic_path(path) as tmp:
-        if path.suffix == ".jsonl":
+        if path.suffix.lower() == ".jsonl":
             with tmp.open("w", encoding="utf-8") as fh:
                 for row in table.to_pylist():
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
