@@ -20,9 +20,10 @@ def register(app: typer.Typer) -> None:
         model: Path = typer.Argument(..., help="Model artifact folder written by `oirl train`."),
         in_path: Optional[Path] = typer.Option(
             None, "--in", "-i", help='Queries, one JSON object a line: {"id": ..., "query": "..."} (other fields kept). '
-                 'With --engine dask also a folder of *.jsonl shards or a quoted glob.'
+                 '- reads standard input (a FIFO works too). With --engine dask also a folder of *.jsonl shards or a quoted glob.'
         ),
-        out: Path = typer.Option(..., "--out", "-o", help="Picks to write (JSONL, one line per input line)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Picks to write (.jsonl, one line per input line; written as OUT.partial and renamed when "
+                                                  "complete); - writes standard output."),
         prompts: Optional[Path] = typer.Option(
             None, "--prompts", help='Candidate prompts (JSONL of {"id", "text"}) \\[default: the model\'s prompt set].'
         ),
@@ -42,7 +43,8 @@ def register(app: typer.Typer) -> None:
         ),
         chunk_size: int = typer.Option(2048, "--chunk-size", min=1, help="Input lines read, scored and written at a time."),
         strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad line, before writing."),
-        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: keep the output's complete lines."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: keep OUT.partial's complete lines "
+                                                        "(refused if it comes from another job: input, model, prompts or options differ)."),
         embeddings: Optional[Path] = typer.Option(
             None, "--embeddings", help="Precomputed query embeddings (.npy, float32 (n, d)) instead of --in."
         ),
@@ -77,12 +79,21 @@ def register(app: typer.Typer) -> None:
         the partitions already written are kept).
         """
         from .atomic import write_text
-        from .score import score_file
+        from .paths import JSON_SUFFIXES, Output, check_paths, is_stdio, is_stream
+        from .score import score_file, score_io
 
         if engine not in ("local", "dask"):
             raise OirlError(f"unknown engine {engine!r}; use local or dask")
         if engine == "local" and (scheduler or workers or partitions or merge is not None or keep_parts):
             raise OirlError("--scheduler, --workers, --partitions, --merge and --keep-parts need --engine dask")
+        if engine == "dask" and (is_stdio(in_path) or is_stdio(out)):
+            raise OirlError("--engine dask reads and writes files shared with its workers; "
+                            "standard input/output (-) need --engine local")
+        # every path argument, --summary included, before the model is loaded or a line scored
+        folder_out = engine == "dask" and (merge is False or (merge is None and (out.is_dir() or str(out).endswith("/"))))
+        inputs, outputs = score_io(model, in_path, out, prompts, embeddings, ids, cache_dir,
+                                   out_kind="folder" if folder_out else "file")
+        check_paths(inputs, [*outputs, Output(summary_json, "--summary", JSON_SUFFIXES)])
         try:
             if engine == "dask":
                 from .distributed import score_distributed
@@ -103,7 +114,10 @@ def register(app: typer.Typer) -> None:
                     log=lambda s: err.print(s, highlight=False, soft_wrap=True),
                 )
         except KeyboardInterrupt:
-            kept = "finished partitions are kept beside it" if engine == "dask" else f"{out} holds a valid prefix"
+            kept = ("finished partitions are kept beside it" if engine == "dask"
+                    else f"{out} is unchanged, {out}.partial holds the lines scored so far")
+            if engine == "local" and is_stream(out):
+                raise typer.Exit(130) from None
             err.print(f"interrupted: {kept}; rerun with --resume to continue", highlight=False)
             raise typer.Exit(130) from None
         for line in summary.lines_text():

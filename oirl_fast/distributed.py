@@ -352,22 +352,6 @@ class DistributedScoreSummary:
         return out
 
 
-def _job_signature(model_dir: Path, files: list[Path], options: dict, candidates_sha: str | None,
-                   embeddings: Path | None) -> dict:
-    def stat(p: Path) -> dict:
-        st = p.stat()
-        return {"file": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-    return {
-        "model": str(model_dir.resolve()),
-        "model_sha256": _file_sha256(model_dir / "metadata.json"),
-        "inputs": [stat(f) for f in files],
-        "embeddings": None if embeddings is None else stat(embeddings),
-        "candidates_sha256": candidates_sha,
-        "options": {k: v for k, v in options.items() if k in ("top_k", "with_scores", "min_confidence", "path")},
-    }
-
-
 class _Manifest:
     def __init__(self, path: Path, signature: dict, partitions: list[Partition]):
         self.path = path
@@ -493,7 +477,8 @@ def score_distributed(
     and ``manifest.json``.  ``threads``: kernel threads per worker task (default: the
     cores shared out among a local cluster's workers; numba's default on a remote one).
     """
-    from .score import DEFAULT_CHUNK, NpyRows, _strict_check, iter_range_items, load_scoring, open_input
+    from .paths import Output, check_paths
+    from .score import DEFAULT_CHUNK, _strict_check, iter_range_items, job_signature, load_scoring, open_input, score_io
 
     t_start = time.perf_counter()
     log = log or (lambda s: None)
@@ -505,6 +490,14 @@ def score_distributed(
     if partitions is not None and partitions < 1:
         raise OirlError(f"--partitions must be at least 1, got {partitions}")
     model_dir = Path(model_dir)
+    out_str = str(out)
+    if merge is None:
+        merge = not (Path(out).is_dir() or out_str.endswith(("/", os.sep)))
+    inputs_, outputs_ = score_io(model_dir, inputs, out, prompts, embeddings, ids, cache_dir,
+                                 out_kind="file" if merge else "folder")
+    if merge:  # OUT.partial is the local stream's; a merged job stages its parts in OUT.parts/
+        outputs_ = [outputs_[0], Output(f"{out}.parts", "--out (its .parts folder)", kind="folder")]
+    check_paths(inputs_, outputs_)
 
     # -- inputs
     emb_path = None
@@ -519,10 +512,7 @@ def score_distributed(
     files = [f.resolve() for f in files]
 
     # -- output layout
-    out_str = str(out)
     out = Path(out).resolve()
-    if merge is None:
-        merge = not (out.is_dir() or out_str.endswith(("/", os.sep)))
     if merge:
         if out.is_dir():
             raise OirlError("output path is a directory (use --no-merge to write part files there)", out)
@@ -552,11 +542,9 @@ def score_distributed(
     options = {"top_k": top_k, "with_scores": with_scores, "min_confidence": min_confidence, "device": device,
                "batch_size": batch_size, "precision": precision, "chunk_size": chunk_size,
                "cache_dir": None if cache_dir is None else str(Path(cache_dir).resolve()), "path": path}
-    cand_sha = None
-    if prompts is not None:
-        c = scoring.cands
-        cand_sha = hashlib.sha256(json.dumps([c.ids, c.texts]).encode() + c.embeddings.tobytes()).hexdigest()
-    signature = _job_signature(model_dir, files, options, cand_sha, emb_path)
+    # the same signature as the local stream's OUT.partial.job.json
+    signature = job_signature(scoring, files, emb_path, top_k=top_k, with_scores=with_scores,
+                              min_confidence=min_confidence, precision=precision, path=path)
 
     # -- the parts folder: resume, or start clean
     manifest_path = parts_dir / MANIFEST

@@ -75,12 +75,17 @@ def iter_lines(path: Path, skip: int = 0) -> Iterator[tuple[int, str]]:
     escapes so :func:`parse_json_line` reports them with their line number.
     """
     with Path(path).open("rb") as fh:
-        for n, raw in enumerate(fh, start=1):
-            if n <= skip:
-                continue
-            text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
-            # Editors on Windows start UTF-8 files with a byte-order mark; it is not part of the record.
-            yield n, text[1:] if n == 1 and text.startswith("\ufeff") else text
+        yield from iter_stream_lines(fh, skip)
+
+
+def iter_stream_lines(fh, skip: int = 0) -> Iterator[tuple[int, str]]:
+    """:func:`iter_lines` over an open binary stream (standard input, a FIFO), read once, front to back."""
+    for n, raw in enumerate(fh, start=1):
+        if n <= skip:
+            continue
+        text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+        # Editors on Windows start UTF-8 files with a byte-order mark; it is not part of the record.
+        yield n, text[1:] if n == 1 and text.startswith("\ufeff") else text
 
 
 def count_lines(path: Path) -> int:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,12 +36,19 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import OirlError
-from .jsonl import BadLine, count_lines, iter_lines, iter_objects, parse_json_line
+from .jsonl import BadLine, count_lines, iter_lines, iter_objects, iter_stream_lines, parse_json_line
+from .paths import JSON_SUFFIXES, JSONL_SUFFIXES, Output, check_paths, is_stdio, is_stream
 
 DEFAULT_CHUNK = 2048
 # Materialized fallback paths build at most this many pair rows at a time.
 FALLBACK_PAIRS = 1 << 16
 OUTPUT_KEYS = ("line", "id", "prompt_id", "prompt", "score", "confidence", "low_confidence", "top_k", "scores", "error")
+# Input fields that would collide with what oirl writes: such a line becomes an error record
+# (whatever the options), so a user's field is never dropped or overwritten.
+RESERVED_INPUT_KEYS = tuple(k for k in OUTPUT_KEYS if k != "id")
+PARTIAL_SUFFIX = ".partial"  # OUT is written as OUT.partial and renamed when complete
+JOB_SUFFIX = ".partial.job.json"  # beside it: which job wrote it, checked by --resume
+JOB_FORMAT = "oirl-score-job"
 
 
 # --------------------------------------------------------------------------------------
@@ -279,11 +288,24 @@ def parse_line(raw: str, line: int) -> Item:
     q = rec["query"]
     if not isinstance(q, str):
         return Item(line, id=rid, error=f"\"query\" must be a string, got {type(q).__name__}")
+    clash = [k for k in rec if k in RESERVED_INPUT_KEYS]
+    if clash:
+        return Item(line, id=rid, error=f"input field(s) {', '.join(map(repr, clash))} would be overwritten by "
+                                        "the output's own field(s) of that name; rename them in the input")
     extra = {k: v for k, v in rec.items() if k not in ("id", "query")}
     return Item(line, id=rid, query=q, extra=extra)
 
 
 def _iter_jsonl_items(path: Path, skip: int) -> Iterator[Item]:
+    if is_stream(path):  # standard input or a FIFO: read once, as it comes
+        fh = sys.stdin.buffer if is_stdio(path) else Path(path).open("rb")
+        try:
+            for n, raw in iter_stream_lines(fh, skip):
+                yield parse_line(raw, n)
+        finally:
+            if not is_stdio(path):
+                fh.close()
+        return
     for n, raw in iter_lines(path, skip):
         yield parse_line(raw, n)
 
@@ -526,6 +548,10 @@ def open_input(in_path, embeddings=None, ids=None) -> tuple[Path, "NpyRows | Non
         if in_path is None:
             raise OirlError("no input: give --in queries.jsonl (or --embeddings with --ids)")
         src = Path(in_path)
+        if is_stream(src):  # "-" (standard input) or a FIFO: streamed, never stat'ed for a size
+            return src, None
+        if src.is_dir():
+            raise OirlError("input is a folder; give a JSONL file (or --engine dask for a folder of shards)", src)
         if not src.is_file():
             raise OirlError("input file not found", src)
     if src.stat().st_size == 0:
@@ -697,6 +723,96 @@ def score_partition(scoring: Scoring, src: str | Path, start: int, stop: int, fi
     return summary, digest.hexdigest(), size
 
 
+def score_io(model_dir, in_path, out, prompts=None, embeddings=None, ids=None, cache_dir=None,
+             out_kind: str = "file") -> tuple[dict, list[Output]]:
+    """The path arguments of a scoring job as ``check_paths`` takes them: (inputs, outputs).
+
+    A file output also stands for its ``OUT.partial`` and ``OUT.partial.job.json``; a merged
+    Dask output for its ``OUT.parts`` folder."""
+    inputs = {"MODEL": model_dir, "--in": in_path, "--prompts": prompts, "--embeddings": embeddings, "--ids": ids,
+              "--cache-dir": cache_dir}
+    outputs = [Output(out, "--out", JSONL_SUFFIXES, kind=out_kind)]
+    if out is not None and not is_stream(out) and out_kind == "file":
+        outputs += [Output(f"{out}{PARTIAL_SUFFIX}", "--out (its .partial)", kind="file"),
+                    Output(f"{out}{JOB_SUFFIX}", "--out (its .partial.job.json)", kind="file")]
+    return inputs, outputs
+
+
+def embedder_identity(artifact, precision: str) -> dict:
+    """What turns a query text into the model's input vector, as recorded for --resume: the
+    artifact's embedding model and the precision the queries are embedded in."""
+    return {"embedding_model": artifact.metadata.embedding_model, "precision": precision}
+
+
+def candidates_sha256(cands: Candidates) -> str:
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([cands.ids, cands.texts], ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    h.update(np.ascontiguousarray(cands.embeddings, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def job_signature(scoring: "Scoring", files: Sequence[str | Path], embeddings: str | Path | None, *, top_k: int,
+                  with_scores: bool, min_confidence: float | None, precision: str, path: str) -> dict:
+    """Everything an output line depends on, for a resumed run to check it continues the same job:
+    the input files (identity, size, modification time), the model (SHA-256 of its metadata.json,
+    which holds the checksums of its other files), the candidates, the options and the embedder.
+    Shared by the local stream (``OUT.partial.job.json``) and the Dask manifest."""
+    from .train.artifact import file_sha256
+
+    def stat(p) -> dict:
+        st = os.stat(p)
+        return {"file": str(Path(p).resolve()), "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns}
+
+    artifact = scoring.artifact
+    return {
+        "model": str(Path(artifact.path).resolve()),
+        "model_sha256": file_sha256(Path(artifact.path) / "metadata.json"),
+        "inputs": [stat(f) for f in files],
+        "embeddings": None if embeddings is None else stat(embeddings),
+        "candidates_sha256": candidates_sha256(scoring.cands),
+        "options": {"top_k": top_k, "with_scores": with_scores, "min_confidence": min_confidence, "path": path},
+        "embedder": embedder_identity(artifact, precision),
+    }
+
+
+def _differences(old: dict, new: dict) -> str:
+    names = {"inputs": "input file", "embeddings": "--embeddings file", "model": "model folder",
+             "model_sha256": "model", "candidates_sha256": "candidate prompts", "embedder": "embedder"}
+    diff = []
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) == new.get(k):
+            continue
+        if k == "options" and isinstance(old.get(k), dict):
+            diff += [f"--{o.replace('_', '-')}" for o in sorted(set(old[k]) | set(new[k])) if old[k].get(o) != new[k].get(o)]
+        else:
+            diff.append(names.get(k, k))
+    return ", ".join(dict.fromkeys(diff)) or "format"
+
+
+def _read_job(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == JOB_FORMAT else None
+
+
+def _spool(src: Path) -> Path:
+    """Copy standard input or a FIFO to a temporary file (for --strict, which reads the input twice)."""
+    fh = sys.stdin.buffer if is_stdio(src) else Path(src).open("rb")
+    fd, tmp = tempfile.mkstemp(prefix="oirl-score-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                dst.write(block)
+    finally:
+        if not is_stdio(src):
+            fh.close()
+    return Path(tmp)
+
+
 def score_file(
     model_dir: str | Path,
     in_path: str | Path | None,
@@ -719,7 +835,13 @@ def score_file(
     log: Callable[[str], None] | None = None,
     embedder_factory: Callable | None = None,
 ) -> ScoreSummary:
-    """Score ``in_path`` (JSONL queries) or ``embeddings`` + ``ids`` into ``out_path``; see the module doc."""
+    """Score ``in_path`` (JSONL queries) or ``embeddings`` + ``ids`` into ``out_path``; see the module doc.
+
+    ``in_path`` / ``out_path`` may be ``-`` (standard input / output) or a FIFO, streamed
+    through. A file output is written as ``OUT.partial`` (with ``OUT.partial.job.json``,
+    the job's signature, beside it) and renamed to OUT when complete, so an existing OUT
+    survives an interrupted run; ``resume`` continues the ``.partial`` of the same job.
+    """
     t_start = time.perf_counter()
     log = log or (lambda s: None)
     out_path = Path(out_path)
@@ -728,12 +850,14 @@ def score_file(
     if chunk_size < 1:
         raise OirlError(f"chunk size must be at least 1, got {chunk_size}")
 
-    # -- input checks that stop the run, before anything is written
+    # -- input and output checks that stop the run, before anything is written or loaded
+    check_paths(*score_io(model_dir, in_path, out_path, prompts, embeddings, ids, cache_dir))
     src, emb_matrix = open_input(in_path, embeddings, ids)
-    if out_path.exists() and out_path.is_dir():
-        raise OirlError("output path is a directory", out_path)
-    if out_path.resolve() == src.resolve():
-        raise OirlError("output would overwrite the input", out_path)
+    in_stream, out_stream = is_stream(src), is_stream(out_path)
+    if resume and (in_stream or out_stream):
+        raise OirlError("--resume needs a regular input file and output file (not standard input/output or a FIFO)",
+                        out_path if out_stream else src)
+    label = "<stdin>" if is_stdio(src) else str(src)
 
     scoring = load_scoring(
         model_dir, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
@@ -743,41 +867,79 @@ def score_file(
     )
     cands, scorer = scoring.cands, scoring.scorer
 
-    skip = 0
-    if strict:
-        items = _iter_jsonl_items(src, 0) if emb_matrix is None else _iter_embedding_items(src, 0)
-        _strict_check(items, src, emb_matrix)
-    if resume:
-        skip = resume_point(out_path)
-    total_lines = count_lines(src)
-    if skip > total_lines:
-        raise OirlError(f"cannot resume: the output has {skip} lines, the input only {total_lines}", out_path)
-
-    summary = ScoreSummary(input=str(src), output=str(out_path), resumed=skip, candidates=len(cands),
-                           path=scorer.path, fallback_reason=scorer.reason or None)
-    log(f"scoring {total_lines - skip} lines against {len(cands)} candidates with the {scorer.path}"
-        + (f"; resuming after line {skip}" if skip else ""))
-
-    items = _iter_jsonl_items(src, skip) if emb_matrix is None else _iter_embedding_items(src, skip)
-    bar = _Progress(progress, total_lines - skip)
-    mode = "ab" if resume else "wb"
-
-    def advance(n: int) -> None:
-        summary.lines = skip + summary.scored + summary.errors
-        bar.advance(n, summary.pairs)
-
+    spooled = None
     try:
-        with out_path.open(mode) as fh, bar:
-            scoring.write(items, fh, summary, chunk_size, emb_matrix=emb_matrix, strict=strict, src=src,
-                          on_chunk=advance)
-            os.fsync(fh.fileno())
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        summary.lines = skip + summary.scored + summary.errors
-        raise
+        if strict and in_stream:
+            src = spooled = _spool(src)  # --strict reads the input twice
+        if strict:
+            items = _iter_jsonl_items(src, 0) if emb_matrix is None else _iter_embedding_items(src, 0)
+            _strict_check(items, Path(label), emb_matrix)
+
+        partial = out_path.with_name(out_path.name + PARTIAL_SUFFIX)
+        job_path = out_path.with_name(out_path.name + JOB_SUFFIX)
+        skip, signature = 0, None
+        if not out_stream:
+            signature = {"format": JOB_FORMAT, "version": 1,
+                         **job_signature(scoring, [src], embeddings, top_k=top_k, with_scores=with_scores,
+                                         min_confidence=min_confidence, precision=precision, path=path)}
+            old = _read_job(job_path) if job_path.exists() else None
+            if partial.exists() and old is None:
+                raise OirlError("exists without the job record oirl score writes beside it, so it is not ours; "
+                                "remove or rename it", partial)
+            if resume and partial.exists():
+                if old != signature:
+                    raise OirlError(f"cannot resume: {partial.name} comes from another job ({_differences(old, signature)} "
+                                    "differ); run without --resume to start again", partial)
+                skip = resume_point(partial)
+            elif resume:
+                log(f"nothing to resume ({partial.name} does not exist): scoring from the first line")
+        total_lines = None if in_stream and spooled is None else count_lines(src)
+        if total_lines is not None and skip > total_lines:
+            raise OirlError(f"cannot resume: the output has {skip} lines, the input only {total_lines}", partial)
+
+        summary = ScoreSummary(input=label, output="<stdout>" if is_stdio(out_path) else str(out_path), resumed=skip,
+                               candidates=len(cands), path=scorer.path, fallback_reason=scorer.reason or None)
+        log(f"scoring {'the' if total_lines is None else total_lines - skip} lines against {len(cands)} candidates "
+            f"with the {scorer.path}" + (f"; resuming after line {skip}" if skip else ""))
+
+        items = _iter_jsonl_items(src, skip) if emb_matrix is None else _iter_embedding_items(src, skip)
+        bar = _Progress(progress, None if total_lines is None else total_lines - skip)
+
+        def advance(n: int) -> None:
+            summary.lines = skip + summary.scored + summary.errors
+            bar.advance(n, summary.pairs)
+
+        from .atomic import write_errors, write_text
+
+        try:
+            if is_stdio(out_path):
+                with write_errors("<stdout>"), bar:
+                    scoring.write(items, sys.stdout.buffer, summary, chunk_size, emb_matrix=emb_matrix, strict=strict,
+                                  src=Path(label), on_chunk=advance)
+            elif out_stream:  # a FIFO or a device: written through
+                with write_errors(out_path), out_path.open("wb") as fh, bar:
+                    scoring.write(items, fh, summary, chunk_size, emb_matrix=emb_matrix, strict=strict,
+                                  src=Path(label), on_chunk=advance)
+            else:
+                write_text(job_path, json.dumps(signature, indent=1, ensure_ascii=False))  # before the .partial
+                with write_errors(partial), partial.open("ab" if skip else "wb") as fh, bar:
+                    scoring.write(items, fh, summary, chunk_size, emb_matrix=emb_matrix, strict=strict,
+                                  src=Path(label), on_chunk=advance)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                with write_errors(out_path, partial):
+                    os.replace(partial, out_path)
+                job_path.unlink(missing_ok=True)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            summary.lines = skip + summary.scored + summary.errors
+            raise
+        finally:
+            summary.seconds = time.perf_counter() - t_start
+            summary.pairs_per_s = summary.pairs / summary.score_seconds if summary.score_seconds > 0 else 0.0
     finally:
-        summary.seconds = time.perf_counter() - t_start
-        summary.pairs_per_s = summary.pairs / summary.score_seconds if summary.score_seconds > 0 else 0.0
+        if spooled is not None:
+            spooled.unlink(missing_ok=True)
     return summary
 
 
@@ -870,8 +1032,8 @@ def _embed_queries(texts: list[str], get_embedder) -> np.ndarray:
 class _Progress:
     """rich progress bar with lines and pairs/s; a no-op when disabled."""
 
-    def __init__(self, enabled: bool, total: int):
-        self.enabled = enabled and total > 0
+    def __init__(self, enabled: bool, total: int | None):
+        self.enabled = enabled and (total is None or total > 0)  # None: a stream of unknown length
         self.total = total
 
     def __enter__(self):

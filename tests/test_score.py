@@ -153,6 +153,7 @@ def test_resume_after_interrupt_gives_the_same_output(model_dir, texts, factory,
     _write_queries(inp, queries[:60])
     full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
     score_file(model_dir, inp, full, progress=False, embedder_factory=factory, chunk_size=8)
+    part.write_text("an earlier complete output\n")
 
     real = score_mod._score_chunk
     calls = {"n": 0}
@@ -167,21 +168,26 @@ def test_resume_after_interrupt_gives_the_same_output(model_dir, texts, factory,
     with pytest.raises(KeyboardInterrupt):
         score_file(model_dir, inp, part, progress=False, embedder_factory=factory, chunk_size=8)
     monkeypatch.setattr(score_mod, "_score_chunk", real)
-    assert len(_read(part)) == 24  # three chunks made it
+    partial = tmp_path / "part.jsonl.partial"
+    assert part.read_text() == "an earlier complete output\n"  # the complete output survives the interrupted run
+    assert len(_read(partial)) == 24  # three chunks made it
     # a crash in the middle of a write leaves a partial line: resume cuts it
-    with part.open("a", encoding="utf-8") as fh:
+    with partial.open("a", encoding="utf-8") as fh:
         fh.write('{"line": 25, "id": "q-half')
     s = score_file(model_dir, inp, part, resume=True, progress=False, embedder_factory=factory, chunk_size=8)
     assert s.resumed == 24 and s.lines == 65
     assert part.read_text() == full.read_text()
-    # resuming a finished run adds nothing
+    assert not partial.exists() and not (tmp_path / "part.jsonl.partial.job.json").exists()
+    # nothing left to resume: the run starts again and gives the same output
     s = score_file(model_dir, inp, part, resume=True, progress=False, embedder_factory=factory)
-    assert s.scored == 0 and s.errors == 0 and part.read_text() == full.read_text()
-    # an output that is not ours is refused
+    assert s.resumed == 0 and s.lines == 65 and part.read_text() == full.read_text()
+    # a .partial that is not ours is refused, with or without --resume, and left alone
     other = tmp_path / "other.jsonl"
-    other.write_text('{"something": 1}\n')
-    with pytest.raises(OirlError, match="cannot resume"):
-        score_file(model_dir, inp, other, resume=True, progress=False, embedder_factory=factory)
+    (tmp_path / "other.jsonl.partial").write_text('{"something": 1}\n')
+    for resume in (True, False):
+        with pytest.raises(OirlError, match="not ours"):
+            score_file(model_dir, inp, other, resume=resume, progress=False, embedder_factory=factory)
+    assert (tmp_path / "other.jsonl.partial").read_text() == '{"something": 1}\n'
 
 
 def test_precomputed_embeddings_with_nan_row(model_dir, texts, tmp_path):
