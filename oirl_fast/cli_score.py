@@ -113,6 +113,15 @@ def register(app: typer.Typer) -> None:
                     precision=precision, chunk_size=chunk_size, cache_dir=cache_dir, path=path, progress=True,
                     log=lambda s: err.print(s, highlight=False, soft_wrap=True),
                 )
+        except BrokenPipeError:  # `oirl score ... --out - | head`: the reader has had enough
+            import contextlib
+            import os
+            import sys
+
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # no second error at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            err.print("standard output was closed; stopped", highlight=False)
+            raise typer.Exit(141) from None
         except KeyboardInterrupt:
             kept = ("finished partitions are kept beside it" if engine == "dask"
                     else f"{out} is unchanged, {out}.partial holds the lines scored so far")

@@ -200,7 +200,7 @@ def check_paths(inputs: Mapping[str, object], outputs: Iterable[Output], probe: 
     if probe:
         for o in outputs:
             if not is_stdio(o.path) and not is_stream(o.path):
-                ensure_writable(Path(o.path), folder=o.kind != "file")
+                ensure_writable(Path(o.path), inside=o.kind == "folder")
 
 
 def _check_one(o: Output, path: Path, in_ids: dict, located: list[tuple[str, Path]]) -> None:
@@ -231,10 +231,11 @@ def _check_one(o: Output, path: Path, in_ids: dict, located: list[tuple[str, Pat
                             "(give a new or empty folder, or a model folder to replace)", path)
 
 
-def ensure_writable(path: Path, folder: bool = False) -> None:
+def ensure_writable(path: Path, inside: bool = False) -> None:
     """Create ``path``'s parent folder if missing; create and remove a probe file where ``path`` will be
-    written. One line naming the file (OirlError) if that fails: read-only, no space, not a folder."""
-    where = path if folder and path.is_dir() else path.parent
+    written: beside it (a file or a model folder is renamed into place there), or ``inside`` a folder
+    the command fills. One line naming the file (OirlError) if that fails: read-only, no space, not a folder."""
+    where = path if inside and path.is_dir() else path.parent
     try:
         where.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -9,13 +9,18 @@ model and appends one output line per input line, in input order:
 
 ``top_k`` > 1 adds ``"top_k": [{"prompt_id", "score"}, ...]`` (best first) and
 ``with_scores`` adds ``"scores": {prompt_id: score}`` for every candidate.  The
-query text itself is not repeated in the output; every other input field is.
+query text itself is not repeated in the output; every other input field is.  An
+input field named like an output field (``RESERVED_INPUT_KEYS``) makes its line an
+error record, so a user's field is never dropped or overwritten.
 
-Robustness: memory is bounded by the chunk size, whatever the input size; the
-output is flushed chunk by chunk, so an interrupted run leaves a valid prefix
-(at worst a partial last line) and ``resume=True`` continues after the last
-complete line without duplicates.  ``strict=True`` checks the whole input first
-and raises on the first bad line before the output is touched.
+Robustness: memory is bounded by the chunk size, whatever the input size.  The
+output is streamed chunk by chunk into ``OUT.partial`` (beside it
+``OUT.partial.job.json``, the job's signature) and renamed to OUT when complete, so
+an existing OUT survives an interrupted run, whose ``.partial`` holds a valid prefix
+(at worst a partial last line); ``resume=True`` continues it after the last complete
+line without duplicates, if it belongs to the same job (``job_signature``).
+``strict=True`` checks the whole input first and raises on the first bad line before
+the output is touched.  ``-`` (standard input / output) and FIFOs are streamed through.
 
 Scoring paths, best first: the factorized QuickScorer kernel (numba, CPU or
 CUDA), the compiled tl2cgen library on materialized pairs, native ``predict`` on
@@ -785,7 +790,9 @@ def _differences(old: dict, new: dict) -> str:
         if old.get(k) == new.get(k):
             continue
         if k == "options" and isinstance(old.get(k), dict):
-            diff += [f"--{o.replace('_', '-')}" for o in sorted(set(old[k]) | set(new[k])) if old[k].get(o) != new[k].get(o)]
+            flags = {"with_scores": "--scores", "path": "scoring path"}
+            diff += [flags.get(o, f"--{o.replace('_', '-')}") for o in sorted(set(old[k]) | set(new[k]))
+                     if old[k].get(o) != new[k].get(o)]
         else:
             diff.append(names.get(k, k))
     return ", ".join(dict.fromkeys(diff)) or "format"

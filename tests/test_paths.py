@@ -302,7 +302,7 @@ def test_resume_refuses_the_partial_of_another_job(scoring_setup, factory, tmp_p
     assert set(job["options"]) == {"top_k", "with_scores", "min_confidence", "path"}
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": "z", "text": "Answer briefly."}) + "\n")
-    for change, expect in (({"top_k": 1}, "--top-k"), ({"top_k": 2, "with_scores": True}, "--with-scores"),
+    for change, expect in (({"top_k": 1}, "--top-k"), ({"top_k": 2, "with_scores": True}, "--scores"),
                            ({"top_k": 2, "precision": "fp16"}, "embedder"),
                            ({"top_k": 2, "prompts": prompts}, "candidate prompts"),
                            ({"top_k": 2, "model": other}, "model")):
