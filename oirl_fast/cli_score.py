@@ -44,7 +44,9 @@ def register(app: typer.Typer) -> None:
         strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad line, before writing."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: keep the output's complete lines."),
         embeddings: Optional[Path] = typer.Option(
-            None, "--embeddings", help="Precomputed query embeddings (.npy, float32 (n, d)) instead of --in."
+            None, "--embeddings",
+            help="Precomputed query embeddings (.npy, float32 (n, d)) instead of --in. float16/float64 are rounded to "
+                 "float32 (a value beyond float32's range makes its row an error record); integer arrays are refused."
         ),
         ids: Optional[Path] = typer.Option(None, "--ids", help="With --embeddings: one query id a line, in row order."),
         path: str = typer.Option("auto", "--path", help="Scoring path: auto, kernel, compiled or native.", hidden=True),
