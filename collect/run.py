@@ -277,12 +277,13 @@ def _progress(enabled: bool, total: int, done: int) -> Iterator[Callable | None]
         with nullcontext():
             yield None
         return
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..console import make_console
 
     with Progress(TextColumn("collecting"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rps]:.2f} req/s  {task.fields[tps]:.1f} tok/s"), TimeElapsedColumn(),
-                  console=Console(stderr=True)) as prog:
+                  console=make_console()) as prog:
         task = prog.add_task("collect", total=total, completed=done, rps=0.0, tps=0.0)
 
         def advance(n: int, rps: float, tps: float) -> None:

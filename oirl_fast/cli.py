@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
+from .console import make_console
 from .errors import OirlError
 from .paths import JSON_SUFFIXES, LOG_SUFFIXES, PNG_SUFFIXES, Output, check_paths
 
@@ -25,7 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Query-dependent prompt optimization from offline logs (Prompt-OIRL), with a compiled best-of-N scorer.",
 )
-err = Console(stderr=True)
+err = make_console()  # markup and emoji codes off: file names and messages are printed as they are
 
 DATASETS = ("gsm8k", "svamp", "mawps")
 
@@ -36,7 +36,7 @@ def _cli_errors(fn):
         try:
             return fn(*args, **kwargs)
         except OirlError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # a message is not markup
+            err.print(Text("error:", style="bold red"), str(exc), soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:  # a write that failed on the user's side (full disk, read-only): one line too
             from .paths import write_error
@@ -139,8 +139,8 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Model artifact folder to write (replaced atomically)."),
     protocol: str = typer.Option("grouped", help="grouped (no question on both sides) or published (the reference split)."),
     backend: str = typer.Option("lightgbm", help="lightgbm or xgboost."),
-    n_estimators: int = typer.Option(300, help="Boosting rounds at most (early stopping on a group-split validation set)."),
-    learning_rate: float = typer.Option(0.05),
+    n_estimators: int = typer.Option(300, help="Boosting rounds at most, >= 1 (early stopping on a group-split validation set)."),
+    learning_rate: float = typer.Option(0.05, help="Shrinkage per boosting round, in (0, 1]."),
     seed: int = typer.Option(0),
     test_fraction: float = typer.Option(0.25, help="grouped protocol: share of questions held out."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="Build the native library with treelite + tl2cgen."),
@@ -179,7 +179,8 @@ def train_cmd(
                           workers=workers, partitions=partitions, compile_library=compile, log_fn=err.print)
     else:
         table = read_logs(log)
-        train_artifact(table, proto, config, _embedder(cache_dir, device), out, compile_library=compile, log=err.print)
+        train_artifact(table, proto, config, _embedder(cache_dir, device), out, compile_library=compile, log=err.print,
+                       source=log)
     err.print(f"wrote model artifact {out}")
 
 
@@ -201,7 +202,7 @@ def evaluate_cmd(
     from .embed import MODEL_ID
     from dataclasses import replace
 
-    from .pipeline import evaluate, fit_reward_model, summary
+    from .pipeline import check_evaluable, evaluate, fit_reward_model, summary
     from .report import plot_reliability, plot_summary, print_summary, write_json
     from .schema import read_logs
     from .splits import Protocol
@@ -214,11 +215,12 @@ def evaluate_cmd(
     table = read_logs(log)
     embedder = _embedder(cache_dir, device)
     protocol = Protocol(**artifact.metadata.protocol)
+    check_evaluable(artifact, table, log)  # before the seed fits, not after
     others = [
-        fit_reward_model(table, protocol, replace(artifact.model.config, seed=s), embedder, lambda *_: None).model
+        fit_reward_model(table, protocol, replace(artifact.model.config, seed=s), embedder, lambda *_: None, log).model
         for s in range(1, seeds)
     ]
-    rep = evaluate(artifact, table, embedder, knn_k=knn_k, seed_models=others)
+    rep = evaluate(artifact, table, embedder, knn_k=knn_k, seed_models=others, source=log)
     summ = {rep["dataset"]: {rep["protocol"]["name"]: summary(rep)}}
     if not rep["headroom"]["available"]:
         err.print(f"headroom not measured: {rep['headroom']['reason']}", highlight=False)

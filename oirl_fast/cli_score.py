@@ -46,7 +46,9 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: keep OUT.partial's complete lines "
                                                         "(refused if it comes from another job: input, model, prompts or options differ)."),
         embeddings: Optional[Path] = typer.Option(
-            None, "--embeddings", help="Precomputed query embeddings (.npy, float32 (n, d)) instead of --in."
+            None, "--embeddings",
+            help="Precomputed query embeddings (.npy, float32 (n, d)) instead of --in. float16/float64 are rounded to "
+                 "float32 (a value beyond float32's range makes its row an error record); integer arrays are refused."
         ),
         ids: Optional[Path] = typer.Option(None, "--ids", help="With --embeddings: one query id a line, in row order."),
         path: str = typer.Option("auto", "--path", help="Scoring path: auto, kernel, compiled or native.", hidden=True),

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from .errors import OirlError
 from .splits import PROTOCOLS, Protocol
@@ -38,7 +38,7 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
     reports = {}
     t_start = time.perf_counter()
     for ds in datasets:
-        console.rule(f"[bold]{ds}")
+        console.rule(Text(ds, style="bold"))
         t0 = time.perf_counter()
         table = import_published(ds, source, progress=True)
         write_logs(table, out / ds / "logs.parquet")
@@ -52,7 +52,7 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
         fitted = {}
         for proto in protocols:
             t0 = time.perf_counter()
-            console.print(escape(f"train [{proto}] {backend}") + (" + compile" if compile_library else ""))
+            console.print(f"train [{proto}] {backend}" + (" + compile" if compile_library else ""))
             protocol = Protocol(proto)
             # GSM8K has no repeated questions, so its grouped split is the published one:
             # fit once per distinct split, write one artifact per protocol.
@@ -79,10 +79,10 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
             summaries.setdefault(ds, {})[proto] = summary(rep)
             reports.setdefault(ds, {})[proto] = rep
             s = summaries[ds][proto]
-            console.print(escape(
+            console.print(
                 f"evaluate [{proto}]: best-of-6 {s['best_of_n']:.3f}, best single {s['best_single']:.3f}, "
                 f"oracle {s['oracle']:.3f} ({time.perf_counter() - t0:.1f}s)"
-            ))
+            )
     write_json(summaries, out / "summary.json")
     plot_summary(summaries, out / "summary.png")
     print_summary(summaries, console)

@@ -420,12 +420,13 @@ class _PartitionBar:
 
     def __enter__(self):
         if self.enabled:
-            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            from .console import make_console
+
             self._bar = Progress(TextColumn("partitions"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[lines]}"), TimeRemainingColumn(),
-                                 console=Console(stderr=True), transient=True)
+                                 TextColumn("{task.fields[lines]}", markup=False), TimeRemainingColumn(),
+                                 console=make_console(), transient=True)
             self._bar.__enter__()
             self._task = self._bar.add_task("partitions", total=self.total, completed=self.done, lines="")
         return self
@@ -761,14 +762,14 @@ def train_distributed(
     import pyarrow as pa
 
     from .embed import Embedder
-    from .pipeline import FittedModel, training_metadata, training_set, write_artifact
+    from .pipeline import FittedModel, train_question_hashes, training_metadata, training_set, write_artifact
     from .train.reward_model import RewardModel, group_validation_split, lightgbm_params, xgboost_params
 
     table = log if isinstance(log, pa.Table) else read_log_parts(log)
     cache_dir = None if cache_dir is None else str(Path(cache_dir).resolve())
     if embedder is None:
         embedder = Embedder(cache_dir=cache_dir, device=device, batch_size=batch_size, progress=False)
-    ts = training_set(table, protocol, embedder)
+    ts = training_set(table, protocol, embedder, None if isinstance(log, pa.Table) else log)
     u, p, y, w, groups = ts.cells()
     valid = group_validation_split(groups, config.valid_fraction, config.seed)
     pe = np.ascontiguousarray(ts.train_prompt_emb, dtype=np.float32)
@@ -864,7 +865,7 @@ def train_distributed(
               "partitions": int(X_tr.numblocks[0]), "scheduler": scheduler or "local"}
     metadata = training_metadata(ts, config, model, embedder.model_id, embedder.dim, len(y), fit_seconds,
                                  {"engine": engine})
-    fitted = FittedModel(model, metadata, ts.prompt_emb)
+    fitted = FittedModel(model, metadata, ts.prompt_emb, train_question_hashes(ts.split))
     if out_dir is None:
         return fitted
     return write_artifact(fitted, out_dir, compile_library)

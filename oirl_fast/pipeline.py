@@ -19,7 +19,8 @@ from .embed import Embedder
 from .errors import OirlError
 from .features import FeatureLayout, grid_features, pair_features
 from .splits import Outcomes, Protocol, heldout_prompts, pool, prompt_catalog, holdout_mask
-from .train.artifact import Artifact, ModelMetadata, embeddings_hash, save_artifact
+from .schema import question_hashes
+from .train.artifact import Artifact, ModelMetadata, embeddings_hash, load_artifact, save_artifact
 from .train.reward_model import RewardModel, TrainConfig
 
 NEAR_DUPLICATE_COSINE = 0.95
@@ -38,11 +39,22 @@ class SplitLog:
     heldout_prompt_ids: list[str]
 
 
-def split_log(table: pa.Table, protocol: Protocol) -> SplitLog:
-    is_test = holdout_mask(table, protocol)
+def split_log(table: pa.Table, protocol: Protocol, source=None) -> SplitLog:
+    """``source``: the log's file, named in errors."""
+    if table.num_rows == 0:
+        raise OirlError("the log has no rows", source)
+    try:
+        is_test = holdout_mask(table, protocol)
+        prompts = prompt_catalog(table)
+    except OirlError as exc:
+        raise OirlError(exc.message, exc.path or source, exc.line) from None
     if not is_test.any() or is_test.all():
-        raise OirlError(f"protocol {protocol.name!r} leaves an empty train or test set")
-    prompts = prompt_catalog(table)
+        n_groups = len(pc.unique(table.column("group")))
+        raise OirlError(f"protocol {protocol.name!r} leaves an empty train or test set "
+                        f"({table.num_rows} rows, {n_groups} distinct questions)", source)
+    if len(prompts) < 2:
+        raise OirlError(f"the log has {len(prompts)} prompt ({prompts[0][0]!r}); choosing a prompt needs at least 2",
+                        source)
     heldout = heldout_prompts(table)
     train_ids = [p for p, _ in prompts if p not in heldout]
     train = table.filter(pa.array(~is_test))
@@ -70,6 +82,7 @@ class FittedModel:
     model: RewardModel
     metadata: ModelMetadata
     prompt_embeddings: np.ndarray
+    train_questions: np.ndarray | None = None  # uint64 (Q,) sorted question hashes of the training side
 
 
 @dataclass
@@ -96,8 +109,35 @@ class TrainingSet:
         return u, p, self.train.rate[u, p], self.train.count[u, p].astype(np.float64), np.asarray(self.train.groups)[u]
 
 
-def training_set(table: pa.Table, protocol: Protocol, embedder: Embedder) -> TrainingSet:
-    split = split_log(table, protocol)
+MIN_TRAIN_QUESTIONS = 2  # one to fit on, one for the validation split that stops the boosting
+
+
+def check_trainable(split: SplitLog, source=None) -> None:
+    """Refuse, before any embedding or fitting, a training side a reward model cannot be fitted on."""
+    if len(split.train_prompt_ids) < 2:
+        raise OirlError(f"the log's training rows have {len(split.train_prompt_ids)} prompt(s) "
+                        f"{split.train_prompt_ids}; a reward model that chooses between prompts needs at least 2",
+                        source)
+    n_questions = len(pc.unique(split.train.column("group")))
+    if n_questions < MIN_TRAIN_QUESTIONS:
+        raise OirlError(f"the protocol's training side has {n_questions} question(s) ({split.train.num_rows} rows); "
+                        f"training needs at least {MIN_TRAIN_QUESTIONS} (one is held out for early stopping)", source)
+    n_correct = pc.sum(split.train.column("correct").cast(pa.int64())).as_py() or 0
+    if n_correct in (0, split.train.num_rows):
+        verdict = "correct" if n_correct else "wrong"
+        raise OirlError(f"every one of the {split.train.num_rows} training rows is {verdict}: a reward model needs "
+                        "both right and wrong answers to learn from", source)
+
+
+def train_question_hashes(split: SplitLog) -> np.ndarray:
+    """uint64 (Q,) sorted hashes of the questions on the training side (see ``schema.question_hashes``)."""
+    return np.unique(question_hashes(pc.unique(split.train.column("query")).to_pylist()))
+
+
+def training_set(table: pa.Table, protocol: Protocol, embedder: Embedder, source=None) -> TrainingSet:
+    """``source``: the log's file, named in errors."""
+    split = split_log(table, protocol, source)
+    check_trainable(split, source)
     train = pool(split.train, unit="group", prompt_ids=split.train_prompt_ids)
     all_ids = [p for p, _ in split.prompts]
     prompt_emb = embedder.embed([t for _, t in split.prompts])
@@ -127,10 +167,10 @@ def training_metadata(ts: TrainingSet, config: TrainConfig, model: RewardModel, 
 
 
 def fit_reward_model(
-    table: pa.Table, protocol: Protocol, config: TrainConfig, embedder: Embedder, log=print
+    table: pa.Table, protocol: Protocol, config: TrainConfig, embedder: Embedder, log=print, source=None
 ) -> FittedModel:
-    """Fit a reward model on the protocol's train rows (held-out prompts excluded)."""
-    ts = training_set(table, protocol, embedder)
+    """Fit a reward model on the protocol's train rows (held-out prompts excluded); ``source`` names the log in errors."""
+    ts = training_set(table, protocol, embedder, source)
     query_emb = embedder.embed(ts.train.texts)
     X, y, w, groups = training_examples(ts.train, query_emb, ts.train_prompt_emb)
     t0 = time.perf_counter()
@@ -138,7 +178,7 @@ def fit_reward_model(
     fit_seconds = time.perf_counter() - t0
     log(f"  fitted {config.backend}: {model.best_iteration} trees on {len(y)} (question, prompt) cells in {fit_seconds:.1f}s")
     metadata = training_metadata(ts, config, model, embedder.model_id, query_emb.shape[1], len(y), fit_seconds)
-    return FittedModel(model, metadata, ts.prompt_emb)
+    return FittedModel(model, metadata, ts.prompt_emb, train_question_hashes(ts.split))
 
 
 def write_artifact(fitted: FittedModel, out_dir, compile_library: bool = True, protocol: Protocol | None = None) -> Artifact:
@@ -146,8 +186,9 @@ def write_artifact(fitted: FittedModel, out_dir, compile_library: bool = True, p
     metadata = fitted.metadata
     if protocol is not None:
         metadata = replace(metadata, protocol=protocol.to_dict(), metrics=dict(metadata.metrics))
-    path = save_artifact(out_dir, fitted.model, metadata, fitted.prompt_embeddings, compile_library=compile_library)
-    return Artifact(path=path, metadata=metadata, model=fitted.model, prompt_embeddings=fitted.prompt_embeddings)
+    path = save_artifact(out_dir, fitted.model, metadata, fitted.prompt_embeddings, compile_library=compile_library,
+                         train_questions=fitted.train_questions)
+    return load_artifact(path)
 
 
 def train_artifact(
@@ -158,9 +199,10 @@ def train_artifact(
     out_dir,
     compile_library: bool = True,
     log=print,
+    source=None,
 ) -> Artifact:
     """Fit a reward model on the protocol's train rows and write the artifact to ``out_dir``."""
-    return write_artifact(fit_reward_model(table, protocol, config, embedder, log), out_dir, compile_library)
+    return write_artifact(fit_reward_model(table, protocol, config, embedder, log, source), out_dir, compile_library)
 
 
 def _nearest_training(train_emb: np.ndarray, test_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,6 +233,39 @@ def _row_predictions(test: pa.Table, outcomes: Outcomes, scores: np.ndarray, pro
     return np.asarray(pids, dtype=object), labels, probs
 
 
+def check_evaluable(artifact: Artifact, table: pa.Table, source=None) -> tuple[Protocol, SplitLog, Outcomes, Outcomes]:
+    """(protocol, split, pooled train, pooled test) of ``table`` under the model's protocol, or an
+    ``OirlError`` naming the log: run before any long work (the CLI fits its seed models after it)."""
+    protocol = Protocol(**artifact.metadata.protocol)
+    split = split_log(table, protocol, source)
+    all_ids = [p for p, _ in split.prompts]
+    if all_ids != artifact.metadata.prompt_ids:
+        raise OirlError(
+            f"the log's prompt set {all_ids} differs from the model's {artifact.metadata.prompt_ids}",
+            artifact.path / "metadata.json",
+        )
+    changed = [pid for (pid, text), meta in zip(split.prompts, artifact.metadata.prompts) if text != meta["text"]]
+    if changed:
+        raise OirlError(f"the log's text of prompt(s) {changed} differs from the model's", artifact.path / "metadata.json")
+    train = pool(split.train, unit="group", prompt_ids=split.train_prompt_ids)
+    test = pool(split.test, unit=protocol.test_unit, prompt_ids=all_ids)
+    groups = [split.train_prompt_ids] + ([all_ids] if split.heldout_prompt_ids else [])
+    for ids in groups:
+        count = test.columns(ids).count
+        if not (count > 0).all(axis=1).any():
+            never = [p for j, p in enumerate(ids) if not (count[:, j] > 0).any()]
+            raise OirlError(
+                f"none of the {test.n_units} test questions of protocol {protocol.name!r} was logged with all "
+                f"{len(ids)} prompts" + (f" ({', '.join(never)}: on none)" if never else "")
+                + ", so no selector can be scored on them", source)
+    labels = split.test.column("correct")
+    n_correct = pc.sum(labels.cast(pa.int64())).as_py() or 0
+    if n_correct in (0, len(labels)):
+        raise OirlError(f"every one of the {len(labels)} test rows is {'correct' if n_correct else 'wrong'}: "
+                        "selection and AUC cannot be measured on them", source)
+    return protocol, split, train, test
+
+
 def selection_table(scores: dict[str, np.ndarray], outcome: np.ndarray) -> dict[str, float]:
     return {name: metrics.pick_accuracy(s, outcome) for name, s in scores.items()}
 
@@ -201,6 +276,7 @@ def evaluate(
     embedder: Embedder,
     knn_k: int = KNN_K,
     seed_models: list[RewardModel] = (),
+    source=None,
 ) -> dict:
     """Evaluate on the held-out queries of the protocol the artifact was trained with.
 
@@ -213,20 +289,14 @@ def evaluate(
     95% interval over the test units. ``seed_models`` are the same reward model fitted
     with other seeds: their best-of-N accuracies give the seed mean and spread, and
     the interval of ``reward_model_seed_mean`` uses the per-unit mean over seeds.
+
+    Test questions "in train" are those the *model* was trained on (the question hashes
+    its artifact records), whatever log is evaluated; near-duplicates are measured
+    against those training questions that this log holds (``leakage`` says how many).
+    ``source`` names the log in errors.
     """
-    protocol = Protocol(**artifact.metadata.protocol)
-    split = split_log(table, protocol)
+    protocol, split, train, test = check_evaluable(artifact, table, source)
     all_ids = [p for p, _ in split.prompts]
-    if all_ids != artifact.metadata.prompt_ids:
-        raise OirlError(
-            f"the log's prompt set {all_ids} differs from the model's {artifact.metadata.prompt_ids}",
-            artifact.path / "metadata.json",
-        )
-    changed = [pid for (pid, text), meta in zip(split.prompts, artifact.metadata.prompts) if text != meta["text"]]
-    if changed:
-        raise OirlError(f"the log's text of prompt(s) {changed} differs from the model's", artifact.path / "metadata.json")
-    train = pool(split.train, unit="group", prompt_ids=split.train_prompt_ids)
-    test = pool(split.test, unit=protocol.test_unit, prompt_ids=all_ids)
     test_emb = embedder.embed(test.texts)
     train_emb = embedder.embed(train.texts)
 
@@ -299,9 +369,7 @@ def evaluate(
         split.test, split.train_prompt_ids, train_acc, raw[:, [all_ids.index(p) for p in split.train_prompt_ids]],
         test, protocol.test_unit,
     )
-    train_groups = set(train.groups)
-    exact = sum(g in train_groups for g in test.groups)
-    near = int((sim[:, 0] >= NEAR_DUPLICATE_COSINE).sum())
+    exact, near, leakage = _leakage(artifact, table, train, test, test_emb, sim, embedder)
     return {
         "dataset": artifact.metadata.dataset,
         "protocol": protocol.to_dict(),
@@ -316,11 +384,44 @@ def evaluate(
         "test_in_train_exact": int(exact),
         "test_near_duplicate": near,
         "near_duplicate_cosine": NEAR_DUPLICATE_COSINE,
+        "leakage": leakage,
         "knn_k": knn_k,
         "classification": classification,
         "calibration": calibration,
         "selection": selection,
         "headroom": headroom,
+    }
+
+
+def _leakage(artifact: Artifact, table: pa.Table, train: Outcomes, test: Outcomes, test_emb: np.ndarray,
+             sim_log_train: np.ndarray, embedder: Embedder) -> tuple[int, int, dict]:
+    """(test units the model trained on, test units with a training neighbour at cos >= NEAR_DUPLICATE_COSINE, how).
+
+    Exact: the test question's hash is among the artifact's training-question hashes.
+    Near-duplicates need the training questions' embeddings, which the artifact does not
+    keep (a few MB per model): they are measured against the training questions this log
+    holds (found by hash). An artifact without recorded questions falls back to the log's
+    own training split, and says so."""
+    recorded = artifact.train_questions
+    if recorded is None:
+        exact = sum(g in set(train.groups) for g in test.groups)
+        near = int((sim_log_train[:, 0] >= NEAR_DUPLICATE_COSINE).sum())
+        return exact, near, {"reference": "this log's training split (the model records no training questions)"}
+    exact = int(np.isin(question_hashes(test.texts), recorded).sum())
+    texts = pc.unique(table.column("query")).to_pylist()
+    hashes = question_hashes(texts)
+    _, first = np.unique(hashes, return_index=True)  # one text per question
+    in_model = np.isin(hashes, recorded)
+    found = [texts[i] for i in np.sort(first) if in_model[i]]
+    near = 0
+    if found:
+        sim, _ = _nearest_training(embedder.embed(found), test_emb, 1)
+        near = int((sim[:, 0] >= NEAR_DUPLICATE_COSINE).sum())
+    return exact, near, {
+        "reference": "the model's training questions: exact matches by the question hashes stored in the artifact, "
+                     "near-duplicates against those of them found in this log",
+        "model_train_questions": int(len(recorded)),
+        "model_train_questions_in_log": len(found),
     }
 
 

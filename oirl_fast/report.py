@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .atomic import atomic_path, write_text
+from .console import make_console
 
 SELECTORS = [
     ("best_of_n", "reward model, best of 6"),
@@ -70,10 +71,10 @@ def summary_table(summaries: dict[str, dict[str, dict]], title: str = "Best-of-N
 
 
 def print_summary(summaries: dict, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console(stderr=False)
     if not console.is_terminal:
         # Off a terminal rich assumes 80 columns, which folds every cell; the table needs ~130.
-        console = Console(file=console.file, width=max(console.width, 140))
+        console = make_console(file=console.file, width=max(console.width, 140))
     console.print(summary_table(summaries))
 
 

@@ -81,6 +81,57 @@ def group_key(text: str) -> str:
     return hashlib.sha1(normalize_question(text).encode("utf-8")).hexdigest()[:16]
 
 
+QUESTION_HASH_KEY = "blake2b-64 of normalize_question(text), little-endian uint64"
+
+
+def question_hashes(texts) -> "np.ndarray":
+    """uint64 (n,): 8-byte BLAKE2b of each text's :func:`normalize_question`, in input order.
+
+    A model artifact stores the sorted set of its training questions' hashes, so
+    evaluation can tell which test questions the model trained on, whatever log it is given."""
+    import numpy as np
+
+    digests = b"".join(hashlib.blake2b(normalize_question(t).encode("utf-8"), digest_size=8).digest() for t in texts)
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
+def _type_problem(field: pa.Field, col_type: pa.DataType) -> str | None:
+    """Why a column of ``col_type`` cannot be ``field``, or None: the rules _check_record applies to
+    JSONL values, so a Parquet log is held to the same ones (a float ``correct`` is not a verdict)."""
+    t = col_type.value_type if pa.types.is_dictionary(col_type) else col_type
+    if pa.types.is_null(t):
+        return None  # all null: the null check decides
+    if pa.types.is_string(field.type):
+        ok = pa.types.is_string(t) or pa.types.is_large_string(t)
+        if field.name == "gold":  # a numeric gold answer is the same answer as text (as in JSONL)
+            ok = ok or pa.types.is_integer(t) or pa.types.is_floating(t)
+        return None if ok else "a string"
+    if pa.types.is_boolean(field.type):
+        return None if pa.types.is_boolean(t) else "boolean (true/false)"
+    if pa.types.is_integer(field.type):
+        return None if pa.types.is_integer(t) else "an integer"
+    if pa.types.is_floating(field.type):
+        return None if pa.types.is_floating(t) or pa.types.is_integer(t) else "a number"
+    return None
+
+
+def _check_query_ids(table: pa.Table, path: str | Path) -> None:
+    """A query_id names one query: its rows must agree on the query text and the gold answer."""
+    import pyarrow.compute as pc
+
+    agg = table.select(["query_id", "query", "gold"]).group_by("query_id").aggregate(
+        [("query", "count_distinct"), ("gold", "count_distinct")])
+    for col, what in (("query", "query texts"), ("gold", "gold answers")):
+        bad = pc.greater(agg.column(f"{col}_count_distinct"), 1)
+        if pc.any(bad).as_py():
+            qid = agg.column("query_id")[pc.index(bad, True).as_py()].as_py()
+            rows = pc.indices_nonzero(pc.equal(table.column("query_id"), qid)).to_pylist()
+            values = table.column(col).take(pa.array(rows)).to_pylist()
+            second = next(r for r, v in zip(rows, values) if v != values[0])
+            raise OirlError(f"query_id {qid!r} has two different {what} (rows {rows[0] + 1} and {second + 1}); "
+                            "a query_id must name one query", path)
+
+
 def conform(table: pa.Table, path: str | Path = "<table>") -> pa.Table:
     """Check required columns and cast ``table`` to :data:`LOG_SCHEMA` (missing optional columns become null)."""
     names = set(table.column_names)
@@ -103,6 +154,9 @@ def conform(table: pa.Table, path: str | Path = "<table>") -> pa.Table:
             col = table.column(field.name)
             if not field.nullable and col.null_count:
                 raise OirlError(f"column {field.name!r} has {col.null_count} null value(s)", path)
+            wanted = _type_problem(field, col.type)
+            if wanted:
+                raise OirlError(f"column {field.name!r} must be {wanted}, got {col.type}", path)
             try:
                 col = col.cast(field.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -112,6 +166,7 @@ def conform(table: pa.Table, path: str | Path = "<table>") -> pa.Table:
         columns.append(col)
     out = pa.Table.from_arrays(columns, schema=LOG_SCHEMA)
     _check_ranges(out, path)
+    _check_query_ids(out, path)
     return out
 
 

@@ -245,7 +245,7 @@ def make_scorer(artifact, candidates: Candidates, device: str = "auto", path: st
                 raise OirlError(f"the kernel cannot score this model: {exc}", artifact.path) from None
             reasons.append(f"kernel: {exc}")
     if path in ("auto", "compiled"):
-        if artifact.metadata.compiled_library is not None:
+        if artifact.compiled_library is not None:
             try:
                 from .train.artifact import usable_library
                 from .train.compile import CompiledPredictor
@@ -293,6 +293,8 @@ def parse_line(raw: str, line: int) -> Item:
     q = rec["query"]
     if not isinstance(q, str):
         return Item(line, id=rid, error=f"\"query\" must be a string, got {type(q).__name__}")
+    if not q.strip():  # an empty text still embeds to some vector: a confident pick for no question
+        return Item(line, id=rid, error="\"query\" is empty or only whitespace")
     clash = [k for k in rec if k in RESERVED_INPUT_KEYS]
     if clash:
         return Item(line, id=rid, error=f"input field(s) {', '.join(map(repr, clash))} would be overwritten by "
@@ -492,8 +494,11 @@ class NpyRows:
             self.offset = fh.tell()
         if dtype.hasobject:
             raise ValueError("object arrays are not accepted (no pickle)")
-        if dtype.kind not in "fiu":
-            raise ValueError(f"embeddings must be real numbers, got dtype {dtype}")
+        # float32 is read as is; float16 and float64 are rounded to the nearest float32 (float16
+        # exactly; a float64 beyond float32's range becomes inf, so its row gets an error record);
+        # integers and anything else are refused: they are not embeddings.
+        if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+            raise ValueError(f"embeddings must be float32 (or float16/float64, converted to float32), got dtype {dtype}")
         if fortran and len(shape) == 2 and shape[0] > 1 and shape[1] > 1:
             raise ValueError("Fortran-ordered arrays are not supported; save with np.save(np.ascontiguousarray(a))")
         self.shape, self.dtype = tuple(shape), dtype
@@ -960,7 +965,8 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
             Q = _embed_queries([it.query for it in ok], get_embedder)
         else:
             rows = np.asarray([it.row for it in ok], dtype=np.int64)
-            Q = np.asarray(emb_matrix[rows], dtype=np.float32)
+            with np.errstate(over="ignore"):  # a float64 beyond float32's range: inf, an error record below
+                Q = np.asarray(emb_matrix[rows], dtype=np.float32)
         bad = ~np.isfinite(Q).all(axis=1)
         if bad.any():
             for i in np.flatnonzero(bad):
@@ -1045,12 +1051,13 @@ class _Progress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            from .console import make_console
+
             self._bar = Progress(
-                TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+                TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}", markup=False),
+                TimeRemainingColumn(), console=make_console(), transient=True,
             )
             self._bar.__enter__()
             self._task = self._bar.add_task("scoring", total=self.total, rate="")

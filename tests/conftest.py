@@ -63,6 +63,23 @@ def real_pairs(embedder):
 
 
 @pytest.fixture(scope="session")
+def reseal():
+    """reseal(model_dir): rewrite manifest.json's checksums after a test edited the artifact's files,
+    so the edit stands for a genuinely different model rather than a tampered one."""
+    import json
+
+    from oirl_fast.train.artifact import MANIFEST_FILE, file_sha256
+
+    def run(model_dir):
+        path = model_dir / MANIFEST_FILE
+        manifest = json.loads(path.read_text())
+        manifest["files"] = {rel: file_sha256(model_dir / rel) for rel in manifest["files"]}
+        path.write_text(json.dumps(manifest))
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def make_artifact(real_pairs):
     """make_artifact(path, n_estimators=10, n_prompts=4) -> path: a small LightGBM artifact on the real
     pairs, prompts ``p0..`` with the first rows' prompt embeddings (no compiled library)."""

@@ -42,7 +42,8 @@ def test_train_writes_self_describing_artifact(trained):
     assert len(meta["prompts"]) == 16
     assert meta["protocol"]["name"] == "grouped"
     assert (trained / "model.lgb.txt").is_file()
-    assert (trained / meta["compiled_library"]["file"]).is_file()
+    manifest = json.loads((trained / "manifest.json").read_text())
+    assert (trained / manifest["compiled_library"]["file"]).is_file()
     assert not [p for p in trained.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
@@ -111,12 +112,13 @@ def test_missing_log_file(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_artifact_for_another_embedding_model_is_refused(trained, small_log, cache_dir, tmp_path):
+def test_artifact_for_another_embedding_model_is_refused(trained, small_log, cache_dir, tmp_path, reseal):
     other = tmp_path / "other"
     shutil.copytree(trained, other)
     meta = json.loads((other / "metadata.json").read_text())
     meta["embedding_model"] = "openai/text-embedding-ada-002"
     (other / "metadata.json").write_text(json.dumps(meta))
+    reseal(other)
     res = run("evaluate", str(other), str(small_log), cache_dir=cache_dir)
     assert res.exit_code == 2
     assert "metadata.json" in res.stderr and "text-embedding-ada-002" in res.stderr
@@ -199,7 +201,7 @@ def test_demo_reports_headroom_for_repeated_questions(tmp_path, cache_dir):
     assert "known-question ceiling" in res.stderr
 
 
-def test_score_min_confidence_flags_low_calibrated_picks(trained, mawps_small, cache_dir, tmp_path):
+def test_score_min_confidence_flags_low_calibrated_picks(trained, mawps_small, cache_dir, tmp_path, reseal):
     queries = sorted(set(mawps_small.column("query").to_pylist()))[:40]
     inp = tmp_path / "q.jsonl"
     inp.write_text("".join(json.dumps({"id": i, "query": q}) + "\n" for i, q in enumerate(queries)))
@@ -219,6 +221,7 @@ def test_score_min_confidence_flags_low_calibrated_picks(trained, mawps_small, c
     meta = json.loads((old / "metadata.json").read_text())
     meta["calibration"] = None
     (old / "metadata.json").write_text(json.dumps(meta))
+    reseal(old)
     res = run("score", str(old), "--in", str(inp), "--out", str(tmp_path / "o2.jsonl"), "--min-confidence", "0.6",
               cache_dir=cache_dir)
     assert res.exit_code == 2 and "no calibrator" in res.stderr

@@ -271,7 +271,7 @@ def test_bad_inputs_stop_the_run(model_dir, tmp_path, factory):
     assert exc.value.path == str(empty)
     one = tmp_path / "one.jsonl"
     one.write_text('{"id": 1, "query": "q"}\n')
-    with pytest.raises(OirlError, match="no metadata.json"):
+    with pytest.raises(OirlError, match="not a model directory"):
         score_file(tmp_path, one, tmp_path / "o.jsonl", progress=False, embedder_factory=factory)
     with pytest.raises(OirlError, match="not found"):
         score_file(model_dir, tmp_path / "nope.jsonl", tmp_path / "o.jsonl", progress=False)
@@ -314,7 +314,7 @@ def test_cli_score_and_exit_codes(model_dir, texts, tmp_path, cache_dir):
                                  "--strict", "--cache-dir", str(cache_dir)])
     assert res.exit_code == 2 and f"{bad}:2" in res.output and not (tmp_path / "x.jsonl").exists()
     res = runner.invoke(_app(), ["score", str(tmp_path), "--in", str(bad), "--out", str(tmp_path / "x.jsonl")])
-    assert res.exit_code == 2 and "metadata.json" in res.output
+    assert res.exit_code == 2 and "not a model directory" in res.output
 
 
 def test_npy_rows_reads_only_what_is_asked(tmp_path):

@@ -1,17 +1,26 @@
 """The model artifact: one self-describing directory per trained reward model.
 
     model_dir/
-      metadata.json            ModelMetadata (schema version, embedding model, layout, prompts, protocol,
-                             metrics, sha256 of every other file)
+      manifest.json            schema version, sha256 of every other file (metadata.json included),
+                               and the compiled library's build record
+      metadata.json            ModelMetadata (embedding model, layout, prompts, protocol, training
+                               configuration, metrics); never rewritten after training
       model.lgb.txt | model.xgb.json   native booster file
       prompt_embeddings.npy    float32 (P, d), rows in metadata.prompts order
+      train_questions.npy      uint64 (Q,), sorted: :func:`oirl_fast.schema.question_hashes` of the
+                               questions the model was trained on (optional for hand-built artifacts)
       compiled/model.so        native library from treelite + tl2cgen (optional)
 
 It is written to a temporary directory and renamed into place, so a crash never
 leaves a partial artifact that looks whole.  Loading checks the schema version, the
 checksums and what the caller asks for (embedding model, prompt set, feature layout);
 a compiled library built on another platform or with another treelite/tl2cgen is
-rebuilt rather than loaded (:func:`usable_library`).
+rebuilt rather than loaded (:func:`usable_library`), and only manifest.json is then
+rewritten (atomically).
+
+The manifest guards against edited or corrupted files, metadata.json included (an
+edited prompt text no longer passes), not against someone who deliberately recomputes
+the manifest too: it is a checksum list, not a signature.
 """
 from __future__ import annotations
 
@@ -32,9 +41,12 @@ from ..features import FeatureLayout
 from .reward_model import MODEL_FILES, RewardModel, TrainConfig
 
 # 2: per-file sha256 checksums in metadata.json.
-ARTIFACT_SCHEMA_VERSION = 2
+# 3: checksums (metadata.json's too) in manifest.json; the training questions' hashes.
+ARTIFACT_SCHEMA_VERSION = 3
+MANIFEST_FILE = "manifest.json"
 METADATA_FILE = "metadata.json"
 PROMPT_EMB_FILE = "prompt_embeddings.npy"
+TRAIN_QUESTIONS_FILE = "train_questions.npy"
 LIBRARY_FILE = "compiled/model.so"
 
 
@@ -67,9 +79,9 @@ class ModelMetadata:
     best_iteration: int
     n_train_examples: int
     metrics: dict = field(default_factory=dict)
-    compiled_library: dict | None = None
     calibration: dict | None = None  # IsotonicCalibrator.to_dict(), fitted on validation questions
-    checksums: dict = field(default_factory=dict)  # file relative to the artifact -> sha256
+    # {"file", "count", "key"} of TRAIN_QUESTIONS_FILE, or None when the artifact does not record them
+    train_questions: dict | None = None
     schema_version: int = ARTIFACT_SCHEMA_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -90,20 +102,76 @@ class ModelMetadata:
 
 
 @dataclass
+class Manifest:
+    """manifest.json: what the artifact's files must hash to, and how its library was built."""
+
+    files: dict  # file relative to the artifact (metadata.json included) -> sha256
+    compiled_library: dict | None = None  # {"file", "platform", "tl2cgen", "treelite", "compile_seconds"}
+    schema_version: int = ARTIFACT_SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False)
+
+
+@dataclass
 class Artifact:
     path: Path
     metadata: ModelMetadata
     model: RewardModel
     prompt_embeddings: np.ndarray
+    manifest: Manifest | None = None
+    train_questions: np.ndarray | None = None  # uint64 (Q,) sorted, or None when not recorded
 
     @property
     def layout(self) -> FeatureLayout:
         return FeatureLayout.from_dict(self.metadata.feature_layout)
 
     @property
+    def compiled_library(self) -> dict | None:
+        return None if self.manifest is None else self.manifest.compiled_library
+
+    @property
     def library_path(self) -> Path | None:
-        lib = self.metadata.compiled_library
+        lib = self.compiled_library
         return None if lib is None else self.path / lib["file"]
+
+
+def check_finite_model(model_file: Path, backend: str) -> None:
+    """Refuse a native model that can score some input as non-finite: a non-finite leaf value or
+    base score, or leaves so large that a sum over the trees overflows (a diverged fit).
+
+    Read back through treelite, the reader every scoring path uses, so LightGBM and XGBoost
+    files are checked alike."""
+    from .compile import load_treelite_model
+
+    try:
+        model = load_treelite_model(Path(model_file), backend)
+    except OirlError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a file treelite cannot read is not a model we write
+        raise OirlError(f"the fitted model cannot be read back ({exc}); nothing written") from None
+    base = np.asarray(model.get_header_accessor().get_field("base_scores"), dtype=np.float64)
+    if not np.isfinite(base).all():
+        raise OirlError("the fitted model has a non-finite base score; nothing written (lower --learning-rate)")
+    bound = float(np.abs(base).max(initial=0.0))
+    with np.errstate(over="ignore"):
+        for t in range(int(model.num_tree)):
+            leaves = np.asarray(model.get_tree_accessor(t).get_field("leaf_value"), dtype=np.float64)
+            if not np.isfinite(leaves).all():
+                raise OirlError(f"the fitted model has non-finite leaf values (tree {t}); nothing written "
+                                "(the boosting diverged: lower --learning-rate)")
+            bound += float(np.abs(leaves).max(initial=0.0))
+    if not np.isfinite(bound):
+        raise OirlError("the fitted model's leaf values are so large that a score overflows to infinity; nothing "
+                        "written (the boosting diverged: lower --learning-rate)")
+
+
+def _library_record(seconds: float) -> dict:
+    import tl2cgen
+    import treelite
+
+    return {"file": LIBRARY_FILE, "platform": platform_tag(), "tl2cgen": tl2cgen.__version__,
+            "treelite": treelite.__version__, "compile_seconds": round(seconds, 2)}
 
 
 def save_artifact(
@@ -112,41 +180,80 @@ def save_artifact(
     metadata: ModelMetadata,
     prompt_embeddings: np.ndarray,
     compile_library: bool = True,
+    train_questions: np.ndarray | None = None,
 ) -> Path:
-    """Write the artifact directory atomically; compile the native library unless told not to."""
+    """Write the artifact directory atomically; compile the native library unless told not to.
+
+    ``train_questions``: uint64 (Q,) :func:`oirl_fast.schema.question_hashes` of the training
+    questions (stored sorted and unique). A model with a non-finite leaf value is refused
+    before anything is written."""
+    from ..schema import QUESTION_HASH_KEY
+
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         model_file = model.save(tmp)
+        check_finite_model(model_file, model.backend)  # raising here leaves out_dir as it was
         np.save(tmp / PROMPT_EMB_FILE, np.ascontiguousarray(prompt_embeddings, dtype=np.float32))
+        if train_questions is not None:
+            hashes = np.unique(np.asarray(train_questions, dtype=np.uint64))
+            np.save(tmp / TRAIN_QUESTIONS_FILE, hashes)
+            metadata.train_questions = {"file": TRAIN_QUESTIONS_FILE, "count": int(len(hashes)), "key": QUESTION_HASH_KEY}
+        library = None
         if compile_library:
             from .compile import compile_library as _compile
-            import tl2cgen
-            import treelite
 
             t0 = time.perf_counter()
             _compile(model_file, model.backend, tmp / LIBRARY_FILE, nthread=model.config.nthread)
-            metadata.compiled_library = {
-                "file": LIBRARY_FILE,
-                "platform": platform_tag(),
-                "tl2cgen": tl2cgen.__version__,
-                "treelite": treelite.__version__,
-                "compile_seconds": round(time.perf_counter() - t0, 2),
-            }
-        metadata.checksums = {
-            str(f.relative_to(tmp)): file_sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()
-        }
+            library = _library_record(time.perf_counter() - t0)
         (tmp / METADATA_FILE).write_text(metadata.to_json(), encoding="utf-8")
+        files = {str(f.relative_to(tmp)): file_sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+        (tmp / MANIFEST_FILE).write_text(Manifest(files, library).to_json(), encoding="utf-8")
     return out_dir
 
 
-def _verify(path: Path, rel: str, meta: ModelMetadata) -> None:
-    expected = meta.checksums.get(rel)
+def _verify(path: Path, rel: str, manifest: Manifest) -> None:
+    expected = manifest.files.get(rel)
     if expected is None:
-        raise OirlError(f"metadata.json has no checksum for {rel}", path / METADATA_FILE)
+        raise OirlError(f"manifest.json has no checksum for {rel}", path / MANIFEST_FILE)
     if not (path / rel).is_file():
         raise OirlError(f"{rel} missing from the model directory", path)
     if file_sha256(path / rel) != expected:
-        raise OirlError("file does not match its checksum in metadata.json (changed or corrupted)", path / rel)
+        raise OirlError("file does not match its checksum in manifest.json (changed or corrupted)", path / rel)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """The artifact's manifest, refusing another schema version (schema 2 artifacts, whose
+    metadata.json was not checksummed, included) with a one-line error."""
+    path = Path(path)
+    man_path = path / MANIFEST_FILE
+    meta_path = path / METADATA_FILE
+    if not man_path.is_file():
+        if meta_path.is_file():
+            try:
+                version = json.loads(meta_path.read_text(encoding="utf-8")).get("schema_version")
+            except (ValueError, AttributeError, UnicodeDecodeError):
+                version = None
+            raise OirlError(
+                f"model artifact of schema version {version} without manifest.json; this oirl-fast reads schema "
+                f"{ARTIFACT_SCHEMA_VERSION} (metadata.json checksummed, training questions recorded): retrain it "
+                "with `oirl train`", path)
+        raise OirlError("not a model directory (no manifest.json)", path)
+    try:
+        data = json.loads(man_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OirlError(f"unreadable manifest ({exc})", man_path) from None
+    if not isinstance(data, dict):
+        raise OirlError("unreadable manifest (not a JSON object)", man_path)
+    if data.get("schema_version") != ARTIFACT_SCHEMA_VERSION:
+        raise OirlError(
+            f"artifact schema version {data.get('schema_version')}, this oirl-fast reads {ARTIFACT_SCHEMA_VERSION}: "
+            "retrain it with `oirl train`", man_path)
+    files, lib = data.get("files"), data.get("compiled_library")
+    if (not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+            or not (lib is None or isinstance(lib, dict) and isinstance(lib.get("file"), str))
+            or set(data) - {"files", "compiled_library", "schema_version"}):
+        raise OirlError("unreadable manifest (unexpected fields)", man_path)
+    return Manifest(files=files, compiled_library=lib)
 
 
 def load_artifact(
@@ -163,8 +270,9 @@ def load_artifact(
     """
     path = Path(path)
     meta_path = path / METADATA_FILE
-    if not meta_path.is_file():
-        raise OirlError("not a model directory (no metadata.json)", path)
+    manifest = read_manifest(path)
+    # metadata.json is read only once its checksum matches: an edited prompt text is refused here.
+    _verify(path, METADATA_FILE, manifest)
     meta = ModelMetadata.from_json(meta_path.read_text(encoding="utf-8"), meta_path)
     if meta.schema_version != ARTIFACT_SCHEMA_VERSION:
         raise OirlError(
@@ -185,22 +293,33 @@ def load_artifact(
     if not emb_path.is_file():
         raise OirlError("prompt embeddings missing", emb_path)
     config = TrainConfig(**meta.train_config)
-    for rel in (PROMPT_EMB_FILE, MODEL_FILES[config.backend]):
-        _verify(path, rel, meta)
+    questions_file = (meta.train_questions or {}).get("file")
+    for rel in (PROMPT_EMB_FILE, MODEL_FILES[config.backend], *([questions_file] if questions_file else [])):
+        _verify(path, rel, manifest)
     try:
         emb = np.load(emb_path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise OirlError(f"not a readable .npy file ({exc})", emb_path) from None
     if emb.shape[0] != len(meta.prompts) or embeddings_hash(emb) != meta.prompt_embeddings_sha256:
         raise OirlError("prompt embeddings do not match the hash in metadata.json", emb_path)
+    questions = None
+    if questions_file:
+        q_path = path / questions_file
+        try:
+            questions = np.load(q_path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise OirlError(f"not a readable .npy file ({exc})", q_path) from None
+        if questions.dtype != np.uint64 or questions.ndim != 1:
+            raise OirlError(f"training question hashes must be uint64 (Q,), got {questions.dtype}{questions.shape}", q_path)
     model = RewardModel.load(path, config, layout.n_features, meta.best_iteration)
     model.calibrator = IsotonicCalibrator.from_dict(meta.calibration)
-    return Artifact(path=path, metadata=meta, model=model, prompt_embeddings=emb)
+    return Artifact(path=path, metadata=meta, model=model, prompt_embeddings=emb, manifest=manifest,
+                    train_questions=questions)
 
 
 def library_mismatch(artifact: Artifact) -> str | None:
     """Why the artifact's compiled library cannot be loaded here, or None when it can."""
-    lib = artifact.metadata.compiled_library
+    lib = artifact.compiled_library
     if lib is None:
         return "the model has no compiled library"
     import tl2cgen
@@ -213,7 +332,7 @@ def library_mismatch(artifact: Artifact) -> str | None:
     path = artifact.path / lib["file"]
     if not path.is_file():
         return f"{lib['file']} is missing"
-    if file_sha256(path) != artifact.metadata.checksums.get(lib["file"]):
+    if file_sha256(path) != artifact.manifest.files.get(lib["file"]):
         return f"{lib['file']} does not match its checksum"
     return None
 
@@ -223,23 +342,21 @@ def usable_library(artifact: Artifact, log=lambda s: None) -> Path:
 
     A library built elsewhere (another OS, CPU, Python, treelite or tl2cgen), missing or
     corrupted is rebuilt from the native model file: in the model directory when it is
-    writable (metadata.json updated atomically), otherwise in the user cache.
+    writable (manifest.json updated atomically; metadata.json is never rewritten), otherwise
+    in the user cache.
     """
     reason = library_mismatch(artifact)
     if reason is None:
         return artifact.library_path
-    import tl2cgen
-    import treelite
-
     from .compile import compile_library
 
-    meta = artifact.metadata
+    manifest = artifact.manifest
     writable = os.access(artifact.path, os.W_OK)
     if writable:
         target = artifact.path / LIBRARY_FILE
     else:
         base = Path(os.environ.get("OIRL_CACHE_DIR") or Path.home() / ".cache" / "oirl-fast")
-        model_sum = meta.checksums[MODEL_FILES[artifact.model.backend]]
+        model_sum = manifest.files[MODEL_FILES[artifact.model.backend]]
         target = base / "libraries" / f"{model_sum[:16]}-{platform_tag()}" / "model.so"
         if target.is_file():
             return target
@@ -248,10 +365,9 @@ def usable_library(artifact: Artifact, log=lambda s: None) -> Path:
     compile_library(artifact.path / MODEL_FILES[artifact.model.backend], artifact.model.backend, target,
                     nthread=artifact.model.config.nthread)
     if writable:
-        meta.compiled_library = {
-            "file": LIBRARY_FILE, "platform": platform_tag(), "tl2cgen": tl2cgen.__version__,
-            "treelite": treelite.__version__, "compile_seconds": round(time.perf_counter() - t0, 2),
-        }
-        meta.checksums[LIBRARY_FILE] = file_sha256(target)
-        write_text(artifact.path / METADATA_FILE, meta.to_json())
+        # The library is renamed into place first: a crash before the manifest is rewritten
+        # leaves a library that fails its checksum, so the next load rebuilds it again.
+        manifest.compiled_library = _library_record(time.perf_counter() - t0)
+        manifest.files[LIBRARY_FILE] = file_sha256(target)
+        write_text(artifact.path / MANIFEST_FILE, manifest.to_json())
     return target

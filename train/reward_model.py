@@ -9,6 +9,7 @@ XGBoost depth 6) so the QuickScorer kernel can score them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +41,34 @@ class TrainConfig:
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise OirlError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        # Checked here, so the CLI, the Python API and the Dask fit refuse the same values
+        # before any work (an infinite learning rate used to write a model of infinite leaves).
+        def integer(name: str, low: int, high: int | None = None):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low or (high is not None and v > high):
+                bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+                raise OirlError(f"{name.replace('_', '-')} must be {bound}, got {v!r}")
+
+        def number(name: str, low: float, high: float | None, low_open: bool):
+            v = getattr(self, name)
+            ok = (not isinstance(v, bool) and isinstance(v, (int, float, np.number)) and math.isfinite(v)
+                  and (v > low if low_open else v >= low) and (high is None or v <= high))
+            if not ok:
+                where = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+                raise OirlError(f"{name.replace('_', '-')} must be a finite number in {where}, got {v!r}")
+
+        integer("n_estimators", 1)
+        number("learning_rate", 0.0, 1.0, low_open=True)  # shrinkage: above 1 every step overshoots
+        integer("num_leaves", 2)  # trees over 64 leaves are scored by the slower fallback paths
+        integer("max_depth", 1)
+        number("min_child_weight", 0.0, None, low_open=False)
+        number("colsample", 0.0, 1.0, low_open=True)
+        number("subsample", 0.0, 1.0, low_open=True)
+        integer("max_bin", 2)
+        integer("early_stopping_rounds", 1)
+        number("valid_fraction", 0.0, 0.5, low_open=True)
+        integer("seed", 0)
+        integer("nthread", 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
