@@ -593,22 +593,31 @@ def load_scoring(
     embeddings_label: str | Path | None = None,
     log: Callable[[str], None] = lambda s: None,
     build_scorer: bool = True,
+    embedder: str | None = None,
 ) -> Scoring:
     """Load the artifact, check it against the input (``query_dim`` of precomputed embeddings),
     resolve the candidates (the model's, a ``prompts`` file, or ready ``candidates``) and pick
-    the fastest scorer (unless ``build_scorer`` is False: a client that only checks the job)."""
-    from .embed import MODEL_ID
+    the fastest scorer (unless ``build_scorer`` is False: a client that only checks the job).
+    Text is embedded with the embedder recorded in the artifact (``embedder``: the path of a
+    moved folder encoder, checked to give the same vectors)."""
     from .train.artifact import load_artifact
 
     if precision not in ("fp32", "fp16"):
         raise OirlError(f"--precision must be fp32 or fp16, got {precision!r}")
-    artifact = load_artifact(model_dir, embedding_model=MODEL_ID if needs_text_embedder else None)
+    artifact = load_artifact(model_dir)
     layout = artifact.metadata.feature_layout
     qdim, pdim = int(layout["query_dim"]), int(layout["prompt_dim"])
     if query_dim is not None and query_dim != qdim:
         raise OirlError(f"embeddings have dimension {query_dim}, the model expects {qdim}", embeddings_label)
 
     embedders: dict[bool, object] = {}
+    encoder = None
+    if needs_text_embedder and embedder_factory is None:
+        from .encoders import encoder_for_record
+
+        # the encoder the model was trained with, refused if this machine's build would give other vectors
+        encoder = encoder_for_record(artifact.metadata.embedder_record, cache_dir, device, batch_size, precision,
+                                     override=embedder, where=Path(model_dir) / "metadata.json", log=log)
 
     def get_embedder(cached: bool):
         if cached not in embedders:
@@ -617,9 +626,9 @@ def load_scoring(
             else:
                 from .embed import Embedder
 
-                # queries are not cached: the cache keeps every vector in memory
-                embedders[cached] = Embedder(cache_dir=cache_dir, device=device, batch_size=batch_size,
-                                             progress=False, use_cache=cached, precision=precision)
+                if encoder is None:
+                    raise OirlError("text queries need the model's embedder")
+                embedders[cached] = Embedder(cache_dir=cache_dir, progress=False, use_cache=cached, encoder=encoder)
         return embedders[cached]
 
     if min_confidence is not None:
@@ -634,7 +643,7 @@ def load_scoring(
     elif prompts is not None:
         cands = read_prompts_file(
             prompts, artifact.metadata.embedding_model, pdim,
-            get_embedder if embedder_factory is not None else _candidate_embedder(artifact.path, device, batch_size),
+            get_embedder if embedder_factory is not None else _candidate_embedder(artifact.path, encoder),
         )
     else:
         cands = model_candidates(artifact)
@@ -718,6 +727,7 @@ def score_file(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     embedder_factory: Callable | None = None,
+    embedder: str | None = None,
 ) -> ScoreSummary:
     """Score ``in_path`` (JSONL queries) or ``embeddings`` + ``ids`` into ``out_path``; see the module doc."""
     t_start = time.perf_counter()
@@ -739,7 +749,7 @@ def score_file(
         model_dir, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
         needs_text_embedder=emb_matrix is None or prompts is not None, top_k=top_k, with_scores=with_scores,
         min_confidence=min_confidence, device=device, batch_size=batch_size, precision=precision, cache_dir=cache_dir,
-        path=path, embedder_factory=embedder_factory, embeddings_label=embeddings, log=log,
+        path=path, embedder_factory=embedder_factory, embeddings_label=embeddings, log=log, embedder=embedder,
     )
     cands, scorer = scoring.cands, scoring.scorer
 
@@ -831,39 +841,42 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
     return lines
 
 
-def _candidate_embedder(model_dir: Path, device: str, batch_size: int):
+def _candidate_embedder(model_dir: Path, encoder):
     """Candidate prompts are embedded once and cached beside the model (``MODEL_DIR/embeddings/``,
-    keyed by model and text hash); a read-only model folder falls back to the user cache."""
+    keyed by encoder and text hash); a read-only model folder falls back to the user cache."""
     from .embed import Embedder
 
     def factory(cached: bool = True):
+        if encoder is None:
+            raise OirlError("prompts without embeddings need the model's embedder")
         root = model_dir if os.access(model_dir, os.W_OK) else None
-        return Embedder(cache_dir=root, device=device, batch_size=batch_size, progress=False)
+        return Embedder(cache_dir=root, progress=False, encoder=encoder)
 
     return factory
 
 
 def _embed_queries(texts: list[str], get_embedder) -> np.ndarray:
     """Queries already in the embedding cache come from it; the others are embedded without
-    being added (adding would keep every query vector in memory for the whole run)."""
+    being added (a stream of queries would grow the cache without end).
+
+    The static embedder skips the cache: it embeds about 10,000 texts a second, faster than
+    hashing the texts and reading their rows back from disk."""
     from .embed import text_key
 
-    cached = get_embedder(True)
-    cache = getattr(cached, "cache", None)
-    if cache is None or len(cache) == 0:
-        return get_embedder(False).embed(texts)
-    out = None
-    missing = []
-    vecs = [cache.get(text_key(t)) for t in texts]
-    missing = [i for i, v in enumerate(vecs) if v is None]
-    fresh = get_embedder(False).embed([texts[i] for i in missing]) if missing else None
-    dim = (fresh.shape[1] if fresh is not None else len(next(v for v in vecs if v is not None)))
-    out = np.empty((len(texts), dim), dtype=np.float32)
-    for i, v in enumerate(vecs):
-        if v is not None:
-            out[i] = v
-    if missing:
-        out[missing] = fresh
+    plain = get_embedder(False)
+    if getattr(getattr(plain, "encoder", None), "kind", None) == "static":
+        return plain.embed(texts)
+    cache = getattr(get_embedder(True), "cache", None)
+    if cache is None:
+        return plain.embed(texts)
+    found, vectors = cache.lookup([text_key(t) for t in texts])
+    if found.all():
+        return vectors
+    fresh = plain.embed([t for t, f in zip(texts, found) if not f])
+    out = np.empty((len(texts), fresh.shape[1]), dtype=np.float32)
+    out[~found] = fresh
+    if found.any():
+        out[found] = vectors
     return out
 
 

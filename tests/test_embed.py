@@ -18,7 +18,7 @@ def test_embeddings_are_unit_norm_and_cached(tmp_path):
     # A new process-equivalent (fresh Embedder) reads the cache and never loads the model.
     again = Embedder(cache_dir=tmp_path, progress=False)
     np.testing.assert_array_equal(again.embed(texts), v)
-    assert again._model is None
+    assert not again.encoder.loaded
     assert len(list(again.cache.dir.glob("shard-*.npz"))) == 1
 
 
@@ -47,7 +47,7 @@ def test_corrupt_cache_shard_is_a_clear_error(tmp_path):
     shard = next(cache.dir.glob("shard-*.npz"))
     shard.write_bytes(b"garbage")
     with pytest.raises(OirlError, match="corrupt embedding cache shard"):
-        EmbeddingCache(tmp_path)
+        EmbeddingCache(tmp_path).get(text_key("x"))
 
 
 def test_non_string_text_is_refused(tmp_path):

@@ -1,8 +1,8 @@
 """The model artifact: one self-describing directory per trained reward model.
 
     model_dir/
-      metadata.json            ModelMetadata (schema version, embedding model, layout, prompts, protocol,
-                             metrics, sha256 of every other file)
+      metadata.json            ModelMetadata (schema version, embedding model and the embedder record,
+                             layout, prompts, protocol, metrics, sha256 of every other file)
       model.lgb.txt | model.xgb.json   native booster file
       prompt_embeddings.npy    float32 (P, d), rows in metadata.prompts order
       compiled/model.so        native library from treelite + tl2cgen (optional)
@@ -69,9 +69,18 @@ class ModelMetadata:
     metrics: dict = field(default_factory=dict)
     compiled_library: dict | None = None
     calibration: dict | None = None  # IsotonicCalibrator.to_dict(), fitted on validation questions
+    # oirl_fast.encoders.encoder_record(): kind, name, dim, identity, weights_sha256; None (older artifacts) = MiniLM
+    embedder: dict | None = None
     checksums: dict = field(default_factory=dict)  # file relative to the artifact -> sha256
     schema_version: int = ARTIFACT_SCHEMA_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    @property
+    def embedder_record(self) -> dict:
+        """The embedder the model was trained with (an artifact without the record: MiniLM)."""
+        from ..encoders import legacy_record
+
+        return self.embedder if self.embedder is not None else legacy_record()
 
     @property
     def prompt_ids(self) -> list[str]:
@@ -179,6 +188,9 @@ def load_artifact(
             f"model was built for prompts {meta.prompt_ids}, the log has {sorted(prompt_ids)}", meta_path
         )
     layout = FeatureLayout.from_dict(meta.feature_layout)
+    if meta.embedder is not None and int(meta.embedder.get("dim", -1)) not in (layout.query_dim, -1):
+        raise OirlError(f"the embedder record says dimension {meta.embedder.get('dim')}, the feature layout "
+                        f"{layout.query_dim}", meta_path)
     if feature_layout is not None and layout != feature_layout:
         raise OirlError(f"model was built for feature layout {layout}, not {feature_layout}", meta_path)
     emb_path = path / PROMPT_EMB_FILE
