@@ -403,6 +403,9 @@ class ScoreSummary:
     seconds: float = 0.0
     score_seconds: float = 0.0
     embed_seconds: float = 0.0
+    read_seconds: float = 0.0  # reading and parsing input lines
+    format_seconds: float = 0.0  # turning picks into JSON records
+    write_seconds: float = 0.0  # writing them to the output file
     pairs_per_s: float = 0.0
     first_errors: list = field(default_factory=list)
     interrupted: bool = False
@@ -418,7 +421,8 @@ class ScoreSummary:
             f"scoring path: {self.path}" + (f" (fallback: {self.fallback_reason})" if self.fallback_reason else ""),
             *([f"{self.low_confidence} picks below --min-confidence (field low_confidence)"] if self.low_confidence else []),
             f"{self.pairs} pairs over {self.candidates} candidates in {self.seconds:.1f}s "
-            f"(scoring {self.score_seconds:.2f}s = {self.pairs_per_s:,.0f} pairs/s; embedding {self.embed_seconds:.1f}s)",
+            f"(scoring {self.score_seconds:.2f}s = {self.pairs_per_s:,.0f} pairs/s; embedding {self.embed_seconds:.1f}s; "
+            f"reading {self.read_seconds:.1f}s; writing {self.format_seconds + self.write_seconds:.1f}s)",
         ]
         for e in self.first_errors:
             out.append(f"  line {e['line']}: {e['error']}")
@@ -561,18 +565,41 @@ class Scoring:
 
     def write(self, items: Iterator[Item], fh, summary: "ScoreSummary", chunk_size: int = DEFAULT_CHUNK,
               emb_matrix=None, strict: bool = False, src: Path | None = None,
-              on_chunk: Callable[[int], None] | None = None) -> None:
-        """Score ``items`` chunk by chunk and write one record a line to the binary file ``fh``."""
-        for chunk in _chunks(items, chunk_size):
-            lines = _score_chunk(chunk, self.cands, self.scorer, self.k, self.with_scores, emb_matrix,
-                                 self.get_embedder, summary, strict, src,
-                                 lambda rec, conf: self.annotate(rec, conf, summary), self.calibrator)
-            # A lone surrogate can only sit inside a JSON string, where backslashreplace
-            # writes it as the valid escape \udcXX, exactly what ensure_ascii would.
-            fh.write("".join(lines).encode("utf-8", "backslashreplace"))
-            fh.flush()
-            if on_chunk is not None:
-                on_chunk(len(chunk))
+              on_chunk: Callable[[int], None] | None = None, pipeline: bool = True) -> None:
+        """Score ``items`` chunk by chunk and write one record a line to the binary file ``fh``.
+
+        ``pipeline``: read and parse the next chunks in one thread and write finished ones in
+        another while this thread embeds and scores, so the tokenizer, the kernel and the file
+        writes (which release the GIL) overlap with the Python work; the output is the same
+        bytes in the same order as the serial loop (``pipeline=False``)."""
+        score = lambda chunk: _score_chunk(chunk, self.cands, self.scorer, self.k, self.with_scores, emb_matrix,
+                                           self.get_embedder, summary, strict, src,
+                                           lambda rec, conf: self.annotate(rec, conf, summary), self.calibrator)
+        if pipeline:
+            from .pipelined import run_pipeline
+
+            run_pipeline(_chunks(items, chunk_size), score, lambda lines, n: _write_lines(fh, lines, n, summary, on_chunk),
+                         summary)
+            return
+        chunks = _chunks(items, chunk_size)
+        while True:
+            t0 = time.perf_counter()
+            chunk = next(chunks, None)
+            summary.read_seconds += time.perf_counter() - t0
+            if chunk is None:
+                break
+            _write_lines(fh, score(chunk), len(chunk), summary, on_chunk)
+
+
+def _write_lines(fh, lines: list[str], n: int, summary: "ScoreSummary", on_chunk) -> None:
+    t0 = time.perf_counter()
+    # A lone surrogate can only sit inside a JSON string, where backslashreplace
+    # writes it as the valid escape \udcXX, exactly what ensure_ascii would.
+    fh.write("".join(lines).encode("utf-8", "backslashreplace"))
+    fh.flush()
+    summary.write_seconds += time.perf_counter() - t0
+    if on_chunk is not None:
+        on_chunk(n)
 
 
 def load_scoring(
@@ -728,8 +755,11 @@ def score_file(
     log: Callable[[str], None] | None = None,
     embedder_factory: Callable | None = None,
     embedder: str | None = None,
+    pipeline: bool = True,
 ) -> ScoreSummary:
-    """Score ``in_path`` (JSONL queries) or ``embeddings`` + ``ids`` into ``out_path``; see the module doc."""
+    """Score ``in_path`` (JSONL queries) or ``embeddings`` + ``ids`` into ``out_path``; see the module doc.
+
+    ``pipeline=False`` reads, scores and writes in one thread (same output bytes)."""
     t_start = time.perf_counter()
     log = log or (lambda s: None)
     out_path = Path(out_path)
@@ -779,7 +809,7 @@ def score_file(
     try:
         with out_path.open(mode) as fh, bar:
             scoring.write(items, fh, summary, chunk_size, emb_matrix=emb_matrix, strict=strict, src=src,
-                          on_chunk=advance)
+                          on_chunk=advance, pipeline=pipeline)
             os.fsync(fh.fileno())
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -827,6 +857,7 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
         conf = calibrate(sc[:, 0]) if calibrate is not None else None
         for j, it in enumerate(ok):
             results[it.line] = (idx[j], sc[j], None if full is None else full[j], None if conf is None else conf[j])
+    t_format = time.perf_counter()
     lines = []
     for it in chunk:
         if it.error is not None:
@@ -838,6 +869,7 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
             i, s, f, c = results[it.line]
             summary.scored += 1
             lines.append(_dumps(annotate(_record(it, cands, i, s, k, f), c)) + "\n")
+    summary.format_seconds += time.perf_counter() - t_format
     return lines
 
 
