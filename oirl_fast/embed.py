@@ -275,9 +275,9 @@ def embedder_for_artifact(metadata, cache_dir: str | Path | None = None, device:
                           use_cache: bool = True, where: Path | None = None, log=lambda s: None) -> Embedder:
     """An Embedder with the encoder a model artifact was trained with (``metadata``: its ModelMetadata),
     refusing (OirlError) an encoder here that would produce other vectors."""
-    from .encoders import encoder_for_record
+    from .encoders import artifact_record, encoder_for_record
 
-    enc = encoder_for_record(metadata.embedder_record, cache_dir, device, batch_size, precision, override, where, log)
+    enc = encoder_for_record(artifact_record(metadata, where), cache_dir, device, batch_size, precision, override, where, log)
     return Embedder(cache_dir=cache_dir, progress=progress, use_cache=use_cache, encoder=enc)
 
 

@@ -432,6 +432,16 @@ def legacy_record() -> dict:
     return {"kind": "minilm", "name": MINILM_ID, "dim": MINILM_DIM, "identity": enc.identity, "weights_sha256": None}
 
 
+def artifact_record(metadata, where: Path | None = None) -> dict:
+    """The embedder record of a model's ModelMetadata, checked against its ``embedding_model``
+    (an artifact from before the record existed must be a MiniLM one)."""
+    record = metadata.embedder if metadata.embedder is not None else legacy_record()
+    if record.get("name") != metadata.embedding_model:
+        raise OirlError(f"model was built for embedding model {metadata.embedding_model!r}, which this oirl-fast "
+                        f"cannot compute (its embedder record says {record.get('name')!r})", where)
+    return record
+
+
 def spec_of(record: dict) -> str:
     return record["path"] if record["kind"] == "folder" else record["kind"]
 

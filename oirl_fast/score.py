@@ -640,11 +640,12 @@ def load_scoring(
     embedders: dict[bool, object] = {}
     encoder = None
     if needs_text_embedder and embedder_factory is None:
-        from .encoders import encoder_for_record
+        from .encoders import artifact_record, encoder_for_record
 
         # the encoder the model was trained with, refused if this machine's build would give other vectors
-        encoder = encoder_for_record(artifact.metadata.embedder_record, cache_dir, device, batch_size, precision,
-                                     override=embedder, where=Path(model_dir) / "metadata.json", log=log)
+        where = Path(model_dir) / "metadata.json"
+        encoder = encoder_for_record(artifact_record(artifact.metadata, where), cache_dir, device, batch_size, precision,
+                                     override=embedder, where=where, log=log)
 
     def get_embedder(cached: bool):
         if cached not in embedders:

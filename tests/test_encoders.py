@@ -107,14 +107,6 @@ def test_bad_folders_and_specs_are_clear_errors(tmp_path):
 # ------------------------------------------------------------------------------ static
 
 
-@pytest.fixture(scope="session")
-def static_cache(tmp_path_factory):
-    """A cache folder holding the static embedder, distilled once per test session (about 15 s)."""
-    root = tmp_path_factory.mktemp("static-cache")
-    encoders.build_static(root)
-    return root
-
-
 @pytest.mark.slow
 def test_static_build_is_deterministic_cached_and_atomic(static_cache, tmp_path, monkeypatch):
     enc = encoders.make_encoder("static", static_cache)
