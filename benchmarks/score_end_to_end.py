@@ -151,8 +151,8 @@ def main():
         static_dir = build_static(default_cache_dir(), log=print)  # one-time per machine, not a cache of texts
         print(f"static embedder ready in {time.perf_counter() - t0:.1f}s ({static_dir})")
         log, train_q, test_q = gsm8k_questions()
-        train_cache, cold = tmp / "train-cache", tmp / "cold-cache"
-        for c in (train_cache, cold):
+        train_cache, cold, warm = tmp / "train-cache", tmp / "cold-cache", tmp / "warm-cache"
+        for c in (train_cache, cold, warm):
             (c / "encoders").mkdir(parents=True)
             shutil.copytree(static_dir, c / "encoders" / static_dir.name)
         models = {}
@@ -173,7 +173,7 @@ def main():
         # warm-up: imports and the numba compile happen once per process, not per job
         write_queries(tmp / "warm.jsonl", questions, 64)
         for spec in models:
-            run(models[spec], tmp / "warm.jsonl", tmp / "warm.out", tmp / "warm-cache", prompts)
+            run(models[spec], tmp / "warm.jsonl", tmp / "warm.out", warm, prompts)
         results = {}
         results["static serial"] = run(models["static"], inp_s, tmp / "s0.jsonl", cold, prompts, pipeline=False)
         show("static, serial loop", results["static serial"])
