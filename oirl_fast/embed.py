@@ -62,6 +62,7 @@ class EmbeddingCache:
         self._keys: np.ndarray | None = None  # sorted, S32
         self._where: np.ndarray | None = None  # int64 (shard << 32 | row), aligned with _keys
         self._layouts: dict[int, tuple[int, int, int]] = {}  # shard -> (data offset, rows, dim)
+        self._counts: list[int] = []  # keys per shard
 
     # -- the key index
 
@@ -72,6 +73,7 @@ class EmbeddingCache:
             for s, shard in enumerate(self._shards):
                 k = self._read_keys(shard)
                 keys.append(k)
+                self._counts.append(len(k))
                 where.append((np.int64(s) << 32) | np.arange(len(k), dtype=np.int64))
             self._set_index(keys, where)
         return self._keys, self._where
@@ -105,7 +107,7 @@ class EmbeddingCache:
         """(byte offset of the vectors' data, rows, dim) of shard ``s``, checked against its keys."""
         if s not in self._layouts:
             shard = self._shards[s]
-            n_keys = int(np.count_nonzero((self._where >> 32) == s))
+            n_keys = self._counts[s]
             try:
                 with zipfile.ZipFile(shard) as zf:
                     info = zf.getinfo("vectors.npy")
@@ -193,6 +195,7 @@ class EmbeddingCache:
         if self._keys is not None:  # extend a built index with the new shard; otherwise stay lazy
             s = len(self._shards)
             self._shards.append(shard)
+            self._counts.append(len(keys))
             order = np.argsort(self._where, kind="stable")  # back to storage order, then re-sort with the new keys
             self._set_index([self._keys[order], np.asarray(keys, dtype="U").astype("S32")],
                             [self._where[order], (np.int64(s) << 32) | np.arange(len(keys), dtype=np.int64)])
