@@ -73,6 +73,11 @@ def register(app: typer.Typer) -> None:
                  "part-NNNNN.jsonl files plus manifest.json \\[default: merge unless --out is an existing folder].",
         ),
         keep_parts: bool = typer.Option(False, "--keep-parts", help="--engine dask with merge: keep OUT.parts/ after merging."),
+        embedder: Optional[str] = typer.Option(
+            None, "--embedder",
+            help="Queries are embedded with the embedder recorded in the model. Only for a model trained with a "
+                 "local encoder folder that has since moved: its new path (checked to give the same vectors).",
+        ),
     ):
         """Pick the best candidate prompt for every query with a trained reward model.
 
@@ -86,6 +91,8 @@ def register(app: typer.Typer) -> None:
 
         if engine not in ("local", "dask"):
             raise OirlError(f"unknown engine {engine!r}; use local or dask")
+        if engine == "dask" and embedder is not None:
+            raise OirlError("--embedder (a moved encoder folder) is not supported with --engine dask")
         if engine == "local" and (scheduler or workers or partitions or merge is not None or keep_parts):
             raise OirlError("--scheduler, --workers, --partitions, --merge and --keep-parts need --engine dask")
         if engine == "dask" and (is_stdio(in_path) or is_stdio(out)):
@@ -113,7 +120,7 @@ def register(app: typer.Typer) -> None:
                     model, in_path, out, prompts=prompts, embeddings=embeddings, ids=ids, top_k=top_k, min_confidence=min_confidence,
                     with_scores=scores, strict=strict, resume=resume, device=device, batch_size=batch_size,
                     precision=precision, chunk_size=chunk_size, cache_dir=cache_dir, path=path, progress=True,
-                    log=lambda s: err.print(s, highlight=False, soft_wrap=True),
+                    log=lambda s: err.print(s, highlight=False, soft_wrap=True), embedder=embedder,
                 )
         except BrokenPipeError:  # `oirl score ... --out - | head`: the reader has had enough
             import contextlib

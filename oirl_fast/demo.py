@@ -44,11 +44,10 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
         write_logs(table, out / ds / "logs.parquet")
         console.print(f"import: {table.num_rows} records ({time.perf_counter() - t0:.1f}s)")
         t0 = time.perf_counter()
-        before = len(embedder.cache) if embedder.cache is not None else 0
         texts = sorted(set(table.column("query").to_pylist()) | set(table.column("prompt").to_pylist()))
         embedder.embed(texts)
-        new = (len(embedder.cache) - before) if embedder.cache is not None else len(texts)
-        console.print(f"embed: {len(texts)} distinct texts, {new} new ({time.perf_counter() - t0:.1f}s)")
+        console.print(f"embed ({embedder.encoder.kind}): {len(texts)} distinct texts, {embedder.last_new} new "
+                      f"({time.perf_counter() - t0:.1f}s)")
         fitted = {}
         for proto in protocols:
             t0 = time.perf_counter()

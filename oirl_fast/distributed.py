@@ -676,17 +676,22 @@ def read_log_parts(log: str | Path | Sequence[str | Path]):
 
 
 def _feature_block(texts: list[str], u: np.ndarray, p: np.ndarray, prompt_emb: np.ndarray,
-                   cache_dir: str | None, device: str, batch_size: int, threads: int | None) -> np.ndarray:
+                   cache_dir: str | None, device: str, batch_size: int, threads: int | None,
+                   embedder_record: dict | None = None) -> np.ndarray:
     """On a worker: [query ‖ prompt] rows of one block of cells; the block's queries are embedded
-    there (from the shared embedding cache when present)."""
+    there (from the shared embedding cache when present) with the client's embedder, checked
+    to be the same build."""
     from .embed import Embedder
+    from .encoders import encoder_for_record, legacy_record
     from .features import pair_features
 
     _set_threads(threads)
-    key = ("embedder", cache_dir, device, batch_size)
+    record = embedder_record or legacy_record()
+    key = ("embedder", cache_dir, device, batch_size, json.dumps(record, sort_keys=True))
     emb = _WORKER_CACHE.get(key)
     if emb is None:
-        emb = _WORKER_CACHE[key] = Embedder(cache_dir=cache_dir, device=device, batch_size=batch_size, progress=False)
+        enc = encoder_for_record(record, cache_dir, device, batch_size)
+        emb = _WORKER_CACHE[key] = Embedder(cache_dir=cache_dir, progress=False, encoder=enc)
     return pair_features(emb.embed(texts), prompt_emb, u, p)
 
 
@@ -762,6 +767,7 @@ def train_distributed(
     import pyarrow as pa
 
     from .embed import Embedder
+    from .encoders import encoder_record
     from .pipeline import FittedModel, train_question_hashes, training_metadata, training_set, write_artifact
     from .train.reward_model import RewardModel, group_validation_split, lightgbm_params, xgboost_params
 
@@ -770,6 +776,7 @@ def train_distributed(
     if embedder is None:
         embedder = Embedder(cache_dir=cache_dir, device=device, batch_size=batch_size, progress=False)
     ts = training_set(table, protocol, embedder, None if isinstance(log, pa.Table) else log)
+    record = encoder_record(embedder.encoder)
     u, p, y, w, groups = ts.cells()
     valid = group_validation_split(groups, config.valid_fraction, config.seed)
     pe = np.ascontiguousarray(ts.train_prompt_emb, dtype=np.float32)
@@ -794,7 +801,7 @@ def train_distributed(
                 where = [addrs[i % len(addrs)]]
                 units, local = np.unique(u[c], return_inverse=True)
                 fx = cl.submit(_feature_block, [texts[k] for k in units], local, p[c], pe, cache_dir, device,
-                               batch_size, threads, workers=where, pure=False)
+                               batch_size, threads, record, workers=where, pure=False)
                 fy = cl.submit(np.asarray, y[c], workers=where, pure=False)
                 fw = cl.submit(np.asarray, w[c], workers=where, pure=False)
                 futures.extend([fx, fy, fw])
@@ -864,7 +871,7 @@ def train_distributed(
     engine = {"name": "dask", "library": f"{config.backend}.dask", "workers": n_workers,
               "partitions": int(X_tr.numblocks[0]), "scheduler": scheduler or "local"}
     metadata = training_metadata(ts, config, model, embedder.model_id, embedder.dim, len(y), fit_seconds,
-                                 {"engine": engine})
+                                 {"engine": engine}, embedder_record=record)
     fitted = FittedModel(model, metadata, ts.prompt_emb, train_question_hashes(ts.split))
     if out_dir is None:
         return fitted

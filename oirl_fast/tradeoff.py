@@ -191,6 +191,10 @@ def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit
     from .train.artifact import load_artifact
 
     artifact = load_artifact(model_dir, embedding_model=embedder.model_id)
+    if getattr(embedder, "encoder", None) is not None:
+        from .encoders import check_same_encoder
+
+        check_same_encoder(artifact.metadata.embedder_record, embedder.encoder, artifact.path / "metadata.json")
     if log is not None:
         answers = _log_answers(log, artifact.metadata.protocol, artifact.metadata.prompt_ids, limit)
         dataset = artifact.metadata.dataset

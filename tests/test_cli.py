@@ -26,7 +26,8 @@ def small_log(tmp_path_factory, mawps_small):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, small_log, cache_dir):
+def trained(tmp_path_factory, small_log, static_cache):
+    cache_dir = static_cache
     out = tmp_path_factory.mktemp("models") / "model"
     res = run("train", str(small_log), "--out", str(out), "--protocol", "grouped", "--n-estimators", "40",
               cache_dir=cache_dir)
@@ -36,8 +37,12 @@ def trained(tmp_path_factory, small_log, cache_dir):
 
 def test_train_writes_self_describing_artifact(trained):
     meta = json.loads((trained / "metadata.json").read_text())
-    assert meta["embedding_model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert meta["feature_layout"] == {"query_dim": 384, "prompt_dim": 384, "kind": "concat"}
+    # the default embedder: static, recorded with its build's weights hash
+    from oirl_fast.encoders import StaticEncoder
+
+    assert meta["embedding_model"] == StaticEncoder.name
+    assert meta["embedder"]["kind"] == "static" and len(meta["embedder"]["weights_sha256"]) == 64
+    assert meta["feature_layout"] == {"query_dim": 256, "prompt_dim": 256, "kind": "concat"}
     assert [p["id"] for p in meta["prompts"] if p["seen_in_training"]] == ["nan", "CoT", "APE", "Dis", "ToT", "Decomp"]
     assert len(meta["prompts"]) == 16
     assert meta["protocol"]["name"] == "grouped"
@@ -177,11 +182,12 @@ def test_metadata_records_validation_metrics(trained):
     assert val["n_cells"] > 0 and 0.0 < val["log_loss"] < 1.0 and 0.0 <= val["auc"] <= 1.0
 
 
-def test_demo_json_on_one_dataset(tmp_path, cache_dir):
+def test_demo_json_on_one_dataset(tmp_path, static_cache):
     res = run("demo", "--dataset", "mawps", "--protocol", "grouped", "--seeds", "2", "--no-compile",
-              "--out", str(tmp_path / "demo"), "--json", cache_dir=cache_dir)
+              "--out", str(tmp_path / "demo"), "--json", cache_dir=static_cache)
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)["mawps"]["grouped"]
+    assert s["embedder"] == "static"
     for key in ("best_single", "best_of_n", "best_of_n_16", "oracle", "critic", "knn", "random", "auc",
                 "n_test_queries", "test_in_train", "best_of_n_diff_ci", "best_of_n_16_diff_ci", "seeds"):
         assert key in s

@@ -18,7 +18,7 @@ def test_embeddings_are_unit_norm_and_cached(tmp_path):
     # A new process-equivalent (fresh Embedder) reads the cache and never loads the model.
     again = Embedder(cache_dir=tmp_path, progress=False)
     np.testing.assert_array_equal(again.embed(texts), v)
-    assert again._model is None
+    assert not again.encoder.loaded
     assert len(list(again.cache.dir.glob("shard-*.npz"))) == 1
 
 
@@ -47,7 +47,7 @@ def test_corrupt_cache_shard_is_a_clear_error(tmp_path):
     shard = next(cache.dir.glob("shard-*.npz"))
     shard.write_bytes(b"garbage")
     with pytest.raises(OirlError, match="corrupt embedding cache shard"):
-        EmbeddingCache(tmp_path)
+        EmbeddingCache(tmp_path).get(text_key("x"))
 
 
 def test_non_string_text_is_refused(tmp_path):
@@ -68,3 +68,42 @@ def test_fp16_embeddings_stay_close_and_keep_their_own_cache(tmp_path):
     assert e16.cache.dir != e32.cache.dir and len(e16.cache) == len(e32.cache) == 3
     with pytest.raises(OirlError, match="unknown precision"):
         Embedder(cache_dir=tmp_path, precision="int8")
+
+
+def test_cache_opens_without_reading_and_reads_only_the_rows_asked_for(tmp_path, monkeypatch):
+    """Many shards: opening reads nothing; a lookup reads keys (never a vectors member) and only
+    the asked rows of the shards that hold them."""
+    rng = np.random.default_rng(0)
+    writer = EmbeddingCache(tmp_path)
+    stored = {}
+    for s in range(40):
+        keys = [text_key(f"text {s} {i}") for i in range(25)]
+        vecs = rng.standard_normal((25, 8)).astype(np.float32)
+        writer.add(keys, vecs)
+        stored.update(zip(keys, vecs))
+
+    members, rows_read = [], []
+    real_getitem = np.lib.npyio.NpzFile.__getitem__
+    real_read_rows = EmbeddingCache._read_rows
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, k: members.append(k) or real_getitem(self, k))
+    monkeypatch.setattr(EmbeddingCache, "_read_rows",
+                        lambda self, s, rows: rows_read.append(len(rows)) or real_read_rows(self, s, rows))
+
+    cache = EmbeddingCache(tmp_path)
+    assert members == [] and rows_read == []  # opening reads nothing
+    ask = [text_key("text 7 3"), text_key("not stored"), text_key("text 31 0"), text_key("text 7 9")]
+    found, vectors = cache.lookup(ask)
+    assert found.tolist() == [True, False, True, True]
+    np.testing.assert_array_equal(vectors, np.stack([stored[ask[0]], stored[ask[2]], stored[ask[3]]]))
+    assert set(members) == {"keys"}  # no shard's vectors member was loaded whole
+    assert sorted(rows_read) == [1, 2]  # two shards touched, three rows in all
+    assert cache.get(text_key("not stored")) is None and len(cache) == 1000
+
+
+def test_cache_lookup_sees_shards_added_after_the_index_was_built(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    cache.add([text_key("a")], np.ones((1, 4), np.float32))
+    assert cache.lookup([text_key("a")])[0].all()  # index built
+    cache.add([text_key("b")], np.full((1, 4), 2, np.float32))
+    found, v = cache.lookup([text_key("b"), text_key("a")])
+    assert found.all() and v[:, 0].tolist() == [2.0, 1.0]

@@ -363,3 +363,40 @@ def test_fp16_query_embeddings_are_opt_in_and_checked(model_dir, texts, cache_di
     with pytest.raises(OirlError, match="--precision must be fp32 or fp16"):
         score_file(model_dir, inp, tmp_path / "bad.jsonl", precision="bf16", progress=False)
     assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_pipelined_output_is_byte_identical_to_the_serial_loop(model_dir, texts, factory, tmp_path):
+    queries, _, _, _ = texts
+    inp = tmp_path / "q.jsonl"
+    _write_queries(inp, queries[:60])
+    serial, piped = tmp_path / "serial.jsonl", tmp_path / "piped.jsonl"
+    a = score_file(model_dir, inp, serial, progress=False, embedder_factory=factory, chunk_size=7, pipeline=False,
+                   top_k=2)
+    b = score_file(model_dir, inp, piped, progress=False, embedder_factory=factory, chunk_size=7, pipeline=True,
+                   top_k=2)
+    assert piped.read_bytes() == serial.read_bytes()
+    assert (a.scored, a.errors, a.pairs) == (b.scored, b.errors, b.pairs) and b.errors == 5
+
+
+def test_pipeline_stops_on_a_failing_stage_and_keeps_a_prefix(tmp_path):
+    from oirl_fast.pipelined import run_pipeline
+    from oirl_fast.score import ScoreSummary
+
+    written = []
+
+    def score(chunk):
+        if chunk[0] == 5:
+            raise RuntimeError("boom")
+        return [f"{x}\n" for x in chunk]
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_pipeline(iter([[i] for i in range(20)]), score, lambda lines, n: written.extend(lines),
+                     ScoreSummary("i", "o"))
+    assert written == [f"{i}\n" for i in range(len(written))] and len(written) <= 5
+
+    def bad_reader():
+        yield [0]
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        run_pipeline(bad_reader(), score, lambda lines, n: None, ScoreSummary("i", "o"))

@@ -3,8 +3,8 @@
     model_dir/
       manifest.json            schema version, sha256 of every other file (metadata.json included),
                                and the compiled library's build record
-      metadata.json            ModelMetadata (embedding model, layout, prompts, protocol, training
-                               configuration, metrics); never rewritten after training
+      metadata.json            ModelMetadata (embedding model and the embedder record, layout, prompts,
+                               protocol, training configuration, metrics); never rewritten after training
       model.lgb.txt | model.xgb.json   native booster file
       prompt_embeddings.npy    float32 (P, d), rows in metadata.prompts order
       train_questions.npy      uint64 (Q,), sorted: :func:`oirl_fast.schema.question_hashes` of the
@@ -82,8 +82,17 @@ class ModelMetadata:
     calibration: dict | None = None  # IsotonicCalibrator.to_dict(), fitted on validation questions
     # {"file", "count", "key"} of TRAIN_QUESTIONS_FILE, or None when the artifact does not record them
     train_questions: dict | None = None
+    # oirl_fast.encoders.encoder_record(): kind, name, dim, identity, weights_sha256; None (older artifacts) = MiniLM
+    embedder: dict | None = None
     schema_version: int = ARTIFACT_SCHEMA_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    @property
+    def embedder_record(self) -> dict:
+        """The embedder the model was trained with (an artifact without the record: MiniLM)."""
+        from ..encoders import legacy_record
+
+        return self.embedder if self.embedder is not None else legacy_record()
 
     @property
     def prompt_ids(self) -> list[str]:
@@ -287,6 +296,9 @@ def load_artifact(
             f"model was built for prompts {meta.prompt_ids}, the log has {sorted(prompt_ids)}", meta_path
         )
     layout = FeatureLayout.from_dict(meta.feature_layout)
+    if meta.embedder is not None and int(meta.embedder.get("dim", -1)) not in (layout.query_dim, -1):
+        raise OirlError(f"the embedder record says dimension {meta.embedder.get('dim')}, the feature layout "
+                        f"{layout.query_dim}", meta_path)
     if feature_layout is not None and layout != feature_layout:
         raise OirlError(f"model was built for feature layout {layout}, not {feature_layout}", meta_path)
     emb_path = path / PROMPT_EMB_FILE

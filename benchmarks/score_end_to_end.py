@@ -1,0 +1,205 @@
+"""End to end: raw-text JSONL queries in, picks out, through `oirl score`'s own code path.
+
+Trains two small GSM8K reward models (static and MiniLM embedder; or takes --model-static
+/ --model-minilm), writes GSM8K questions as JSONL, takes all 16 published prompts as
+candidates (``--prompts``, embedded once with the model's embedder), and runs
+``oirl_fast.score.score_file`` (what `oirl score` calls) with a cold embedding cache (a
+fresh temporary cache folder; the static embedder's one-time build is reused from the
+user cache, or built there first, and not counted). Prints each stage's busy seconds
+and share of the wall time (read+parse, embed, kernel, format+write), the serial loop
+against the pipelined one, and the peak memory of a separate `oirl score` process.
+
+    python benchmarks/score_end_to_end.py --quick
+
+ends with ``queries_per_s=… pairs_per_s=… static_vs_minilm=… kernel_share=…`` (static
+embedder, pipelined; static_vs_minilm is the ratio of end-to-end queries/s).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def gsm8k_questions():
+    import pyarrow.compute as pc
+
+    from oirl_fast.collect.published import import_published
+
+    log = import_published("gsm8k")
+    test = log.filter(pc.equal(log.column("split"), "test"))
+    train = log.filter(pc.equal(log.column("split"), "train"))
+    return log, sorted(set(train.column("query").to_pylist())), sorted(set(test.column("query").to_pylist()))
+
+
+def train_model(log, spec, out, cache_dir, n_questions):
+    """A small GSM8K reward model (grouped protocol, default LightGBM config) on ``n_questions``."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from oirl_fast.embed import Embedder
+    from oirl_fast.encoders import make_encoder
+    from oirl_fast.pipeline import train_artifact
+    from oirl_fast.splits import Protocol
+    from oirl_fast.train.reward_model import TrainConfig
+
+    train = log.filter(pc.equal(log.column("split"), "train"))
+    groups = sorted(set(train.column("group").to_pylist()))
+    keep = np.random.default_rng(0).choice(groups, size=min(n_questions, len(groups)), replace=False)
+    table = train.filter(pc.is_in(train.column("group"), pa.array(keep)))
+    emb = Embedder(cache_dir=cache_dir, progress=False, encoder=make_encoder(spec, cache_dir))
+    t0 = time.perf_counter()
+    art = train_artifact(table, Protocol("grouped"), TrainConfig(), emb, out, compile_library=False, log=lambda *_: None)
+    print(f"  trained {spec} model: {art.metadata.best_iteration} trees, {time.perf_counter() - t0:.1f}s")
+    return out
+
+
+def write_queries(path, questions, n):
+    """``n`` JSONL queries cycling through ``questions``; later passes get a suffix so every text is new."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            q = questions[i % len(questions)]
+            k = i // len(questions)
+            fh.write(json.dumps({"id": f"q{i}", "query": q if k == 0 else f"{q} (variant {k})"}) + "\n")
+
+
+def write_prompts(path, log):
+    """The 16 published prompts as a --prompts file."""
+    from oirl_fast.splits import prompt_catalog
+
+    with open(path, "w", encoding="utf-8") as fh:
+        for pid, text in prompt_catalog(log):
+            fh.write(json.dumps({"id": pid, "text": text}) + "\n")
+
+
+def run(model, inp, out, cache_dir, prompts, pipeline=True):
+    from oirl_fast.score import score_file
+
+    t0 = time.perf_counter()
+    s = score_file(model, inp, out, prompts=prompts, cache_dir=cache_dir, progress=False, pipeline=pipeline)
+    wall = time.perf_counter() - t0
+    stages = {"read": s.read_seconds, "embed": s.embed_seconds, "kernel": s.score_seconds,
+              "write": s.format_seconds + s.write_seconds}
+    return {"wall": wall, "lines": s.scored + s.errors, "pairs": s.pairs, "stages": stages, "path": s.path}
+
+
+def show(name, r):
+    share = " ".join(f"{k} {v:.2f}s ({v / r['wall']:.0%})" for k, v in r["stages"].items())
+    print(f"{name:<24} {r['lines']:>7} queries {r['wall']:7.2f}s  {r['lines'] / r['wall']:9,.0f} queries/s  "
+          f"{r['pairs'] / r['wall']:11,.0f} pairs/s | {share}")
+
+
+# The child reports its own high-water mark (VmHWM belongs to the exec'ed image; the parent's
+# RUSAGE_CHILDREN would count the pages the forked child shared with this big process).
+_CHILD = """
+import atexit, resource, sys
+def peak():
+    try:
+        kb = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))
+    except (OSError, StopIteration):
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sys.stdout.write(f'PEAK_RSS_KB={kb}\\n')
+atexit.register(peak)
+sys.argv = ['oirl', *sys.argv[1:]]
+from oirl_fast.cli import main
+main()
+"""
+
+
+def peak_rss_of_cli(model, inp, out, cache_dir, prompts):
+    """Peak RSS (MiB) and wall of `oirl score` in its own process (imports included)."""
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-c", _CHILD, "score", str(model), "--in", str(inp), "--out", str(out),
+           "--prompts", str(prompts), "--cache-dir", str(cache_dir)]
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    kb = int(res.stdout.rsplit("PEAK_RSS_KB=", 1)[1].split()[0])
+    return kb / 1024, wall
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="20,000 static and 300 MiniLM queries, small models")
+    ap.add_argument("--queries", type=int, default=None, help="queries for the static embedder [100,000; quick 20,000]")
+    ap.add_argument("--minilm-queries", type=int, default=None, help="queries for MiniLM [2,000; quick 300]")
+    ap.add_argument("--train-questions", type=int, default=None, help="GSM8K questions per trained model [2,000; quick 600]")
+    ap.add_argument("--model-static", type=Path, help="a model trained with --embedder static (skips training)")
+    ap.add_argument("--model-minilm", type=Path, help="a model trained with --embedder minilm (skips training)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = ap.parse_args()
+    n_static = args.queries or (20_000 if args.quick else 100_000)
+    n_minilm = args.minilm_queries or (300 if args.quick else 2_000)
+    n_train = args.train_questions or (600 if args.quick else 2_000)
+
+    from oirl_fast.embed import default_cache_dir
+    from oirl_fast.encoders import build_static
+
+    tmp = Path(tempfile.mkdtemp(prefix="oirl-e2e-"))
+    try:
+        t0 = time.perf_counter()
+        static_dir = build_static(default_cache_dir(), log=print)  # one-time per machine, not a cache of texts
+        print(f"static embedder ready in {time.perf_counter() - t0:.1f}s ({static_dir})")
+        log, train_q, test_q = gsm8k_questions()
+        train_cache, cold, warm = tmp / "train-cache", tmp / "cold-cache", tmp / "warm-cache"
+        for c in (train_cache, cold, warm):
+            (c / "encoders").mkdir(parents=True)
+            shutil.copytree(static_dir, c / "encoders" / static_dir.name)
+        models = {}
+        for spec, given in (("static", args.model_static), ("minilm", args.model_minilm)):
+            models[spec] = given or train_model(log, spec, tmp / f"model-{spec}", train_cache, n_train)
+
+        # test questions first (never trained on), then the training questions, then variants
+        questions = test_q + train_q
+        inp_s, inp_m = tmp / "static.jsonl", tmp / "minilm.jsonl"
+        write_queries(inp_s, questions, n_static)
+        write_queries(inp_m, test_q, n_minilm)
+        prompts = tmp / "prompts.jsonl"
+        write_prompts(prompts, log)
+        print(f"queries: {n_static} (static), {n_minilm} (MiniLM; GSM8K test questions, none in its training "
+              f"set, so the cold cache holds none of them); 16 candidates (--prompts); cold embedding cache {cold}")
+        print(f"{'':<24} stage busy seconds (share of wall; stages overlap when pipelined)")
+
+        # warm-up: imports and the numba compile happen once per process, not per job
+        write_queries(tmp / "warm.jsonl", questions, 64)
+        for spec in models:
+            run(models[spec], tmp / "warm.jsonl", tmp / "warm.out", warm, prompts)
+        results = {}
+        results["static serial"] = run(models["static"], inp_s, tmp / "s0.jsonl", cold, prompts, pipeline=False)
+        show("static, serial loop", results["static serial"])
+        results["static"] = run(models["static"], inp_s, tmp / "s1.jsonl", cold, prompts)
+        show("static, pipelined", results["static"])
+        same = (tmp / "s0.jsonl").read_bytes() == (tmp / "s1.jsonl").read_bytes()
+        print(f"pipelined output byte-identical to serial: {same}")
+        results["minilm"] = run(models["minilm"], inp_m, tmp / "m1.jsonl", cold, prompts)
+        show("minilm, pipelined", results["minilm"])
+
+        rss, wall = peak_rss_of_cli(models["static"], inp_s, tmp / "cli.jsonl", cold, prompts)
+        print(f"`oirl score` process, static, {n_static} queries: peak RSS {rss:.0f} MiB, wall {wall:.1f}s "
+              f"including start-up (stated bound 512 MiB: {'within' if rss <= 512 else 'EXCEEDED'})")
+
+        st, mi = results["static"], results["minilm"]
+        qps = st["lines"] / st["wall"]
+        ratio = qps / (mi["lines"] / mi["wall"])
+        print(f"pipelined vs serial (static): {results['static serial']['wall'] / st['wall']:.2f}x")
+        print(f"queries_per_s={qps:.0f} pairs_per_s={st['pairs'] / st['wall']:.0f} "
+              f"static_vs_minilm={ratio:.1f} kernel_share={st['stages']['kernel'] / st['wall']:.3f}")
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

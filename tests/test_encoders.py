@@ -1,0 +1,259 @@
+"""Embedders: the static build (deterministic, cached by its settings, atomic), local
+sentence-transformers folders (pooling from their config), the artifact's embedder record,
+and scoring that refuses vectors from another build."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from typer.testing import CliRunner
+
+from oirl_fast import encoders
+from oirl_fast.cli import app
+from oirl_fast.embed import Embedder
+from oirl_fast.errors import OirlError
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz0123456789") + [
+    "how", "many", "apples", "does", "have", "the", "answer", "is", "think", "step", "by", "let", "s", "what",
+    "mary", "john", "buys", "more", "total", "cost", "?", ".", ",", "'", ":", "##s", "##ed", "##ing"]
+
+
+def make_st_folder(path, pooling="mean", normalize=True, seed=0):
+    """A tiny randomly initialised BERT saved as a sentence-transformers folder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True)
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).eval().save_pretrained(path)
+    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(path)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 32, "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": pooling == "max",
+        "pooling_mode_mean_sqrt_len_tokens": False}))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
+    return path
+
+
+def _reference(path, texts, pooling, normalize):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    out = []
+    with torch.no_grad():
+        for t in texts:  # one at a time: no padding at all
+            enc = tok([t], return_tensors="pt", truncation=True, max_length=64)
+            h = model(**enc).last_hidden_state[0]
+            v = {"mean": h.mean(0), "cls": h[0], "max": h.max(0).values}[pooling]
+            out.append(torch.nn.functional.normalize(v, dim=0) if normalize else v)
+    return torch.stack(out).numpy()
+
+
+TEXTS = ["how many apples does mary have?", "let's think step by step.", "the answer is", "john buys 3 more apples"]
+
+
+@pytest.mark.parametrize("pooling,normalize", [("mean", True), ("cls", False), ("max", True)])
+def test_folder_encoder_takes_pooling_and_normalization_from_its_config(tmp_path, pooling, normalize):
+    folder = make_st_folder(tmp_path / "enc", pooling, normalize)
+    enc = encoders.make_encoder(str(folder), device="cpu", batch_size=3)
+    assert (enc.kind, enc.dim, enc.pooling, enc.normalize) == ("folder", 32, pooling, normalize)
+    v = enc.encode(TEXTS)
+    assert v.dtype == np.float32 and v.shape == (4, 32)
+    np.testing.assert_allclose(v, _reference(folder, TEXTS, pooling, normalize), atol=1e-5)
+    norms = np.linalg.norm(v, axis=1)
+    assert np.allclose(norms, 1, atol=1e-5) == normalize
+
+
+def test_folder_encoder_identity_and_cache_follow_the_weights(tmp_path):
+    a = encoders.make_encoder(str(make_st_folder(tmp_path / "a", seed=0)), device="cpu")
+    b = encoders.make_encoder(str(make_st_folder(tmp_path / "b", seed=1)), device="cpu")
+    moved = shutil.copytree(tmp_path / "a", tmp_path / "moved")
+    c = encoders.make_encoder(str(moved), device="cpu")
+    assert a.identity != b.identity and a.identity == c.identity  # the path is not part of the identity
+    ea, eb = Embedder(tmp_path / "cache", encoder=a, progress=False), Embedder(tmp_path / "cache", encoder=b, progress=False)
+    assert ea.cache.dir != eb.cache.dir
+    assert not np.allclose(ea.embed(TEXTS), eb.embed(TEXTS))
+    with pytest.raises(OirlError, match="weights_sha256"):
+        encoders.check_same_encoder(encoders.encoder_record(a), b)
+
+
+def test_bad_folders_and_specs_are_clear_errors(tmp_path):
+    with pytest.raises(OirlError, match="unknown embedder"):
+        encoders.make_encoder("no-such-thing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OirlError, match="no config.json"):
+        encoders.make_encoder(str(tmp_path / "empty"))
+    folder = make_st_folder(tmp_path / "enc")
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_sqrt_len_tokens": True}))
+    with pytest.raises(OirlError, match="not supported"):
+        encoders.make_encoder(str(folder))
+
+
+# ------------------------------------------------------------------------------ static
+
+
+@pytest.mark.slow
+def test_static_build_is_deterministic_cached_and_atomic(static_cache, tmp_path, monkeypatch):
+    enc = encoders.make_encoder("static", static_cache)
+    assert enc.kind == "static" and enc.dim == encoders.STATIC_PCA_DIMS
+    v = enc.encode(TEXTS)
+    assert v.dtype == np.float32 and v.shape == (4, 256)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
+    # no temporary folder is left beside the build
+    assert [p.name for p in (static_cache / "encoders").iterdir()] == [enc.folder.name]
+
+    # a second, independent build gives the same weights
+    again = encoders.make_encoder("static", tmp_path / "other")
+    assert again.weights_sha256 == enc.weights_sha256 and again.identity == enc.identity
+    np.testing.assert_array_equal(again.encode(TEXTS), v)
+
+    # built once: a later use does not distill
+    def no_distill(*a, **k):
+        raise AssertionError("distilled again")
+
+    monkeypatch.setattr("model2vec.distill.distill", no_distill)
+    assert encoders.make_encoder("static", static_cache).weights_sha256 == enc.weights_sha256
+
+
+def test_static_build_is_keyed_by_its_settings(monkeypatch, tmp_path):
+    base = encoders.static_settings()
+    assert base["pca_dims"] == 256 and base["model2vec"] and base["base"] == encoders.MINILM_ID
+    dirs = {encoders.static_model_dir(tmp_path, {**base, **change}) for change in
+            ({}, {"pca_dims": 128}, {"model2vec": "0.0.1"}, {"base_package": "9"})}
+    assert len(dirs) == 4
+
+
+def _mawps_small_log(mawps_small, tmp_path, n_groups=120):
+    groups = sorted(set(mawps_small.column("group").to_pylist()))[:n_groups]
+    table = mawps_small.filter(pc.is_in(mawps_small.column("group"), pa.array(groups)))
+    from oirl_fast.schema import write_logs
+
+    path = tmp_path / "log.parquet"
+    write_logs(table, path)
+    return path, table
+
+
+def _queries(path, table, n=30):
+    qs = sorted(set(table.column("query").to_pylist()))[:n]
+    path.write_text("".join(json.dumps({"id": f"q{i}", "query": q}) + "\n" for i, q in enumerate(qs)))
+    return qs
+
+
+@pytest.mark.slow
+def test_static_model_records_its_build_and_refuses_another(static_cache, mawps_small, tmp_path):
+    log, table = _mawps_small_log(mawps_small, tmp_path)
+    runner = CliRunner()
+    model = tmp_path / "model"
+    res = runner.invoke(app, ["train", str(log), "--out", str(model), "--no-compile", "--n-estimators", "20",
+                              "--cache-dir", str(static_cache)])  # --embedder static is the default
+    assert res.exit_code == 0, res.output
+    meta = json.loads((model / "metadata.json").read_text())
+    enc = encoders.make_encoder("static", static_cache)
+    rec = meta["embedder"]
+    assert rec["kind"] == "static" and rec["dim"] == 256 and rec["weights_sha256"] == enc.weights_sha256
+    assert rec["identity"] == enc.identity
+    assert meta["feature_layout"]["query_dim"] == meta["feature_layout"]["prompt_dim"] == 256
+
+    inp = tmp_path / "q.jsonl"
+    _queries(inp, table)
+    res = runner.invoke(app, ["score", str(model), "--in", str(inp), "--out", str(tmp_path / "p.jsonl"),
+                              "--cache-dir", str(static_cache)])
+    assert res.exit_code == 0, res.output
+    picks = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(picks) == 30 and all(p["prompt_id"] in [q["id"] for q in meta["prompts"]] for p in picks)
+    # the queries did not go into the cache: static re-embeds faster than it looks up
+    assert not (static_cache / "embeddings" / enc.cache_name).exists() or all(
+        "q0" not in p.name for p in (static_cache / "embeddings" / enc.cache_name).iterdir())
+
+    # another static build (here: the same folder with its weights changed) is refused, one line, exit 2
+    other = tmp_path / "other-cache"
+    shutil.copytree(static_cache / "encoders", other / "encoders")
+    folder = next((other / "encoders").iterdir())
+    from model2vec import StaticModel
+
+    m = StaticModel.from_pretrained(str(folder))
+    m.embedding = (np.asarray(m.embedding) * 1.01).astype(np.asarray(m.embedding).dtype)
+    m.save_pretrained(str(folder))
+    settings = json.loads((folder / "settings.json").read_text())
+    settings["weights_sha256"] = encoders._array_sha256(np.ascontiguousarray(np.asarray(m.embedding)))
+    (folder / "settings.json").write_text(json.dumps(settings))
+    res = runner.invoke(app, ["score", str(model), "--in", str(inp), "--out", str(tmp_path / "p2.jsonl"),
+                              "--cache-dir", str(other)])
+    assert res.exit_code == 2
+    msg = " ".join(res.output.split())
+    assert "another static embedder build" in msg and "weights_sha256" in msg and "oirl train" in msg
+    assert not (tmp_path / "p2.jsonl").exists()
+    # evaluate uses the artifact's embedder too, and refuses the other build
+    res = runner.invoke(app, ["evaluate", str(model), str(log), "--seeds", "1", "--cache-dir", str(other)])
+    assert res.exit_code == 2 and "another static embedder build" in " ".join(res.output.split())
+
+
+@pytest.mark.slow
+def test_folder_encoder_end_to_end_train_then_score(mawps_small, tmp_path):
+    folder = make_st_folder(tmp_path / "my-encoder", "cls", True)
+    log, table = _mawps_small_log(mawps_small, tmp_path, n_groups=80)
+    runner = CliRunner()
+    model, cache = tmp_path / "model", tmp_path / "cache"
+    res = runner.invoke(app, ["train", str(log), "--out", str(model), "--no-compile", "--n-estimators", "10",
+                              "--embedder", str(folder), "--cache-dir", str(cache), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((model / "metadata.json").read_text())
+    assert meta["embedder"]["kind"] == "folder" and meta["embedder"]["dim"] == 32
+    assert meta["embedder"]["identity"]["pooling"] == "cls" and meta["embedder"]["path"] == str(folder.resolve())
+    assert meta["feature_layout"]["query_dim"] == 32
+
+    inp = tmp_path / "q.jsonl"
+    qs = _queries(inp, table, 12)
+    out = tmp_path / "picks.jsonl"
+    res = runner.invoke(app, ["score", str(model), "--in", str(inp), "--out", str(out), "--cache-dir", str(cache)])
+    assert res.exit_code == 0, res.output
+    picks = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [p["id"] for p in picks] == [f"q{i}" for i in range(len(qs))] and all("prompt_id" in p for p in picks)
+
+    # the pick equals the model's own prediction on the folder encoder's vectors
+    from oirl_fast.features import grid_features
+    from oirl_fast.train.artifact import load_artifact
+
+    art = load_artifact(model)
+    q = encoders.make_encoder(str(folder), device="cpu").encode(qs)
+    scores = art.model.predict(grid_features(q, art.prompt_embeddings)).reshape(len(qs), -1)
+    assert [p["prompt_id"] for p in picks] == [art.metadata.prompt_ids[i] for i in scores.argmax(axis=1)]
+
+    # moved folder: refused with the fix, then accepted with --embedder NEWPATH; another encoder refused
+    moved = tmp_path / "moved-encoder"
+    folder.rename(moved)
+    res = runner.invoke(app, ["score", str(model), "--in", str(inp), "--out", str(tmp_path / "m.jsonl")])
+    assert res.exit_code == 2 and "--embedder" in res.output
+    res = runner.invoke(app, ["score", str(model), "--in", str(inp), "--out", str(tmp_path / "m.jsonl"),
+                              "--embedder", str(moved), "--cache-dir", str(cache)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "m.jsonl").read_bytes() == out.read_bytes()
+    other = make_st_folder(tmp_path / "other", "cls", True, seed=5)
+    res = runner.invoke(app, ["score", str(model), "--in", str(inp), "--out", str(tmp_path / "o.jsonl"),
+                              "--embedder", str(other)])
+    assert res.exit_code == 2 and "weights_sha256" in " ".join(res.output.split())
+
+
+def test_artifact_without_embedder_record_means_minilm(make_artifact, tmp_path):
+    from oirl_fast.train.artifact import load_artifact
+
+    path = make_artifact(tmp_path / "m")
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta.get("embedder") is None
+    rec = load_artifact(path).metadata.embedder_record
+    assert rec["kind"] == "minilm" and rec["dim"] == 384 and rec["identity"] == encoders.MiniLMEncoder().identity
