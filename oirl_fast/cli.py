@@ -256,23 +256,46 @@ def tradeoff_cmd(
     plot: Optional[Path] = typer.Option(None, help="Write a PNG of the points and their Pareto front here."),
     limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N test queries."),
     log: Optional[Path] = typer.Option(None, help="Take answers from this log's 'response' column instead (test queries of the model's protocol)."),
+    seeds: int = typer.Option(
+        1, "--seeds", min=1,
+        help="Refit the model with seeds 1..K-1 on its own split (the bundled GSM8K log, or --log) and report "
+             "each policy's mean and spread over the K models; the split is not re-drawn.",
+    ),
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
 ):
-    """Cost against quality from logged answers: best single, reward-model pick, votes, cascades."""
+    """Cost against quality from logged answers: best single, reward-model pick, votes, cascades.
+
+    Fixed-set votes (the k prompts best on the training rows, or the k the model scores
+    highest on average) are the query-independent baselines of the same cost; every
+    policy gets paired-bootstrap 95% CIs of its difference to the best single prompt and
+    to the fixed-set votes with as many calls.
+    """
     from .tradeoff import plot_tradeoff, run_tradeoff
 
-    result = run_tradeoff(model, _embedder(cache_dir, device), source, dataset, limit, log)
+    result = run_tradeoff(model, _embedder(cache_dir, device), source, dataset, limit, log, seeds=seeds,
+                          progress=err.print)
     if plot:
         plot_tradeoff(result, plot)
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         err.print(f"grader agrees with the published verdicts on {result['grader_agreement_with_published_verdicts']:.1%} of answers")
+        if result["seeds"] > 1:
+            err.print(f"{result['seeds']} seeds: accuracy is the seed mean (± sd); CIs over per-query seed means")
+
+        def ci(d):
+            return "-" if d is None else f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
+        print(f"  {'policy':<36} {'calls':>5}  {'accuracy':<14} {'vs best single':<24} "
+              f"{'vs fixed vote (best on train)':<30} vs fixed vote (model mean)")
         for p in result["points"]:
             mark = "*" if p["policy"] in result["pareto_front"] else " "
-            print(f"{mark} {p['policy']:<28} calls/query {p['calls_per_query']:5.2f}  accuracy {p['accuracy']:.3f}")
-        print("* = on the Pareto front")
+            acc = f"{p['accuracy']:.3f}" + (f" ± {p['accuracy_sd']:.3f}" if result["seeds"] > 1 else "")
+            fx = p["vs_fixed_vote"]
+            print(f"{mark} {p['policy']:<36} {p['calls_per_query']:5.2f}  {acc:<14} {ci(p['vs_best_single']):<24} "
+                  f"{ci(fx['best_on_train']):<30} {ci(fx['model_mean'])}")
+        print("* = on the Pareto front; differences with paired-bootstrap 95% CIs")
 
 
 from .cli_score import register as _register_score  # noqa: E402  (needs app, _cli_errors, err above)
