@@ -123,9 +123,18 @@ def embed_cmd(
 @app.command("train")
 @_cli_errors
 def train_cmd(
-    log: Path = typer.Argument(..., help="Log file (.parquet or .jsonl)."),
+    logs: List[Path] = typer.Argument(
+        ..., help="Log file(s) (.parquet or .jsonl), or folders of them. Several logs train one model: prompts are "
+                  "matched by id and text, questions grouped by normalized text across all logs.",
+        show_default=False,
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Model artifact folder to write (replaced atomically)."),
-    protocol: str = typer.Option("grouped", help="grouped (no question on both sides) or published (the reference split)."),
+    protocol: str = typer.Option(
+        "grouped", help="grouped (no question on both sides), published (the reference split) or "
+                        "leave-one-dataset-out (test on --heldout-dataset, train on the other datasets minus every "
+                        "question that also occurs in it)."),
+    heldout_dataset: Optional[str] = typer.Option(
+        None, "--heldout-dataset", help="leave-one-dataset-out: the dataset (value of the log's 'dataset' column) to test on."),
     backend: str = typer.Option("lightgbm", help="lightgbm or xgboost."),
     n_estimators: int = typer.Option(300, help="Boosting rounds at most (early stopping on a group-split validation set)."),
     learning_rate: float = typer.Option(0.05),
@@ -147,8 +156,8 @@ def train_cmd(
     ),
 ):
     """Fit a reward model r(query, prompt) on the concatenated query and prompt embeddings; write a model artifact."""
+    from .multilog import read_log_set
     from .pipeline import train_artifact
-    from .schema import read_logs
     from .splits import Protocol
     from .train.reward_model import TrainConfig
 
@@ -157,14 +166,16 @@ def train_cmd(
     if engine == "local" and (scheduler or workers or partitions):
         raise OirlError("--scheduler, --workers and --partitions need --engine dask")
     config = TrainConfig(backend=backend, n_estimators=n_estimators, learning_rate=learning_rate, seed=seed)
-    proto = Protocol(protocol, test_fraction=test_fraction, seed=seed)
+    proto = Protocol(protocol, test_fraction=test_fraction, seed=seed, heldout_dataset=heldout_dataset)
     if engine == "dask":
         from .distributed import train_distributed
 
+        # One argument keeps the engine's own reading (a folder or glob of shards of one log).
+        log = logs[0] if len(logs) == 1 else read_log_set(logs)
         train_distributed(log, proto, config, out, cache_dir=cache_dir, device=device, scheduler=scheduler,
                           workers=workers, partitions=partitions, compile_library=compile, log_fn=err.print)
     else:
-        table = read_logs(log)
+        table = read_log_set(logs)
         train_artifact(table, proto, config, _embedder(cache_dir, device), out, compile_library=compile, log=err.print)
     err.print(f"wrote model artifact {out}")
 
@@ -173,7 +184,10 @@ def train_cmd(
 @_cli_errors
 def evaluate_cmd(
     model: Path = typer.Argument(..., help="Model artifact folder written by `oirl train`."),
-    log: Path = typer.Argument(..., help="The log the model was trained from (the split is rebuilt from it)."),
+    logs: List[Path] = typer.Argument(
+        ..., help="The log(s) the model was trained from, as given to `oirl train` (the split is rebuilt from them).",
+        show_default=False,
+    ),
     report: Optional[Path] = typer.Option(None, help="Write the full report as JSON here."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG bar chart here."),
     reliability_plot: Optional[Path] = typer.Option(None, help="Write the reward model's reliability diagram (PNG) here."),
@@ -183,18 +197,23 @@ def evaluate_cmd(
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
 ):
-    """Offline evaluation on held-out queries: reward-model metrics and best-of-N against baselines."""
+    """Offline evaluation on held-out queries: reward-model metrics and best-of-N against baselines.
+
+    A model trained on several datasets is also reported per dataset (each against the
+    prompt best on its own training rows), with test questions found in each dataset's
+    training rows counted (the leakage across datasets).
+    """
     from .embed import MODEL_ID
     from dataclasses import replace
 
-    from .pipeline import evaluate, fit_reward_model, summary
+    from .multilog import read_log_set
+    from .pipeline import evaluate, evaluate_per_dataset, fit_reward_model, summary
     from .report import plot_reliability, plot_summary, print_summary, write_json
-    from .schema import read_logs
     from .splits import Protocol
     from .train.artifact import load_artifact
 
     artifact = load_artifact(model, embedding_model=MODEL_ID)
-    table = read_logs(log)
+    table = read_log_set(logs)
     embedder = _embedder(cache_dir, device)
     protocol = Protocol(**artifact.metadata.protocol)
     others = [
@@ -203,6 +222,10 @@ def evaluate_cmd(
     ]
     rep = evaluate(artifact, table, embedder, knn_k=knn_k, seed_models=others)
     summ = {rep["dataset"]: {rep["protocol"]["name"]: summary(rep)}}
+    per_dataset = evaluate_per_dataset(artifact, table, embedder, knn_k=knn_k, seed_models=others)
+    if per_dataset:
+        rep["per_dataset"] = per_dataset
+        summ.update({ds: {r["protocol"]["name"]: summary(r)} for ds, r in per_dataset.items()})
     if not rep["headroom"]["available"]:
         err.print(f"headroom not measured: {rep['headroom']['reason']}", highlight=False)
     if report:
@@ -228,19 +251,26 @@ def demo_cmd(
     compile: bool = typer.Option(True, "--compile/--no-compile"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     seeds: int = typer.Option(5, help="Reward models fitted per split (seeds 0..K-1) for the mean and spread; seed 0 is saved."),
+    transfer: bool = typer.Option(
+        True, "--transfer/--no-transfer",
+        help="With two datasets or more: per dataset, a model trained on the others only (leave-one-dataset-out, "
+             "shared questions dropped), against the prompt best on them.",
+    ),
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
 ):
     """Run import -> embed -> train -> compile -> evaluate on the bundled GSM8K, SVAMP and MAWPS logs.
 
     Leaves per dataset: logs.parquet, model/ (grouped protocol), model-published/,
-    report-<protocol>.json; and summary.json, summary.png for all.
+    report-<protocol>.json; and summary.json, summary.png for all. With --transfer (the
+    default) also transfer/<dataset>/model and report.json, and a `transfer` section in
+    summary.json and --json.
     """
     from .demo import run_demo
 
     summaries = run_demo(
         out=out, datasets=datasets, protocols=protocols, backend=backend, source=source,
-        compile_library=compile, embedder=_embedder(cache_dir, device), console=err, seeds=seeds,
+        compile_library=compile, embedder=_embedder(cache_dir, device), console=err, seeds=seeds, transfer=transfer,
     )
     if as_json:
         print(json.dumps(summaries, indent=2))

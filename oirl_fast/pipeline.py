@@ -18,7 +18,8 @@ from .calibration import expected_calibration_error, reliability_bins
 from .embed import Embedder
 from .errors import OirlError
 from .features import FeatureLayout, grid_features, pair_features
-from .splits import Outcomes, Protocol, heldout_prompts, pool, prompt_catalog, holdout_mask
+from .multilog import leakage_by_dataset
+from .splits import Outcomes, Protocol, excluded_mask, heldout_prompts, pool, prompt_catalog, holdout_mask
 from .train.artifact import Artifact, ModelMetadata, embeddings_hash, save_artifact
 from .train.reward_model import RewardModel, TrainConfig
 
@@ -45,7 +46,9 @@ def split_log(table: pa.Table, protocol: Protocol) -> SplitLog:
     prompts = prompt_catalog(table)
     heldout = heldout_prompts(table)
     train_ids = [p for p, _ in prompts if p not in heldout]
-    train = table.filter(pa.array(~is_test))
+    train = table.filter(pa.array(~is_test & ~excluded_mask(table, protocol)))
+    if not train.num_rows:
+        raise OirlError(f"protocol {protocol.name!r} leaves no training rows")
     # Held-out prompts are never shown to the model, whatever rows they were logged on.
     train = train.filter(pc.is_in(train.column("prompt_id"), pa.array(train_ids)))
     return SplitLog(train, table.filter(pa.array(is_test)), prompts, train_ids, heldout)
@@ -201,6 +204,7 @@ def evaluate(
     embedder: Embedder,
     knn_k: int = KNN_K,
     seed_models: list[RewardModel] = (),
+    dataset: str | None = None,
 ) -> dict:
     """Evaluate on the held-out queries of the protocol the artifact was trained with.
 
@@ -213,6 +217,11 @@ def evaluate(
     95% interval over the test units. ``seed_models`` are the same reward model fitted
     with other seeds: their best-of-N accuracies give the seed mean and spread, and
     the interval of ``reward_model_seed_mean`` uses the per-unit mean over seeds.
+
+    ``dataset``: report on that dataset's test units only (a model trained on several
+    logs); its best single prompt is then the one best on that dataset's training rows
+    (on all training rows if it has none). ``test_in_train_by_dataset`` counts test units
+    whose question occurs in each dataset's training rows: the leakage across datasets.
     """
     protocol = Protocol(**artifact.metadata.protocol)
     split = split_log(table, protocol)
@@ -225,8 +234,13 @@ def evaluate(
     changed = [pid for (pid, text), meta in zip(split.prompts, artifact.metadata.prompts) if text != meta["text"]]
     if changed:
         raise OirlError(f"the log's text of prompt(s) {changed} differs from the model's", artifact.path / "metadata.json")
+    test_rows = split.test
+    if dataset is not None:
+        test_rows = test_rows.filter(pc.equal(test_rows.column("dataset"), dataset))
+        if not test_rows.num_rows:
+            raise OirlError(f"the test split holds no rows of dataset {dataset!r}")
     train = pool(split.train, unit="group", prompt_ids=split.train_prompt_ids)
-    test = pool(split.test, unit=protocol.test_unit, prompt_ids=all_ids)
+    test = pool(test_rows, unit=protocol.test_unit, prompt_ids=all_ids)
     test_emb = embedder.embed(test.texts)
     train_emb = embedder.embed(train.texts)
 
@@ -237,7 +251,7 @@ def evaluate(
     del grid
 
     # Reward-model classification quality on individual test rows.
-    pids, labels, probs = _row_predictions(split.test, test, raw, all_ids, protocol.test_unit)
+    pids, labels, probs = _row_predictions(test_rows, test, raw, all_ids, protocol.test_unit)
     seen = np.isin(pids, split.train_prompt_ids)
     classification = {"train_prompts": metrics.classification_report(labels[seen], probs[seen])}
     if (~seen).any():
@@ -249,8 +263,12 @@ def evaluate(
         calibration["calibrated"] = {"ece": expected_calibration_error(labels[seen], cal),
                                      **reliability_bins(labels[seen], cal)}
 
-    # Best single prompt: highest pooled accuracy on the training rows.
-    train_acc = np.nansum(train.rate * train.count, axis=0) / train.count.sum(axis=0)
+    # Best single prompt: highest pooled accuracy on the training rows (of the dataset reported on).
+    own = split.train if dataset is None else split.train.filter(pc.equal(split.train.column("dataset"), dataset))
+    chosen_on = train if own.num_rows in (0, split.train.num_rows) else pool(own, "group", split.train_prompt_ids)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        train_acc = np.nansum(chosen_on.rate * chosen_on.count, axis=0) / chosen_on.count.sum(axis=0)
+    train_acc = np.nan_to_num(train_acc, nan=-1.0)  # a prompt without training rows of the dataset is never chosen
     best_id = split.train_prompt_ids[int(np.argmax(train_acc))]
     # One search serves the kNN baseline and the near-duplicate count (nearest = column 0).
     sim, nbr = _nearest_training(train_emb, test_emb, knn_k)
@@ -296,14 +314,14 @@ def evaluate(
         selection[label] = res
 
     headroom = known_question_headroom(
-        split.test, split.train_prompt_ids, train_acc, raw[:, [all_ids.index(p) for p in split.train_prompt_ids]],
+        test_rows, split.train_prompt_ids, train_acc, raw[:, [all_ids.index(p) for p in split.train_prompt_ids]],
         test, protocol.test_unit,
     )
     train_groups = set(train.groups)
     exact = sum(g in train_groups for g in test.groups)
     near = int((sim[:, 0] >= NEAR_DUPLICATE_COSINE).sum())
     return {
-        "dataset": artifact.metadata.dataset,
+        "dataset": dataset or protocol.heldout_dataset or artifact.metadata.dataset,
         "protocol": protocol.to_dict(),
         "backend": artifact.metadata.backend,
         "embedding_model": artifact.metadata.embedding_model,
@@ -315,6 +333,7 @@ def evaluate(
         "n_test_queries": test.n_units,
         "test_in_train_exact": int(exact),
         "test_near_duplicate": near,
+        "test_in_train_by_dataset": leakage_by_dataset(test.groups, split.train),
         "near_duplicate_cosine": NEAR_DUPLICATE_COSINE,
         "knn_k": knn_k,
         "classification": classification,
@@ -322,6 +341,17 @@ def evaluate(
         "selection": selection,
         "headroom": headroom,
     }
+
+
+def evaluate_per_dataset(artifact: Artifact, table: pa.Table, embedder: Embedder, knn_k: int = KNN_K,
+                         seed_models: list[RewardModel] = ()) -> dict[str, dict]:
+    """:func:`evaluate` on each dataset of the test split separately; {} when it holds one dataset."""
+    from .multilog import datasets_of
+
+    names = datasets_of(split_log(table, Protocol(**artifact.metadata.protocol)).test)
+    if len(names) < 2:
+        return {}
+    return {ds: evaluate(artifact, table, embedder, knn_k, seed_models, dataset=ds) for ds in names}
 
 
 def known_question_headroom(
@@ -409,6 +439,7 @@ def summary(report: dict) -> dict:
         "n_test_queries_16": s16.get("n_test_queries"),
         "test_in_train": report["test_in_train_exact"],
         "test_near_duplicate": report["test_near_duplicate"],
+        "test_in_train_by_dataset": report.get("test_in_train_by_dataset"),
         "best_of_n_diff_ci": ci6["reward_model"],
         "best_of_n_16_diff_ci": ci16.get("reward_model"),
         "seeds": len(s6.get("reward_model_seeds", [None])),
