@@ -23,7 +23,6 @@ import hashlib
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pyarrow as pa
 
 from .errors import OirlError
@@ -155,10 +154,10 @@ def datasets_of(table: pa.Table) -> list[str]:
 
 def leakage_by_dataset(test_groups: Sequence[str], train: pa.Table) -> dict[str, int]:
     """How many test units (their question ``test_groups``, one per unit) occur in each dataset's training rows."""
-    datasets = np.asarray(train.column("dataset").to_numpy(zero_copy_only=False), dtype=object)
-    groups = np.asarray(train.column("group").to_numpy(zero_copy_only=False), dtype=object)
+    import pyarrow.compute as pc
+
     out = {}
-    for ds in dict.fromkeys(datasets.tolist()):
-        seen = set(groups[datasets == ds].tolist())
+    for ds in pc.unique(train.column("dataset")).to_pylist():
+        seen = set(pc.unique(train.filter(pc.equal(train.column("dataset"), ds)).column("group")).to_pylist())
         out[ds] = sum(g in seen for g in test_groups)
     return out

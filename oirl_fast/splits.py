@@ -58,11 +58,13 @@ class Protocol:
 def holdout_mask(table: pa.Table, protocol: Protocol) -> np.ndarray:
     """bool (n_rows,): which rows are test rows under ``protocol``."""
     if protocol.name == LODO:
-        datasets = np.asarray(table.column("dataset").to_numpy(zero_copy_only=False), dtype=object)
-        if protocol.heldout_dataset not in set(datasets.tolist()):
+        import pyarrow.compute as pc
+
+        names = pc.unique(table.column("dataset")).to_pylist()
+        if protocol.heldout_dataset not in names:
             raise OirlError(f"held-out dataset {protocol.heldout_dataset!r} is not in the log(s), which hold "
-                            f"{', '.join(sorted(set(datasets.tolist())))}")
-        return datasets == protocol.heldout_dataset
+                            f"{', '.join(sorted(names))}")
+        return pc.equal(table.column("dataset"), protocol.heldout_dataset).to_numpy(zero_copy_only=False)
     split = np.asarray(table.column("split").to_numpy(zero_copy_only=False), dtype=object)
     has_split = np.array([s is not None for s in split])
     if protocol.name == "published":
@@ -84,9 +86,12 @@ def excluded_mask(table: pa.Table, protocol: Protocol) -> np.ndarray:
     training on a test question. All False under the other protocols."""
     if protocol.name != LODO:
         return np.zeros(table.num_rows, dtype=bool)
+    import pyarrow.compute as pc
+
     is_test = holdout_mask(table, protocol)
-    groups = np.asarray(table.column("group").to_numpy(zero_copy_only=False), dtype=object)
-    return ~is_test & np.isin(groups, np.unique(groups[is_test]))
+    test_groups = pc.unique(table.column("group").filter(pa.array(is_test)))
+    # Hash lookups: np.isin on object arrays compares every row with every test question.
+    return ~is_test & pc.is_in(table.column("group"), value_set=test_groups).to_numpy(zero_copy_only=False)
 
 
 def heldout_prompts(table: pa.Table) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Mapping
 
-import numpy as np
 import pyarrow as pa
 
 from .splits import LODO, Protocol
@@ -28,18 +27,20 @@ def cross_dataset_leakage(table: pa.Table, heldout: str) -> dict:
     ``dropped_rows``: the other datasets' rows on those questions, which leave-one-dataset-out
     removes from training.
     """
-    datasets = np.asarray(table.column("dataset").to_numpy(zero_copy_only=False), dtype=object)
-    groups = np.asarray(table.column("group").to_numpy(zero_copy_only=False), dtype=object)
-    is_test = datasets == heldout
-    test_groups = np.unique(groups[is_test])
-    shared = np.isin(groups, test_groups) & ~is_test
-    by_dataset = {ds: int(len(np.unique(groups[shared & (datasets == ds)])))
-                  for ds in dict.fromkeys(datasets[~is_test].tolist())}
+    import pyarrow.compute as pc
+
+    is_test = pc.equal(table.column("dataset"), heldout)
+    test_groups = pc.unique(table.column("group").filter(is_test))
+    shared = pc.and_(pc.is_in(table.column("group"), value_set=test_groups), pc.invert(is_test))
+    rows = table.filter(shared)
+    by_dataset = {ds: len(pc.unique(table.filter(pc.and_(shared, pc.equal(table.column("dataset"), ds)))
+                                    .column("group")))
+                  for ds in pc.unique(table.filter(pc.invert(is_test)).column("dataset")).to_pylist()}
     return {
-        "heldout_questions": int(len(test_groups)),
-        "in_training_datasets": int(len(np.unique(groups[shared]))),
+        "heldout_questions": len(test_groups),
+        "in_training_datasets": len(pc.unique(rows.column("group"))),
         "by_dataset": by_dataset,
-        "dropped_rows": int(shared.sum()),
+        "dropped_rows": rows.num_rows,
     }
 
 
