@@ -60,6 +60,11 @@ def _embedder(cache_dir: Optional[Path], device: str, batch_size: int = 128, pro
     return Embedder(cache_dir=cache_dir, progress=progress, encoder=encoder)
 
 
+def _source_name(logs) -> str:
+    """How error messages name the log(s) a command read."""
+    return ", ".join(str(p) for p in logs)
+
+
 def _artifact_embedder(model: Path, cache_dir: Optional[Path], device: str, batch_size: int = 128):
     """(artifact, Embedder with the encoder the artifact was trained with)."""
     from .embed import embedder_for_artifact
@@ -156,9 +161,18 @@ def embed_cmd(
 @app.command("train")
 @_cli_errors
 def train_cmd(
-    log: Path = typer.Argument(..., help="Log file (.parquet or .jsonl)."),
+    logs: List[Path] = typer.Argument(
+        ..., help="Log file(s) (.parquet or .jsonl), or folders of them. Several logs train one model: prompts are "
+                  "matched by id and text, questions grouped by normalized text across all logs.",
+        show_default=False,
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Model artifact folder to write (replaced atomically)."),
-    protocol: str = typer.Option("grouped", help="grouped (no question on both sides) or published (the reference split)."),
+    protocol: str = typer.Option(
+        "grouped", help="grouped (no question on both sides), published (the reference split) or "
+                        "leave-one-dataset-out (test on --heldout-dataset, train on the other datasets minus every "
+                        "question that also occurs in it)."),
+    heldout_dataset: Optional[str] = typer.Option(
+        None, "--heldout-dataset", help="leave-one-dataset-out: the dataset (value of the log's 'dataset' column) to test on."),
     backend: str = typer.Option("lightgbm", help="lightgbm or xgboost."),
     n_estimators: int = typer.Option(300, help="Boosting rounds at most, >= 1 (early stopping on a group-split validation set)."),
     learning_rate: float = typer.Option(0.05, help="Shrinkage per boosting round, in (0, 1]."),
@@ -181,8 +195,8 @@ def train_cmd(
     ),
 ):
     """Fit a reward model r(query, prompt) on the concatenated query and prompt embeddings; write a model artifact."""
+    from .multilog import read_log_set
     from .pipeline import train_artifact
-    from .schema import read_logs
     from .splits import Protocol
     from .train.reward_model import TrainConfig
 
@@ -191,19 +205,21 @@ def train_cmd(
     if engine == "local" and (scheduler or workers or partitions):
         raise OirlError("--scheduler, --workers and --partitions need --engine dask")
     # before the log is read or a tree fitted: --out must be new, empty or a model to replace, and writable
-    check_paths({"LOG": log, "--cache-dir": cache_dir}, [Output(out, "--out", kind="artifact")])
+    check_paths({"LOG": logs, "--cache-dir": cache_dir}, [Output(out, "--out", kind="artifact")])
     config = TrainConfig(backend=backend, n_estimators=n_estimators, learning_rate=learning_rate, seed=seed)
-    proto = Protocol(protocol, test_fraction=test_fraction, seed=seed)
+    proto = Protocol(protocol, test_fraction=test_fraction, seed=seed, heldout_dataset=heldout_dataset)
     if engine == "dask":
         from .distributed import train_distributed
 
+        # One argument keeps the engine's own reading (a folder or glob of shards of one log).
+        log = logs[0] if len(logs) == 1 else read_log_set(logs)
         train_distributed(log, proto, config, out, embedder=_embedder(cache_dir, device, progress=False, spec=embedder),
                           cache_dir=cache_dir, device=device, scheduler=scheduler,
                           workers=workers, partitions=partitions, compile_library=compile, log_fn=err.print)
     else:
-        table = read_logs(log)
+        table = read_log_set(logs)
         train_artifact(table, proto, config, _embedder(cache_dir, device, spec=embedder), out,
-                       compile_library=compile, log=err.print, source=log)
+                       compile_library=compile, log=err.print, source=_source_name(logs))
     err.print(f"wrote model artifact {out}")
 
 
@@ -211,7 +227,10 @@ def train_cmd(
 @_cli_errors
 def evaluate_cmd(
     model: Path = typer.Argument(..., help="Model artifact folder written by `oirl train`."),
-    log: Path = typer.Argument(..., help="The log the model was trained from (the split is rebuilt from it)."),
+    logs: List[Path] = typer.Argument(
+        ..., help="The log(s) the model was trained from, as given to `oirl train` (the split is rebuilt from them).",
+        show_default=False,
+    ),
     report: Optional[Path] = typer.Option(None, help="Write the full report as JSON here."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG bar chart here."),
     reliability_plot: Optional[Path] = typer.Option(None, help="Write the reward model's reliability diagram (PNG) here."),
@@ -223,19 +242,24 @@ def evaluate_cmd(
 ):
     """Offline evaluation on held-out queries: reward-model metrics and best-of-N against baselines.
 
-    Embeds with the embedder the model was trained with (recorded in the artifact)."""
+    Embeds with the embedder the model was trained with (recorded in the artifact).
+    A model trained on several datasets is also reported per dataset (each against the
+    prompt best on its own training rows), with test questions found in each dataset's
+    training rows counted (the leakage across datasets).
+    """
     from dataclasses import replace
 
-    from .pipeline import check_evaluable, evaluate, fit_reward_model, summary
+    from .multilog import read_log_set
+    from .pipeline import check_evaluable, evaluate, evaluate_per_dataset, fit_reward_model, summary
     from .report import plot_reliability, plot_summary, print_summary, write_json
-    from .schema import read_logs
     from .splits import Protocol
 
-    check_paths({"MODEL": model, "LOG": log, "--cache-dir": cache_dir},
+    check_paths({"MODEL": model, "LOG": logs, "--cache-dir": cache_dir},
                 [Output(report, "--report", JSON_SUFFIXES), Output(plot, "--plot", PNG_SUFFIXES),
                  Output(reliability_plot, "--reliability-plot", PNG_SUFFIXES)])
     artifact, embedder = _artifact_embedder(model, cache_dir, device)
-    table = read_logs(log)
+    table = read_log_set(logs)
+    log = _source_name(logs)
     protocol = Protocol(**artifact.metadata.protocol)
     check_evaluable(artifact, table, log)  # before the seed fits, not after
     others = [
@@ -244,6 +268,10 @@ def evaluate_cmd(
     ]
     rep = evaluate(artifact, table, embedder, knn_k=knn_k, seed_models=others, source=log)
     summ = {rep["dataset"]: {rep["protocol"]["name"]: summary(rep)}}
+    per_dataset = evaluate_per_dataset(artifact, table, embedder, knn_k=knn_k, seed_models=others)
+    if per_dataset:
+        rep["per_dataset"] = per_dataset
+        summ.update({ds: {r["protocol"]["name"]: summary(r)} for ds, r in per_dataset.items()})
     if not rep["headroom"]["available"]:
         err.print(f"headroom not measured: {rep['headroom']['reason']}", highlight=False)
     if report:
@@ -269,6 +297,11 @@ def demo_cmd(
     compile: bool = typer.Option(True, "--compile/--no-compile"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     seeds: int = typer.Option(5, help="Reward models fitted per split (seeds 0..K-1) for the mean and spread; seed 0 is saved."),
+    transfer: bool = typer.Option(
+        True, "--transfer/--no-transfer",
+        help="With two datasets or more: per dataset, a model trained on the others only (leave-one-dataset-out, "
+             "shared questions dropped), against the prompt best on them.",
+    ),
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
     embedder: str = EmbedderOpt,
@@ -276,7 +309,9 @@ def demo_cmd(
     """Run import -> embed -> train -> compile -> evaluate on the bundled GSM8K, SVAMP and MAWPS logs.
 
     Leaves per dataset: logs.parquet, model/ (grouped protocol), model-published/,
-    report-<protocol>.json; and summary.json, summary.png for all.
+    report-<protocol>.json; and summary.json, summary.png for all. With --transfer (the
+    default) also transfer/<dataset>/model and report.json, and a `transfer` section in
+    summary.json and --json.
     """
     from .demo import run_demo
 
@@ -284,6 +319,7 @@ def demo_cmd(
     summaries = run_demo(
         out=out, datasets=datasets, protocols=protocols, backend=backend, source=source,
         compile_library=compile, embedder=_embedder(cache_dir, device, spec=embedder), console=err, seeds=seeds,
+        transfer=transfer,
     )
     if as_json:
         print(json.dumps(summaries, indent=2))
@@ -299,27 +335,49 @@ def tradeoff_cmd(
     plot: Optional[Path] = typer.Option(None, help="Write a PNG of the points and their Pareto front here."),
     limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N test queries."),
     log: Optional[Path] = typer.Option(None, help="Take answers from this log's 'response' column instead (test queries of the model's protocol)."),
+    seeds: int = typer.Option(
+        1, "--seeds", min=1,
+        help="Refit the model with seeds 1..K-1 on its own split (the bundled GSM8K log, or --log) and report "
+             "each policy's mean and spread over the K models; the split is not re-drawn.",
+    ),
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
 ):
     """Cost against quality from logged answers: best single, reward-model pick, votes, cascades.
 
-    Embeds with the embedder the model was trained with (recorded in the artifact)."""
+    Embeds with the embedder the model was trained with (recorded in the artifact).
+    Fixed-set votes (the k prompts best on the training rows, or the k the model scores
+    highest on average) are the query-independent baselines of the same cost; every
+    policy gets paired-bootstrap 95% CIs of its difference to the best single prompt and
+    to the fixed-set votes with as many calls.
+    """
     from .tradeoff import plot_tradeoff, run_tradeoff
 
     check_paths({"--model": model, "--source": source, "--log": log, "--cache-dir": cache_dir},
                 [Output(plot, "--plot", PNG_SUFFIXES)])
-    result = run_tradeoff(model, _artifact_embedder(model, cache_dir, device)[1], source, dataset, limit, log)
+    result = run_tradeoff(model, _artifact_embedder(model, cache_dir, device)[1], source, dataset, limit, log,
+                          seeds=seeds, progress=err.print)
     if plot:
         plot_tradeoff(result, plot)
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         err.print(f"grader agrees with the published verdicts on {result['grader_agreement_with_published_verdicts']:.1%} of answers")
+        if result["seeds"] > 1:
+            err.print(f"{result['seeds']} seeds: accuracy is the seed mean (± sd); CIs over per-query seed means")
+
+        def ci(d):
+            return "-" if d is None else f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
+        print(f"  {'policy':<36} {'calls':>5}  {'accuracy':<14} {'vs best single':<24} "
+              f"{'vs fixed vote (best on train)':<30} vs fixed vote (model mean)")
         for p in result["points"]:
             mark = "*" if p["policy"] in result["pareto_front"] else " "
-            print(f"{mark} {p['policy']:<28} calls/query {p['calls_per_query']:5.2f}  accuracy {p['accuracy']:.3f}")
-        print("* = on the Pareto front")
+            acc = f"{p['accuracy']:.3f}" + (f" ± {p['accuracy_sd']:.3f}" if result["seeds"] > 1 else "")
+            fx = p["vs_fixed_vote"]
+            print(f"{mark} {p['policy']:<36} {p['calls_per_query']:5.2f}  {acc:<14} {ci(p['vs_best_single']):<24} "
+                  f"{ci(fx['best_on_train']):<30} {ci(fx['model_mean'])}")
+        print("* = on the Pareto front; differences with paired-bootstrap 95% CIs")
 
 
 from .cli_score import register as _register_score  # noqa: E402  (needs app, _cli_errors, err above)

@@ -16,13 +16,17 @@ def model_dir(out: Path, dataset: str, protocol: str) -> Path:
     return out / dataset / ("model" if protocol == "grouped" else f"model-{protocol}")
 
 
-def run_demo(out, datasets, protocols, backend, source, compile_library, embedder, console: Console, seeds: int = 5) -> dict:
+def run_demo(out, datasets, protocols, backend, source, compile_library, embedder, console: Console, seeds: int = 5,
+             transfer: bool = True) -> dict:
+    """Per dataset and protocol, the summary of :func:`oirl_fast.pipeline.summary`; with ``transfer``
+    and two datasets or more, also ``transfer``: the leave-one-dataset-out report of
+    :func:`oirl_fast.transfer.run_transfer` per dataset (models and reports in ``out/transfer/``)."""
     from .collect.published import DATASETS, import_published
     import hashlib
 
     from .pipeline import evaluate, fit_reward_model, summary, write_artifact
     from .splits import holdout_mask
-    from .report import plot_reliability, plot_summary, print_summary, write_json
+    from .report import plot_reliability, plot_summary, print_summary, summary_table, write_json
     from .schema import write_logs
     from .train.reward_model import TrainConfig
 
@@ -36,12 +40,14 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
         raise OirlError(f"--seeds must be at least 1, got {seeds}")
     summaries: dict[str, dict[str, dict]] = {}
     reports = {}
+    tables = {}
     t_start = time.perf_counter()
     for ds in datasets:
         console.rule(Text(ds, style="bold"))
         t0 = time.perf_counter()
         table = import_published(ds, source, progress=True)
         write_logs(table, out / ds / "logs.parquet")
+        tables[ds] = table
         console.print(f"import: {table.num_rows} records ({time.perf_counter() - t0:.1f}s)")
         t0 = time.perf_counter()
         texts = sorted(set(table.column("query").to_pylist()) | set(table.column("prompt").to_pylist()))
@@ -82,8 +88,22 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
                 f"evaluate [{proto}]: best-of-6 {s['best_of_n']:.3f}, best single {s['best_single']:.3f}, "
                 f"oracle {s['oracle']:.3f} ({time.perf_counter() - t0:.1f}s)"
             )
+    per_dataset = dict(summaries)
+    if transfer and len(tables) >= 2:
+        from .transfer import run_transfer
+
+        console.rule(Text("transfer: leave-one-dataset-out", style="bold"))
+        t0 = time.perf_counter()
+        summaries["transfer"] = run_transfer(tables, embedder, out / "transfer", backend, seeds, compile_library,
+                                             console.print)
+        console.print(f"transfer: {time.perf_counter() - t0:.1f}s")
+    elif transfer:
+        console.print("transfer: needs two datasets at least (--dataset), skipped")
     write_json(summaries, out / "summary.json")
-    plot_summary(summaries, out / "summary.png")
-    print_summary(summaries, console)
+    plot_summary(per_dataset, out / "summary.png")
+    print_summary(per_dataset, console)
+    if "transfer" in summaries:
+        console.print(summary_table({"held out": summaries["transfer"]},
+                                    title="Transfer: trained on the other datasets only (best single = best on them)"))
     console.print(f"reports in {out}/ (summary.json, summary.png); total {time.perf_counter() - t_start:.0f}s")
     return summaries

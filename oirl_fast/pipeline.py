@@ -19,8 +19,9 @@ from .embed import Embedder
 from .encoders import check_same_encoder, encoder_record
 from .errors import OirlError
 from .features import FeatureLayout, grid_features, pair_features
-from .splits import Outcomes, Protocol, heldout_prompts, pool, prompt_catalog, holdout_mask
+from .multilog import leakage_by_dataset
 from .schema import question_hashes
+from .splits import Outcomes, Protocol, excluded_mask, heldout_prompts, pool, prompt_catalog, holdout_mask
 from .train.artifact import Artifact, ModelMetadata, embeddings_hash, load_artifact, save_artifact
 from .train.reward_model import RewardModel, TrainConfig
 
@@ -58,7 +59,9 @@ def split_log(table: pa.Table, protocol: Protocol, source=None) -> SplitLog:
                         source)
     heldout = heldout_prompts(table)
     train_ids = [p for p, _ in prompts if p not in heldout]
-    train = table.filter(pa.array(~is_test))
+    train = table.filter(pa.array(~is_test & ~excluded_mask(table, protocol)))
+    if not train.num_rows:
+        raise OirlError(f"protocol {protocol.name!r} leaves no training rows")
     # Held-out prompts are never shown to the model, whatever rows they were logged on.
     train = train.filter(pc.is_in(train.column("prompt_id"), pa.array(train_ids)))
     return SplitLog(train, table.filter(pa.array(is_test)), prompts, train_ids, heldout)
@@ -237,9 +240,11 @@ def _row_predictions(test: pa.Table, outcomes: Outcomes, scores: np.ndarray, pro
     return np.asarray(pids, dtype=object), labels, probs
 
 
-def check_evaluable(artifact: Artifact, table: pa.Table, source=None) -> tuple[Protocol, SplitLog, Outcomes, Outcomes]:
+def check_evaluable(artifact: Artifact, table: pa.Table, source=None,
+                    dataset: str | None = None) -> tuple[Protocol, SplitLog, Outcomes, Outcomes]:
     """(protocol, split, pooled train, pooled test) of ``table`` under the model's protocol, or an
-    ``OirlError`` naming the log: run before any long work (the CLI fits its seed models after it)."""
+    ``OirlError`` naming the log: run before any long work (the CLI fits its seed models after it).
+    ``dataset``: keep only that dataset's test rows (``split.test`` is filtered too)."""
     protocol = Protocol(**artifact.metadata.protocol)
     split = split_log(table, protocol, source)
     all_ids = [p for p, _ in split.prompts]
@@ -251,6 +256,11 @@ def check_evaluable(artifact: Artifact, table: pa.Table, source=None) -> tuple[P
     changed = [pid for (pid, text), meta in zip(split.prompts, artifact.metadata.prompts) if text != meta["text"]]
     if changed:
         raise OirlError(f"the log's text of prompt(s) {changed} differs from the model's", artifact.path / "metadata.json")
+    if dataset is not None:
+        rows = split.test.filter(pc.equal(split.test.column("dataset"), dataset))
+        if not rows.num_rows:
+            raise OirlError(f"the test split holds no rows of dataset {dataset!r}", source)
+        split = replace(split, test=rows)
     train = pool(split.train, unit="group", prompt_ids=split.train_prompt_ids)
     test = pool(split.test, unit=protocol.test_unit, prompt_ids=all_ids)
     groups = [split.train_prompt_ids] + ([all_ids] if split.heldout_prompt_ids else [])
@@ -281,6 +291,7 @@ def evaluate(
     knn_k: int = KNN_K,
     seed_models: list[RewardModel] = (),
     source=None,
+    dataset: str | None = None,
 ) -> dict:
     """Evaluate on the held-out queries of the protocol the artifact was trained with.
 
@@ -298,11 +309,17 @@ def evaluate(
     its artifact records), whatever log is evaluated; near-duplicates are measured
     against those training questions that this log holds (``leakage`` says how many).
     ``source`` names the log in errors.
+
+    ``dataset``: report on that dataset's test units only (a model trained on several
+    logs); its best single prompt is then the one best on that dataset's training rows
+    (on all training rows if it has none). ``test_in_train_by_dataset`` counts test units
+    whose question occurs in each dataset's training rows: the leakage across datasets.
     """
     if getattr(embedder, "encoder", None) is not None:
         check_same_encoder(artifact.metadata.embedder_record, embedder.encoder, artifact.path / "metadata.json")
-    protocol, split, train, test = check_evaluable(artifact, table, source)
+    protocol, split, train, test = check_evaluable(artifact, table, source, dataset)
     all_ids = [p for p, _ in split.prompts]
+    test_rows = split.test
     test_emb = embedder.embed(test.texts)
     train_emb = embedder.embed(train.texts)
 
@@ -313,7 +330,7 @@ def evaluate(
     del grid
 
     # Reward-model classification quality on individual test rows.
-    pids, labels, probs = _row_predictions(split.test, test, raw, all_ids, protocol.test_unit)
+    pids, labels, probs = _row_predictions(test_rows, test, raw, all_ids, protocol.test_unit)
     seen = np.isin(pids, split.train_prompt_ids)
     classification = {"train_prompts": metrics.classification_report(labels[seen], probs[seen])}
     if (~seen).any():
@@ -325,8 +342,12 @@ def evaluate(
         calibration["calibrated"] = {"ece": expected_calibration_error(labels[seen], cal),
                                      **reliability_bins(labels[seen], cal)}
 
-    # Best single prompt: highest pooled accuracy on the training rows.
-    train_acc = np.nansum(train.rate * train.count, axis=0) / train.count.sum(axis=0)
+    # Best single prompt: highest pooled accuracy on the training rows (of the dataset reported on).
+    own = split.train if dataset is None else split.train.filter(pc.equal(split.train.column("dataset"), dataset))
+    chosen_on = train if own.num_rows in (0, split.train.num_rows) else pool(own, "group", split.train_prompt_ids)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        train_acc = np.nansum(chosen_on.rate * chosen_on.count, axis=0) / chosen_on.count.sum(axis=0)
+    train_acc = np.nan_to_num(train_acc, nan=-1.0)  # a prompt without training rows of the dataset is never chosen
     best_id = split.train_prompt_ids[int(np.argmax(train_acc))]
     # One search serves the kNN baseline and the near-duplicate count (nearest = column 0).
     sim, nbr = _nearest_training(train_emb, test_emb, knn_k)
@@ -372,12 +393,12 @@ def evaluate(
         selection[label] = res
 
     headroom = known_question_headroom(
-        split.test, split.train_prompt_ids, train_acc, raw[:, [all_ids.index(p) for p in split.train_prompt_ids]],
+        test_rows, split.train_prompt_ids, train_acc, raw[:, [all_ids.index(p) for p in split.train_prompt_ids]],
         test, protocol.test_unit,
     )
     exact, near, leakage = _leakage(artifact, table, train, test, test_emb, sim, embedder)
     return {
-        "dataset": artifact.metadata.dataset,
+        "dataset": dataset or protocol.heldout_dataset or artifact.metadata.dataset,
         "protocol": protocol.to_dict(),
         "backend": artifact.metadata.backend,
         "embedding_model": artifact.metadata.embedding_model,
@@ -390,6 +411,7 @@ def evaluate(
         "n_test_queries": test.n_units,
         "test_in_train_exact": int(exact),
         "test_near_duplicate": near,
+        "test_in_train_by_dataset": leakage_by_dataset(test.groups, split.train),
         "near_duplicate_cosine": NEAR_DUPLICATE_COSINE,
         "leakage": leakage,
         "knn_k": knn_k,
@@ -431,6 +453,16 @@ def _leakage(artifact: Artifact, table: pa.Table, train: Outcomes, test: Outcome
         "model_train_questions_in_log": len(found),
     }
 
+
+def evaluate_per_dataset(artifact: Artifact, table: pa.Table, embedder: Embedder, knn_k: int = KNN_K,
+                         seed_models: list[RewardModel] = ()) -> dict[str, dict]:
+    """:func:`evaluate` on each dataset of the test split separately; {} when it holds one dataset."""
+    from .multilog import datasets_of
+
+    names = datasets_of(split_log(table, Protocol(**artifact.metadata.protocol)).test)
+    if len(names) < 2:
+        return {}
+    return {ds: evaluate(artifact, table, embedder, knn_k, seed_models, dataset=ds) for ds in names}
 
 def known_question_headroom(
     test_rows: pa.Table,
@@ -519,6 +551,7 @@ def summary(report: dict) -> dict:
         "n_test_queries_16": s16.get("n_test_queries"),
         "test_in_train": report["test_in_train_exact"],
         "test_near_duplicate": report["test_near_duplicate"],
+        "test_in_train_by_dataset": report.get("test_in_train_by_dataset"),
         "best_of_n_diff_ci": ci6["reward_model"],
         "best_of_n_16_diff_ci": ci16.get("reward_model"),
         "seeds": len(s6.get("reward_model_seeds", [None])),

@@ -8,6 +8,12 @@ On SVAMP and MAWPS every test question also occurs in training under this split.
 Test groups are drawn among the groups that have rows in the source's test split
 (only those were logged with the held-out prompts); each test question is one
 unit whose outcome per prompt is the success rate over its repeated rows.
+
+``leave-one-dataset-out``: transfer to a benchmark without logs. The test rows are every
+row of ``heldout_dataset``; the training rows are the other datasets' rows, minus every
+row whose question (``group``) also occurs in the held-out dataset (see
+:func:`excluded_mask`). Read several logs with :func:`oirl_fast.multilog.read_log_set`
+so that ``group`` keys the normalized question text across all of them.
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ import pyarrow as pa
 
 from .errors import OirlError
 
-PROTOCOLS = ("published", "grouped")
+LODO = "leave-one-dataset-out"
+PROTOCOLS = ("published", "grouped", LODO)
 
 
 @dataclass(frozen=True)
@@ -26,23 +33,38 @@ class Protocol:
     name: str = "grouped"
     test_fraction: float = 0.25
     seed: int = 0
+    heldout_dataset: str | None = None  # leave-one-dataset-out: the dataset tested on
 
     def __post_init__(self):
         if self.name not in PROTOCOLS:
             raise OirlError(f"unknown protocol {self.name!r}; use one of {', '.join(PROTOCOLS)}")
         if not 0.0 < self.test_fraction < 1.0:
             raise OirlError(f"test fraction must be in (0, 1), got {self.test_fraction}")
+        if (self.name == LODO) != (self.heldout_dataset is not None):
+            raise OirlError(f"a held-out dataset goes with the {LODO!r} protocol, and that protocol needs one "
+                            "(--heldout-dataset)")
 
     @property
     def test_unit(self) -> str:
         return "query_id" if self.name == "published" else "group"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["heldout_dataset"] is None:  # artifacts of the other protocols keep their old metadata
+            del d["heldout_dataset"]
+        return d
 
 
 def holdout_mask(table: pa.Table, protocol: Protocol) -> np.ndarray:
     """bool (n_rows,): which rows are test rows under ``protocol``."""
+    if protocol.name == LODO:
+        import pyarrow.compute as pc
+
+        names = pc.unique(table.column("dataset")).to_pylist()
+        if protocol.heldout_dataset not in names:
+            raise OirlError(f"held-out dataset {protocol.heldout_dataset!r} is not in the log(s), which hold "
+                            f"{', '.join(sorted(names))}")
+        return pc.equal(table.column("dataset"), protocol.heldout_dataset).to_numpy(zero_copy_only=False)
     split = np.asarray(table.column("split").to_numpy(zero_copy_only=False), dtype=object)
     has_split = np.array([s is not None for s in split])
     if protocol.name == "published":
@@ -56,6 +78,20 @@ def holdout_mask(table: pa.Table, protocol: Protocol) -> np.ndarray:
     rng = np.random.default_rng(protocol.seed)
     chosen = rng.choice(eligible, size=n_test, replace=False) if n_test < len(eligible) else eligible
     return np.isin(groups, chosen)
+
+
+def excluded_mask(table: pa.Table, protocol: Protocol) -> np.ndarray:
+    """bool (n_rows,): rows on neither side. Under leave-one-dataset-out, every row of another
+    dataset whose question also occurs in the held-out dataset: training on it would be
+    training on a test question. All False under the other protocols."""
+    if protocol.name != LODO:
+        return np.zeros(table.num_rows, dtype=bool)
+    import pyarrow.compute as pc
+
+    is_test = holdout_mask(table, protocol)
+    test_groups = pc.unique(table.column("group").filter(pa.array(is_test)))
+    # Hash lookups: np.isin on object arrays compares every row with every test question.
+    return ~is_test & pc.is_in(table.column("group"), value_set=test_groups).to_numpy(zero_copy_only=False)
 
 
 def heldout_prompts(table: pa.Table) -> list[str]:

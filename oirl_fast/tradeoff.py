@@ -7,14 +7,25 @@ answers to every prompt are logged (the GSM8K test set: 16 prompts x 1000 querie
 * ``reward model``: the reward model's pick (1 call);
 * ``vote k (reward model)`` / ``vote k (random)``: majority vote over the numeric
   answers of the reward model's top-k prompts, or of k random prompts (k calls);
+* ``vote k (fixed: best on train)`` / ``vote k (fixed: model's mean score)``: a vote over
+  one set of k prompts used for every query: the k best on the training rows, or the k
+  the reward model scores highest on average over the queries (k calls). These are what
+  a user without a per-query selector would try, so they are the baselines that
+  per-query ranking has to beat;
 * ``cascade k, T``: the reward model's pick, and only where its calibrated success
   probability is below T, k more calls (the next k prompts by score) and a vote over
   all k + 1 answers.
 
 Votes: answers are compared as numbers (``last_number``); an answer with no number
 does not vote. Ties are broken toward the answer of the better-ranked prompt (the
-reward model's order; for random prompts, their draw order), so results are
-deterministic. A query with no numeric answer counts as wrong.
+reward model's order; for random prompts, their draw order; for a fixed set, its
+order), so results are deterministic. A query with no numeric answer counts as wrong.
+
+Every policy carries paired-bootstrap 95% intervals (queries resampled in pairs) of its
+difference to the best single prompt and to each fixed-set vote with the same number
+of calls (k = ceil(calls per query), so a cascade is compared with a fixed vote that
+spends at least as much); ``seeds`` > 1 averages over reward models refitted with other
+seeds on the same split.
 """
 from __future__ import annotations
 
@@ -38,8 +49,118 @@ def vote(values: np.ndarray, order: np.ndarray) -> float:
     return max(counts, key=lambda v: (counts[v], -first[v]))
 
 
+def _correct(picked: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """bool (U,): the picked numeric answer equals the gold one (no answer is wrong)."""
+    return np.isclose(picked, gold, rtol=0, atol=1e-6) & ~np.isnan(picked)
+
+
 def _accuracy(picked: np.ndarray, gold: np.ndarray) -> float:
-    return float(np.mean(np.isclose(picked, gold, rtol=0, atol=1e-6) & ~np.isnan(picked)))
+    return float(np.mean(_correct(picked, gold)))
+
+
+@dataclass
+class PolicyOutcome:
+    """What one policy did on every query: calls float (U,) spent, correct bool (U,).
+
+    kind: ``best_single``, ``reward_model``, ``vote_ranked`` (the model's top k per query),
+    ``vote_fixed_train`` / ``vote_fixed_model`` (one set of k prompts for every query: the k
+    best on the training rows / the k with the highest mean model score), ``vote_random``
+    or ``cascade``; k: answers voted over at most (1 for a single pick).
+    """
+
+    policy: str
+    kind: str
+    k: int
+    calls: np.ndarray
+    correct: np.ndarray
+
+    @property
+    def calls_per_query(self) -> float:
+        return float(np.mean(self.calls))
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.correct))
+
+
+FIXED_SETS = {"best_on_train": ("vote_fixed_train", "fixed: best on train"),
+              "model_mean": ("vote_fixed_model", "fixed: model's mean score")}
+
+
+def fixed_orders(scores: np.ndarray, train_accuracy: np.ndarray | None, best_single: int) -> dict[str, np.ndarray]:
+    """The query-independent prompt orders the fixed-set votes take their first k from.
+
+    ``best_on_train``: prompts with training rows, by accuracy on them (``train_accuracy`` float (P,),
+    NaN where a prompt has no training rows; without it, only ``best_single``);
+    ``model_mean``: every prompt by its mean reward-model score over the queries, float (U, P) ``scores``
+    (no verdict is used, so a user can compute it on an unlabelled benchmark). Ties keep column order.
+    """
+    if train_accuracy is None:
+        train = np.array([best_single])
+    else:
+        acc = np.asarray(train_accuracy, dtype=float)
+        seen = np.flatnonzero(~np.isnan(acc))
+        train = seen[np.argsort(-acc[seen], kind="stable")]
+    return {"best_on_train": train, "model_mean": np.argsort(-scores.mean(axis=0), kind="stable")}
+
+
+def _fixed_vote(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    return np.array([vote(values[u], order) for u in range(len(values))])
+
+
+def policy_outcomes(
+    values: np.ndarray,
+    gold: np.ndarray,
+    scores: np.ndarray,
+    confidence: np.ndarray,
+    best_single: int,
+    ks: tuple[int, ...] = (3, 5),
+    thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5),
+    seed: int = 0,
+    train_accuracy: np.ndarray | None = None,
+) -> tuple[list[PolicyOutcome], dict[str, dict[int, PolicyOutcome]]]:
+    """Every policy's per-query outcome, and the fixed-set votes of every size as references.
+
+    values float (U, P): numeric answer of prompt p on query u (NaN if none); gold float (U,);
+    scores float (U, P) reward-model scores; confidence float (U,) calibrated success
+    probability of the reward model's pick; train_accuracy float (U,) see :func:`fixed_orders`.
+    Returns (policies in report order, ``references[family][k]``: the fixed-set vote over k
+    prompts for k = 1 .. max(ks) + 1, as far as the family has prompts; k = 1 is a single prompt).
+    """
+    U, P = values.shape
+    rows = np.arange(U)
+    one = np.ones(U)
+    rank = np.argsort(-scores, axis=1, kind="stable")
+    orders = fixed_orders(scores, train_accuracy, best_single)
+    references: dict[str, dict[int, PolicyOutcome]] = {}
+    for family, order in orders.items():
+        kind, label = FIXED_SETS[family]
+        references[family] = {
+            k: PolicyOutcome(f"vote {k} ({label})" if k > 1 else f"single ({label})", kind, k, k * one,
+                             _correct(_fixed_vote(values, order[:k]), gold))
+            for k in range(1, min(max(ks, default=1) + 1, len(order)) + 1)
+        }
+    out = [
+        PolicyOutcome("best single", "best_single", 1, one, _correct(values[:, best_single], gold)),
+        PolicyOutcome("reward model", "reward_model", 1, one, _correct(values[rows, rank[:, 0]], gold)),
+    ]
+    rng = np.random.default_rng(seed)
+    for k in ks:
+        if k > P:
+            continue
+        top = np.array([vote(values[u], rank[u, :k]) for u in range(U)])
+        out.append(PolicyOutcome(f"vote {k} (reward model)", "vote_ranked", k, k * one, _correct(top, gold)))
+        out.extend(references[f][k] for f in FIXED_SETS if k in references[f])
+        rand = np.array([vote(values[u], rng.permutation(P)[:k]) for u in range(U)])
+        out.append(PolicyOutcome(f"vote {k} (random)", "vote_random", k, k * one, _correct(rand, gold)))
+        for t in thresholds:
+            unsure = confidence < t
+            picked = values[rows, rank[:, 0]].copy()
+            for u in np.flatnonzero(unsure):
+                picked[u] = vote(values[u], rank[u, : k + 1])
+            out.append(PolicyOutcome(f"cascade {k}, T={t}", "cascade", k + 1, 1 + k * unsure.astype(float),
+                                     _correct(picked, gold)))
+    return out, references
 
 
 def simulate(
@@ -51,38 +172,64 @@ def simulate(
     ks: tuple[int, ...] = (3, 5),
     thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5),
     seed: int = 0,
+    train_accuracy: np.ndarray | None = None,
 ) -> list[dict]:
-    """Points ``{policy, calls_per_query, accuracy}``.
+    """Points ``{policy, kind, calls_per_query, accuracy}`` of :func:`policy_outcomes`'s policies."""
+    policies, _ = policy_outcomes(values, gold, scores, confidence, best_single, ks, thresholds, seed, train_accuracy)
+    return [{"policy": p.policy, "kind": p.kind, "calls_per_query": p.calls_per_query, "accuracy": p.accuracy}
+            for p in policies]
 
-    values float (U, P): numeric answer of prompt p on query u (NaN if none);
-    gold float (U,); scores float (U, P) reward-model scores; confidence float (U,)
-    calibrated success probability of the reward model's pick.
+
+def _diff(a: np.ndarray, b: np.ndarray, n_boot: int) -> dict:
+    from .metrics import paired_bootstrap_ci
+
+    lo, hi = paired_bootstrap_ci(a, b, n_boot=n_boot)
+    return {"diff": float(np.mean(a - b)), "ci95": [lo, hi]}
+
+
+def compare_policies(runs: list[tuple[list[PolicyOutcome], dict]], n_boot: int = 2000) -> list[dict]:
+    """One point per policy over one or more runs (one per model seed), with paired-bootstrap 95% CIs.
+
+    Each run is :func:`policy_outcomes`'s result for one model on the same queries. A
+    policy's per-query outcome is averaged over the runs; its ``accuracy`` and
+    ``calls_per_query`` are the run means, ``accuracy_sd`` their spread (sample sd).
+    ``vs_best_single`` is the difference to the best single prompt; ``vs_fixed_vote[family]``
+    the difference to the fixed-set vote of that family with the fewest calls that are at
+    least the policy's mean calls per query (k = ceil(calls)), None where the family has
+    too few prompts. CIs resample queries in pairs (:func:`oirl_fast.metrics.paired_bootstrap_ci`).
     """
-    U, P = values.shape
-    rows = np.arange(U)
-    rank = np.argsort(-scores, axis=1, kind="stable")
-    points = [
-        {"policy": "best single", "calls_per_query": 1.0, "accuracy": _accuracy(values[:, best_single], gold)},
-        {"policy": "reward model", "calls_per_query": 1.0, "accuracy": _accuracy(values[rows, rank[:, 0]], gold)},
-    ]
-    rng = np.random.default_rng(seed)
-    for k in ks:
-        if k > P:
-            continue
-        top = np.array([vote(values[u], rank[u, :k]) for u in range(U)])
-        points.append({"policy": f"vote {k} (reward model)", "calls_per_query": float(k), "accuracy": _accuracy(top, gold)})
-        rand = np.array([vote(values[u], rng.permutation(P)[:k]) for u in range(U)])
-        points.append({"policy": f"vote {k} (random)", "calls_per_query": float(k), "accuracy": _accuracy(rand, gold)})
-        for t in thresholds:
-            unsure = confidence < t
-            picked = values[rows, rank[:, 0]].copy()
-            for u in np.flatnonzero(unsure):
-                picked[u] = vote(values[u], rank[u, : k + 1])
-            points.append({
-                "policy": f"cascade {k}, T={t}",
-                "calls_per_query": float(1 + k * unsure.mean()),
-                "accuracy": _accuracy(picked, gold),
-            })
+    names = [p.policy for p in runs[0][0]]
+    by_name = [{p.policy: p for p in policies} for policies, _ in runs]
+
+    def mean_correct(get) -> np.ndarray:
+        return np.mean([get(i).correct for i in range(len(runs))], axis=0)
+
+    best = mean_correct(lambda i: by_name[i]["best single"])
+    points = []
+    for name in names:
+        per_run = [by_name[i][name] for i in range(len(runs))]
+        a = mean_correct(lambda i: by_name[i][name])
+        accs = [p.accuracy for p in per_run]
+        calls = float(np.mean([p.calls_per_query for p in per_run]))
+        k_ref = max(1, int(np.ceil(calls - 1e-9)))
+        vs_fixed = {}
+        for family in FIXED_SETS:
+            if all(k_ref in refs[family] for _, refs in runs):
+                ref = mean_correct(lambda i: runs[i][1][family][k_ref])
+                vs_fixed[family] = {"reference": runs[0][1][family][k_ref].policy, "calls": k_ref,
+                                    "accuracy": float(ref.mean()), **_diff(a, ref, n_boot)}
+            else:
+                vs_fixed[family] = None
+        points.append({
+            "policy": name,
+            "kind": per_run[0].kind,
+            "calls_per_query": calls,
+            "accuracy": float(np.mean(accs)),
+            "accuracy_per_seed": accs,
+            "accuracy_sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+            "vs_best_single": _diff(a, best, n_boot),
+            "vs_fixed_vote": vs_fixed,
+        })
     return points
 
 
@@ -100,7 +247,8 @@ class AnswerTable:
     """Logged answers of every prompt on a set of test queries.
 
     queries (U,), gold float (U,), values float (U, P) numeric answers (NaN if none),
-    verdicts bool (U, P) the log's own grading, prompt_ids (P,), best_single column index.
+    verdicts bool (U, P) the log's own grading, prompt_ids (P,), train_accuracy float (P,)
+    each prompt's accuracy on the training rows (NaN where it has none); best_single its argmax.
     """
 
     queries: list
@@ -108,7 +256,11 @@ class AnswerTable:
     values: np.ndarray
     verdicts: np.ndarray
     prompt_ids: list
-    best_single: int
+    train_accuracy: np.ndarray
+
+    @property
+    def best_single(self) -> int:
+        return int(np.nanargmax(self.train_accuracy))
 
 
 def _number(text) -> float:
@@ -135,10 +287,12 @@ def _published_answers(source, limit: int | None) -> AnswerTable:
         values[:, j] = [_number(a) for a in load_gsm8k_answers(p, source)[:U]]
         verdicts[:, j] = test.filter(pc.equal(test.column("prompt_id"), p.id)).column("correct").to_pylist()[:U]
     train = log.filter(pc.equal(log.column("split"), "train"))
-    train_ids = [p.id for p in prompts if p.role == "train"]
-    acc = [np.mean(train.filter(pc.equal(train.column("prompt_id"), i)).column("correct").to_numpy()) for i in train_ids]
+    acc = np.full(len(ids), np.nan)
+    for j, p in enumerate(prompts):
+        if p.role == "train":
+            acc[j] = np.mean(train.filter(pc.equal(train.column("prompt_id"), p.id)).column("correct").to_numpy())
     return AnswerTable(first.column("query").to_pylist()[:U], np.array([float(g) for g in first.column("gold").to_pylist()[:U]]),
-                       values, verdicts, ids, ids.index(train_ids[int(np.argmax(acc))]))
+                       values, verdicts, ids, acc)
 
 
 def _log_answers(log_path, protocol: dict, prompt_ids: list, limit: int | None) -> AnswerTable:
@@ -173,23 +327,48 @@ def _log_answers(log_path, protocol: dict, prompt_ids: list, limit: int | None) 
     verdicts = np.array([[cells[q][p]["correct"] for p in prompt_ids] for q in complete])
     correct = np.array(split.train.column("correct").to_pylist(), dtype=float)
     pids = split.train.column("prompt_id").to_pylist()
-    acc = {p: correct[[x == p for x in pids]].mean() for p in split.train_prompt_ids}
-    return AnswerTable([r["query"] for r in first], gold, values, verdicts, list(prompt_ids),
-                       prompt_ids.index(max(acc, key=acc.get)))
+    acc = np.array([correct[[x == p for x in pids]].mean() if p in split.train_prompt_ids else np.nan
+                    for p in prompt_ids])
+    return AnswerTable([r["query"] for r in first], gold, values, verdicts, list(prompt_ids), acc)
+
+
+def _seed_models(artifact, table, embedder, seeds: int) -> list:
+    """The artifact's model and the same model refitted with seeds 1..seeds-1 on the same split."""
+    from dataclasses import replace
+
+    from .errors import OirlError
+    from .pipeline import fit_reward_model
+    from .splits import Protocol
+
+    models = [artifact.model]
+    if seeds > 1:
+        protocol = Protocol(**artifact.metadata.protocol)
+        for s in range(1, seeds):
+            fitted = fit_reward_model(table, protocol, replace(artifact.model.config, seed=s), embedder, lambda *_: None)
+            if sorted(fitted.metadata.prompt_ids) != sorted(artifact.metadata.prompt_ids):
+                raise OirlError(f"the log's prompts {fitted.metadata.prompt_ids} differ from the model's "
+                                f"{artifact.metadata.prompt_ids}; refitting other seeds needs the model's own log",
+                                artifact.path / "metadata.json")
+            models.append(fitted.model)
+    return models
 
 
 def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit: int | None = None,
-                 log=None) -> dict:
+                 log=None, seeds: int = 1, n_boot: int = 2000, progress=lambda *_: None) -> dict:
     """Simulate the policies with a trained model artifact on logged answers.
 
     Answers come from the bundled GSM8K answer logs, or from ``log`` (any oirl log whose
     ``response`` column keeps the answers; its test queries under the model's protocol).
-    ``limit``: use only the first ``limit`` test queries.
+    ``limit``: use only the first ``limit`` test queries. ``seeds`` > 1 refits the model
+    with seeds 1..seeds-1 on the same split (the split itself is not re-drawn) and reports
+    every policy's mean and spread over the seeds; CIs are over the per-query seed means.
     """
     from .errors import OirlError
     from .features import grid_features
     from .train.artifact import load_artifact
 
+    if seeds < 1:
+        raise OirlError(f"--seeds must be at least 1, got {seeds}")
     artifact = load_artifact(model_dir, embedding_model=embedder.model_id)
     if getattr(embedder, "encoder", None) is not None:
         from .encoders import check_same_encoder
@@ -206,19 +385,40 @@ def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit
         if sorted(answers.prompt_ids) != sorted(artifact.metadata.prompt_ids):
             raise OirlError(f"model was built for prompts {artifact.metadata.prompt_ids}, the answers cover "
                             f"{answers.prompt_ids}", artifact.path / "metadata.json")
+    if seeds > 1:
+        from .collect.published import import_published
+        from .schema import read_logs
+
+        progress(f"refitting the model with seeds 1..{seeds - 1} on its own split")
+        table = read_logs(log) if log is not None else import_published("gsm8k", source)
+        models = _seed_models(artifact, table, embedder, seeds)
+    else:
+        models = [artifact.model]
     ours = np.isclose(answers.values, answers.gold[:, None]) & ~np.isnan(answers.values)
     order = [artifact.metadata.prompt_ids.index(i) for i in answers.prompt_ids]
-    scores = artifact.model.predict(grid_features(embedder.embed(answers.queries), artifact.prompt_embeddings[order]))
-    scores = scores.reshape(len(answers.queries), len(answers.prompt_ids))
-    top = scores.max(axis=1)
-    confidence = artifact.model.calibrator(top) if artifact.model.calibrator is not None else top
-    points = simulate(answers.values, answers.gold, scores, confidence, answers.best_single)
+    grid = grid_features(embedder.embed(answers.queries), artifact.prompt_embeddings[order])
+    runs, first_scores = [], None
+    for s, model in enumerate(models):
+        scores = model.predict(grid).reshape(len(answers.queries), len(answers.prompt_ids))
+        first_scores = scores if first_scores is None else first_scores
+        top = scores.max(axis=1)
+        confidence = model.calibrator(top) if model.calibrator is not None else top
+        runs.append(policy_outcomes(answers.values, answers.gold, scores, confidence, answers.best_single,
+                                    seed=s, train_accuracy=answers.train_accuracy))
+    points = compare_policies(runs, n_boot=n_boot)
+    # The prompt orders the fixed sets are cut from (the model-mean one: the artifact's model, seed 0).
+    fixed = {family: [answers.prompt_ids[j] for j in o]
+             for family, o in fixed_orders(first_scores, answers.train_accuracy, answers.best_single).items()}
     return {
         "dataset": dataset,
         "model": str(model_dir),
         "n_queries": len(answers.queries),
         "n_prompts": len(answers.prompt_ids),
         "grader_agreement_with_published_verdicts": float(np.mean(ours == answers.verdicts)),
+        "seeds": len(models),
+        "seed_variation": "model refitted with seeds 0..K-1 on the model's own split (split not re-drawn)"
+        if len(models) > 1 else "one model (the artifact's)",
+        "fixed_sets": fixed,
         "points": points,
         "pareto_front": [p["policy"] for p in pareto_front(points)],
     }

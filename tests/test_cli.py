@@ -186,6 +186,7 @@ def test_demo_json_on_one_dataset(tmp_path, static_cache):
     res = run("demo", "--dataset", "mawps", "--protocol", "grouped", "--seeds", "2", "--no-compile",
               "--out", str(tmp_path / "demo"), "--json", cache_dir=static_cache)
     assert res.exit_code == 0, res.output
+    assert "transfer" not in json.loads(res.stdout)  # one dataset: nothing to transfer from
     s = json.loads(res.stdout)["mawps"]["grouped"]
     assert s["embedder"] == "static"
     for key in ("best_single", "best_of_n", "best_of_n_16", "oracle", "critic", "knn", "random", "auc",
@@ -205,6 +206,34 @@ def test_demo_reports_headroom_for_repeated_questions(tmp_path, cache_dir):
     assert set(h) == {"ceiling", "best_single", "captured_share"}
     assert 0.0 < h["best_single"] < 1.0 and 0.0 < h["ceiling"] <= 1.0
     assert "known-question ceiling" in res.stderr
+
+
+def test_demo_transfer_section(tmp_path, static_cache):
+    res = run("demo", "--dataset", "mawps", "--dataset", "svamp", "--protocol", "grouped", "--seeds", "1",
+              "--no-compile", "--out", str(tmp_path / "demo"), "--json", cache_dir=static_cache)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    transfer = out["transfer"]
+    assert set(transfer) == {"mawps", "svamp"}
+    for ds, other in (("mawps", "svamp"), ("svamp", "mawps")):
+        s = transfer[ds]
+        assert s["trained_on"] == [other]
+        for key in ("best_of_n", "best_of_n_16", "best_single", "best_single_16", "best_of_n_diff_ci",
+                    "best_of_n_16_diff_ci", "n_test_queries", "n_test_queries_16"):
+            assert s[key] is not None, key
+        for key, ci in (("best_of_n", "best_of_n_diff_ci"), ("best_of_n_16", "best_of_n_16_diff_ci")):
+            lo, hi = s[ci]
+            base = s["best_single"] if key == "best_of_n" else s["best_single_16"]
+            assert lo - 1e-9 <= s[key] - base <= hi + 1e-9
+        leak = s["cross_dataset_leakage"]
+        # MAWPS and SVAMP share questions: they are counted, dropped from training, and none is left in it
+        assert 0 < leak["in_training_datasets"] <= leak["heldout_questions"] and leak["dropped_rows"] > 0
+        assert leak["by_dataset"] == {other: leak["in_training_datasets"]}
+        assert s["test_in_train"] == 0 and s["test_in_train_by_dataset"] == {other: 0}
+        assert s["n_test_queries"] == leak["heldout_questions"]  # tested on every question of the dataset
+        assert (tmp_path / "demo" / "transfer" / ds / "model" / "metadata.json").is_file()
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["transfer"] == transfer
+    assert "Transfer" in res.stderr
 
 
 def test_score_min_confidence_flags_low_calibrated_picks(trained, mawps_small, cache_dir, tmp_path, reseal):
