@@ -103,7 +103,7 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
     plot_summary(per_dataset, out / "summary.png")
     print_summary(per_dataset, console)
     if "transfer" in summaries:
-        console.print(summary_table({"held out": summaries["transfer"]},
+        console.print(summary_table({"held out": {k: v for k, v in summaries["transfer"].items() if "skipped" not in v}},
                                     title="Transfer: trained on the other datasets only (best single = best on them)"))
     console.print(f"reports in {out}/ (summary.json, summary.png); total {time.perf_counter() - t_start:.0f}s")
     return summaries

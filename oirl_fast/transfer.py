@@ -58,7 +58,8 @@ def run_transfer(
     Per held-out dataset D: fits the model (seed 0, saved as ``out/D/model``, plus seeds
     1..seeds-1 for the spread), evaluates it on all of D (``out/D/report.json``) and returns
     :func:`oirl_fast.pipeline.summary`'s fields plus ``trained_on`` and
-    ``cross_dataset_leakage`` (:func:`cross_dataset_leakage`).
+    ``cross_dataset_leakage`` (:func:`cross_dataset_leakage`). A dataset whose held-out
+    questions cover every training row gets ``skipped`` (the reason) instead of results.
     """
     from .errors import OirlError
     from .multilog import check_prompts, regroup_across
@@ -76,9 +77,16 @@ def run_transfer(
     for ds in names:
         protocol = Protocol(LODO, heldout_dataset=ds)
         leakage = cross_dataset_leakage(table, ds)
-        log(f"transfer to {ds}: train on {', '.join(n for n in names if n != ds)}; "
+        trained_on = [n for n in names if n != ds]
+        log(f"transfer to {ds}: train on {', '.join(trained_on)}; "
             f"{leakage['in_training_datasets']} of its {leakage['heldout_questions']} questions occur there "
             f"({leakage['dropped_rows']} rows dropped)")
+        if leakage["dropped_rows"] == sum(tables[n].num_rows for n in trained_on):
+            # e.g. SVAMP held out with MAWPS alone: every MAWPS question is also a SVAMP question
+            reason = f"every question of {', '.join(trained_on)} also occurs in {ds}: no training rows remain"
+            log(f"  skipped: {reason}")
+            result[ds] = {"trained_on": trained_on, "skipped": reason, "cross_dataset_leakage": leakage}
+            continue
         first = fit_reward_model(table, protocol, TrainConfig(backend=backend), embedder, log)
         others = [fit_reward_model(table, protocol, TrainConfig(backend=backend, seed=s), embedder, lambda *_: None).model
                   for s in range(1, seeds)]
@@ -87,7 +95,7 @@ def run_transfer(
         rep["cross_dataset_leakage"] = leakage
         write_json(rep, out / ds / "report.json")
         s = summary(rep)
-        result[ds] = {"trained_on": [n for n in names if n != ds], **s, "cross_dataset_leakage": leakage}
+        result[ds] = {"trained_on": trained_on, **s, "cross_dataset_leakage": leakage}
         log(f"  best of 6 {s['best_of_n']:.3f}, prompt best on the training datasets {s['best_single']:.3f}, "
             f"difference 95% CI [{s['best_of_n_diff_ci'][0]:+.3f}, {s['best_of_n_diff_ci'][1]:+.3f}]")
     return result

@@ -215,7 +215,12 @@ def test_demo_transfer_section(tmp_path, static_cache):
     out = json.loads(res.stdout)
     transfer = out["transfer"]
     assert set(transfer) == {"mawps", "svamp"}
-    for ds, other in (("mawps", "svamp"), ("svamp", "mawps")):
+    # every MAWPS question is also a SVAMP question: held-out SVAMP leaves no MAWPS row to train on
+    skipped = transfer["svamp"]
+    assert "no training rows remain" in skipped["skipped"] and skipped["trained_on"] == ["mawps"]
+    leak = skipped["cross_dataset_leakage"]
+    assert 0 < leak["in_training_datasets"] <= leak["heldout_questions"] and leak["dropped_rows"] > 0
+    for ds, other in (("mawps", "svamp"),):
         s = transfer[ds]
         assert s["trained_on"] == [other]
         for key in ("best_of_n", "best_of_n_16", "best_single", "best_single_16", "best_of_n_diff_ci",
