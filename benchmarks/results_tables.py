@@ -1,0 +1,138 @@
+"""Print the README's results tables (Markdown) from the summary.json of `oirl demo` runs.
+
+    python benchmarks/results_tables.py oirl-demo/summary.json
+    python benchmarks/results_tables.py static=/tmp/demo-static/summary.json minilm=/tmp/demo-minilm/summary.json
+
+The first summary gives the main table (every dataset and protocol) and, when it has
+one, the transfer table (leave-one-dataset-out). With two or more summaries a
+side-by-side table compares them cell by cell. Every figure is read from the files:
+nothing here is typed in by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _f(x, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _ci(ci) -> str:
+    return "-" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def _mean_sd(mean, sd) -> str:
+    return "-" if mean is None else f"{mean:.3f} ± {sd or 0.0:.3f}"
+
+
+def _headroom(h) -> str:
+    if not h or h.get("ceiling") is None:
+        return "-"
+    share = h.get("captured_share")
+    return f"{h['best_single']:.3f} → {h['ceiling']:.3f} ({'-' if share is None else f'{share:.0%}'})"
+
+
+MAIN_ROWS = [
+    ("reward model, best of 6 (seed 0)", lambda s: _f(s["best_of_n"])),
+    ("reward model, best of 16 (seed 0)", lambda s: _f(s.get("best_of_n_16"))),
+    ("best single prompt (chosen on train)", lambda s: _f(s["best_single"])),
+    ("kNN, faiss, k=50 (6)", lambda s: _f(s["knn"])),
+    ("LLM self-critique (6)", lambda s: _f(s.get("critic"))),
+    ("LLM self-critique (16)", lambda s: _f(s.get("critic_16"))),
+    ("random prompt (6)", lambda s: _f(s["random"])),
+    ("oracle (6)", lambda s: _f(s["oracle"])),
+    ("oracle (16)", lambda s: _f(s.get("oracle_16"))),
+    ("best of 6 minus best single, paired-bootstrap 95% CI", lambda s: _ci(s["best_of_n_diff_ci"])),
+    ("best of 16 minus best single, 95% CI", lambda s: _ci(s.get("best_of_n_16_diff_ci"))),
+    ("best of 6, mean ± sd over seeds", lambda s: _mean_sd(s.get("best_of_n_seed_mean"), s.get("best_of_n_seed_std"))),
+    ("best of 16, mean ± sd over seeds", lambda s: _mean_sd(s.get("best_of_n_16_seed_mean"), s.get("best_of_n_16_seed_std"))),
+    ("known-question ceiling: best single → ceiling (share the model captures)", lambda s: _headroom(s.get("headroom"))),
+    ("ECE on test rows (training prompts), raw → isotonic",
+     lambda s: f"{_f(s.get('ece'))} → {_f(s.get('ece_calibrated'))}"),
+    ("AUC, training prompts", lambda s: _f(s["auc"])),
+    ("AUC, held-out prompts", lambda s: _f(s.get("auc_heldout"))),
+    ("test queries", lambda s: str(s["n_test_queries"])),
+    ("test queries the model trained on (exact)", lambda s: str(s["test_in_train"])),
+    ("... with a train neighbour at cos >= 0.95", lambda s: str(s["test_near_duplicate"])),
+]
+
+
+def _cells(summary: dict) -> list[tuple[str, dict]]:
+    return [(f"{ds} {proto}", s) for ds, by_proto in summary.items() if ds != "transfer"
+            for proto, s in by_proto.items()]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main_table(summary: dict) -> str:
+    cells = _cells(summary)
+    seeds = {s.get("seeds") for _, s in cells}
+    rows = [[label] + [fn(s) for _, s in cells] for label, fn in MAIN_ROWS]
+    return f"Seeds per split: {', '.join(map(str, sorted(seeds)))}\n\n" + _table([""] + [c for c, _ in cells], rows)
+
+
+def transfer_table(transfer: dict) -> str:
+    header = ["held-out dataset", "trained on", "best of 6 (seed 0)", "best of 6, mean ± sd",
+              "best single on the training datasets",
+              "best of 6 minus it, 95% CI", "best of 16, mean ± sd", "best of 16 minus best single (16), 95% CI",
+              "held-out questions found in the training datasets", "training rows dropped"]
+    rows = []
+    for ds, s in transfer.items():
+        if "skipped" in s:
+            rows.append([ds, ", ".join(s.get("trained_on", [])), f"skipped: {s['skipped']}"] + ["-"] * 7)
+            continue
+        leak = s.get("cross_dataset_leakage", {})
+        rows.append([
+            ds, ", ".join(s["trained_on"]), _f(s["best_of_n"]),
+            _mean_sd(s.get("best_of_n_seed_mean"), s.get("best_of_n_seed_std")), _f(s["best_single"]),
+            _ci(s["best_of_n_diff_ci"]),
+            _mean_sd(s.get("best_of_n_16_seed_mean"), s.get("best_of_n_16_seed_std")),
+            _ci(s.get("best_of_n_16_diff_ci")),
+            f"{leak.get('in_training_datasets', '-')} of {leak.get('heldout_questions', '-')}",
+            str(leak.get("dropped_rows", "-")),
+        ])
+    return _table(header, rows)
+
+
+def side_by_side(named: list[tuple[str, dict]]) -> str:
+    cells = [c for c, _ in _cells(named[0][1])]
+    header = ["cell"] + [f"{part}, {name}" for name, _ in named
+                         for part in ("best of 6, mean ± sd", "best of 6 minus best single, 95% CI", "AUC")]
+    rows = []
+    for cell in cells:
+        row = [cell]
+        for _, summary in named:
+            s = dict(_cells(summary)).get(cell)
+            row += ["-"] * 3 if s is None else [
+                _mean_sd(s.get("best_of_n_seed_mean"), s.get("best_of_n_seed_std")), _ci(s["best_of_n_diff_ci"]),
+                _f(s["auc"])]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("summaries", nargs="+", help="summary.json of `oirl demo`, optionally as NAME=PATH")
+    args = ap.parse_args()
+    named = []
+    for item in args.summaries:
+        name, _, path = item.rpartition("=")
+        named.append((name or Path(path).parent.name, json.loads(Path(path).read_text(encoding="utf-8"))))
+    first = named[0][1]
+    print(main_table(first))
+    if "transfer" in first:
+        print("\nTransfer (leave-one-dataset-out):\n")
+        print(transfer_table(first["transfer"]))
+    if len(named) > 1:
+        print("\nSide by side:\n")
+        print(side_by_side(named))
+
+
+if __name__ == "__main__":
+    main()
