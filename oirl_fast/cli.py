@@ -196,7 +196,7 @@ def train_cmd(
 ):
     """Fit a reward model r(query, prompt) on the concatenated query and prompt embeddings; write a model artifact."""
     from .multilog import read_log_set
-    from .pipeline import train_artifact
+    from .pipeline import check_trainable, split_log, train_artifact
     from .splits import Protocol
     from .train.reward_model import TrainConfig
 
@@ -218,8 +218,11 @@ def train_cmd(
                           workers=workers, partitions=partitions, compile_library=compile, log_fn=err.print)
     else:
         table = read_log_set(logs)
+        source = _source_name(logs)
+        # A log no model can learn from is refused before the embedder is built (a first static build takes a while).
+        check_trainable(split_log(table, proto, source), source)
         train_artifact(table, proto, config, _embedder(cache_dir, device, spec=embedder), out,
-                       compile_library=compile, log=err.print, source=_source_name(logs))
+                       compile_library=compile, log=err.print, source=source)
     err.print(f"wrote model artifact {out}")
 
 

@@ -115,8 +115,9 @@ def _type_problem(field: pa.Field, col_type: pa.DataType) -> str | None:
     return None
 
 
-def _check_query_ids(table: pa.Table, path: str | Path) -> None:
-    """A query_id names one query: its rows must agree on the query text and the gold answer."""
+def _check_query_ids(table: pa.Table, path: str | Path, row_lines: list[int] | None = None) -> None:
+    """A query_id names one query: its rows must agree on the query text and the gold answer.
+    ``row_lines``: the file line of each row (JSONL), so the error names the line of the second one."""
     import pyarrow.compute as pc
 
     agg = table.select(["query_id", "query", "gold"]).group_by("query_id").aggregate(
@@ -129,10 +130,10 @@ def _check_query_ids(table: pa.Table, path: str | Path) -> None:
             values = table.column(col).take(pa.array(rows)).to_pylist()
             second = next(r for r, v in zip(rows, values) if v != values[0])
             raise OirlError(f"query_id {qid!r} has two different {what} (rows {rows[0] + 1} and {second + 1}); "
-                            "a query_id must name one query", path)
+                            "a query_id must name one query", path, None if row_lines is None else row_lines[second])
 
 
-def conform(table: pa.Table, path: str | Path = "<table>") -> pa.Table:
+def conform(table: pa.Table, path: str | Path = "<table>", row_lines: list[int] | None = None) -> pa.Table:
     """Check required columns and cast ``table`` to :data:`LOG_SCHEMA` (missing optional columns become null)."""
     names = set(table.column_names)
     missing = [c for c in REQUIRED if c not in names and c != "group"]
@@ -166,7 +167,7 @@ def conform(table: pa.Table, path: str | Path = "<table>") -> pa.Table:
         columns.append(col)
     out = pa.Table.from_arrays(columns, schema=LOG_SCHEMA)
     _check_ranges(out, path)
-    _check_query_ids(out, path)
+    _check_query_ids(out, path, row_lines)
     return out
 
 
@@ -186,8 +187,8 @@ def _check_ranges(table: pa.Table, path: str | Path) -> None:
         raise OirlError("'sample' has negative values", path)
 
 
-def from_records(records: list[dict], path: str | Path = "<records>") -> pa.Table:
-    """Build a log table from a list of dicts with the schema's keys."""
+def from_records(records: list[dict], path: str | Path = "<records>", row_lines: list[int] | None = None) -> pa.Table:
+    """Build a log table from a list of dicts with the schema's keys (``row_lines``: each record's file line)."""
     if not records:
         return LOG_SCHEMA.empty_table()
     keys = set().union(*(r.keys() for r in records))
@@ -196,7 +197,7 @@ def from_records(records: list[dict], path: str | Path = "<records>") -> pa.Tabl
         table = pa.table(columns)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise OirlError(f"records do not form a table: {exc}", path) from None
-    return conform(table, path)
+    return conform(table, path, row_lines)
 
 
 def read_logs(path: str | Path) -> pa.Table:
@@ -266,12 +267,13 @@ def _check_record(rec: dict) -> str | None:
 
 
 def _read_jsonl(path: Path) -> pa.Table:
-    records = []
+    records, lines = [], []
     for lineno, rec in iter_objects(path):
         problem = _check_record(rec)
         if problem:
             raise OirlError(problem, path, lineno)
         records.append(rec)
+        lines.append(lineno)
     if not records:
         raise OirlError("log has no records", path)
-    return from_records(records, path)
+    return from_records(records, path, lines)

@@ -157,7 +157,7 @@ def _parquet_bytes(table: pa.Table, **kw) -> bytes:
 @FUZZ
 @given(data=st.binary(max_size=3000), cut=st.integers(min_value=0, max_value=10_000), mode=st.sampled_from(["random", "truncated", "flipped"]))
 def test_parquet_garbage_and_truncation_give_one_clear_error(tmp_path_factory, data, cut, mode):
-    original = pa.Table.from_pylist([dict(VALID, query=f"What is {i}+2?") for i in range(3)])
+    original = pa.Table.from_pylist([dict(VALID, query_id=f"q{i}", query=f"What is {i}+2?") for i in range(3)])
     good = _parquet_bytes(original, compression="zstd", write_page_checksum=True)  # as write_logs writes
     if mode == "random":
         blob = data
@@ -251,7 +251,7 @@ def test_every_single_byte_flip_of_a_log_is_refused_or_harmless(tmp_path):
     reads back as a different log (without them, 2 of ~1900 flips did)."""
     from oirl_fast.schema import write_logs
 
-    original = pa.Table.from_pylist([dict(VALID, query=f"What is {i}+2?") for i in range(3)])
+    original = pa.Table.from_pylist([dict(VALID, query_id=f"q{i}", query=f"What is {i}+2?") for i in range(3)])
     write_logs(original, tmp_path / "good.parquet")
     good = (tmp_path / "good.parquet").read_bytes()
     expected = read_logs(tmp_path / "good.parquet").to_pylist()
@@ -315,7 +315,7 @@ def test_score_embeddings_with_nan_inf_and_bad_dtypes(tmp_path, tiny_model):
     recs = [json.loads(l) for l in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert s.errors == 2 and [i for i, r in enumerate(recs) if "error" in r] == [1, 4]
     assert "NaN or infinity" in recs[4]["error"]
-    for bad, reason in [(np.empty((6, 384), dtype=object), "no pickle"), (emb.astype(np.complex64), "real numbers")]:
+    for bad, reason in [(np.empty((6, 384), dtype=object), "no pickle"), (emb.astype(np.complex64), "must be float32")]:
         np.save(tmp_path / "bad.npy", bad, allow_pickle=True)
         with pytest.raises(OirlError, match=reason):
             score_file(model_dir, None, tmp_path / "o2.jsonl", embeddings=tmp_path / "bad.npy", ids=tmp_path / "ids.txt",

@@ -69,8 +69,9 @@ def synth_model(tmp_path_factory, synth_cache):
     base = tmp_path_factory.mktemp("synthetic-model")
     log = base / "log.parquet"
     write_logs(synthetic_log(synth_cache), log)
+    # minilm: the synthetic vectors are in the MiniLM cache, so nothing runs a text model
     res = run("train", str(log), "--out", str(base / "model"), "--no-compile", "--n-estimators", "20",
-              "--cache-dir", str(synth_cache))
+              "--embedder", "minilm", "--cache-dir", str(synth_cache))
     assert res.exit_code == 0, res.output
     return base / "model", log
 
@@ -166,7 +167,7 @@ def test_evaluate_refuses_test_questions_without_the_heldout_prompts(tmp_path, s
     log = tmp_path / "log.parquet"
     write_logs(table, log)
     res = run("train", str(log), "--out", str(tmp_path / "m"), "--protocol", "published", "--no-compile",
-              "--n-estimators", "10", "--cache-dir", str(synth_cache))
+              "--n-estimators", "10", "--embedder", "minilm", "--cache-dir", str(synth_cache))
     assert res.exit_code == 0, res.output
     res = run("evaluate", str(tmp_path / "m"), str(log), "--cache-dir", str(synth_cache), "--seeds", "3")
     assert res.exit_code == 2, res.output
