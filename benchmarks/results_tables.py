@@ -1,7 +1,9 @@
-"""Print the README's results tables (Markdown) from the summary.json of `oirl demo` runs.
+"""Print the README's results tables (Markdown) from the summary.json of `oirl demo` runs,
+or from the output of `oirl tradeoff --json`.
 
     python benchmarks/results_tables.py oirl-demo/summary.json
     python benchmarks/results_tables.py static=/tmp/demo-static/summary.json minilm=/tmp/demo-minilm/summary.json
+    oirl tradeoff --seeds 5 --json > tradeoff.json && python benchmarks/results_tables.py tradeoff.json
 
 The first summary gives the main table (every dataset and protocol) and, when it has
 one, the transfer table (leave-one-dataset-out). With two or more summaries a
@@ -116,6 +118,26 @@ def side_by_side(named: list[tuple[str, dict]]) -> str:
     return _table(header, rows)
 
 
+def _diff(x) -> str:
+    return "-" if x is None else f"{x['diff']:+.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"
+
+
+def tradeoff_table(result: dict) -> str:
+    header = ["policy", "LLM calls per query", "accuracy (mean ± sd over seeds)", "minus best single, 95% CI",
+              "minus fixed vote (best on train), same calls, 95% CI", "minus fixed vote (model's mean score), 95% CI",
+              "Pareto front"]
+    rows = []
+    for p in result["points"]:
+        refs = []
+        for kind in ("best_on_train", "model_mean"):
+            x = p["vs_fixed_vote"].get(kind)
+            refs.append("-" if x is None else f"{_diff(x)} (k={x['calls']})")
+        rows.append([p["policy"], f"{p['calls_per_query']:.2f}", _mean_sd(p["accuracy"], p.get("accuracy_sd")),
+                     _diff(p["vs_best_single"]), *refs, "yes" if p["policy"] in result["pareto_front"] else ""])
+    return (f"{result['n_queries']} queries, {result['seeds']} seeds, fixed sets: "
+            f"{json.dumps(result['fixed_sets'])}\n\n" + _table(header, rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("summaries", nargs="+", help="summary.json of `oirl demo`, optionally as NAME=PATH")
@@ -125,6 +147,9 @@ def main() -> None:
         name, _, path = item.rpartition("=")
         named.append((name or Path(path).parent.name, json.loads(Path(path).read_text(encoding="utf-8"))))
     first = named[0][1]
+    if "points" in first:  # oirl tradeoff --json
+        print(tradeoff_table(first))
+        return
     print(main_table(first))
     if "transfer" in first:
         print("\nTransfer (leave-one-dataset-out):\n")
