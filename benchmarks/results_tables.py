@@ -105,15 +105,16 @@ def transfer_table(transfer: dict) -> str:
 def side_by_side(named: list[tuple[str, dict]]) -> str:
     cells = [c for c, _ in _cells(named[0][1])]
     header = ["cell"] + [f"{part}, {name}" for name, _ in named
-                         for part in ("best of 6, mean ± sd", "best of 6 minus best single, 95% CI", "AUC")]
+                         for part in ("best of 6, mean ± sd", "best of 6 minus best single, 95% CI",
+                                      "best of 16, mean ± sd", "AUC")]
     rows = []
     for cell in cells:
         row = [cell]
         for _, summary in named:
             s = dict(_cells(summary)).get(cell)
-            row += ["-"] * 3 if s is None else [
+            row += ["-"] * 4 if s is None else [
                 _mean_sd(s.get("best_of_n_seed_mean"), s.get("best_of_n_seed_std")), _ci(s["best_of_n_diff_ci"]),
-                _f(s["auc"])]
+                _mean_sd(s.get("best_of_n_16_seed_mean"), s.get("best_of_n_16_seed_std")), _f(s["auc"])]
         rows.append(row)
     return _table(header, rows)
 
