@@ -173,7 +173,7 @@ def main():
         # warm-up: imports and the numba compile happen once per process, not per job
         write_queries(tmp / "warm.jsonl", questions, 64)
         for spec in models:
-            run(models[spec], tmp / "warm.jsonl", tmp / "warm.out", warm, prompts)
+            run(models[spec], tmp / "warm.jsonl", tmp / "warm.out.jsonl", warm, prompts)
         results = {}
         results["static serial"] = run(models["static"], inp_s, tmp / "s0.jsonl", cold, prompts, pipeline=False)
         show("static, serial loop", results["static serial"])
