@@ -31,18 +31,6 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise OirlError("--device cuda asked for, but torch sees no CUDA device")
-    if device not in ("cpu", "cuda"):
-        raise OirlError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return device
-
-
 class EmbeddingCache:
     """Append-only store of vectors keyed by text hash, one directory per encoder.
 

@@ -72,7 +72,8 @@ def sha256_of_files(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str = "auto") -> str:
+    """"cpu" or "cuda" for a --device value (auto: CUDA when torch sees one)."""
     import torch
 
     if device == "auto":
@@ -130,7 +131,7 @@ class TransformerEncoder:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-        self.device = _resolve_device(self.device_request)
+        self.device = resolve_device(self.device_request)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.path)
             model = AutoModel.from_pretrained(self.path).to(self.device).eval()
