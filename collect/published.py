@@ -28,9 +28,9 @@ import oirl_fast
 
 from ..errors import OirlError
 from ..schema import conform, group_key
+from . import DATASETS
 from .graders import last_number  # noqa: F401  (re-exported: the one number parser lives in graders)
 
-DATASETS = ("gsm8k", "svamp", "mawps")
 SOURCE_TAG = "prompt-oirl/llama-2-7b-chat"
 
 LOGS_DIR = "prompt_oirl_llama2"

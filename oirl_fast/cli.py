@@ -5,8 +5,6 @@ OirlError, printed as one line on stderr with exit code 2.
 """
 from __future__ import annotations
 
-import errno
-import functools
 import json
 import sys
 import time
@@ -14,88 +12,16 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.text import Text
 
-from .console import make_console
+from . import cli_collect, cli_score
+from .cli_common import (CacheOpt, DATASETS, DeviceOpt, EmbedderOpt, SchedulerOpt, WorkersOpt, artifact_and_embedder,
+                         make_embedder, source_name, app, cli_errors, err)
 from .errors import OirlError
 from .paths import JSON_SUFFIXES, LOG_SUFFIXES, PNG_SUFFIXES, Output, check_paths
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Query-dependent prompt optimization from offline logs (Prompt-OIRL), with a compiled best-of-N scorer.",
-)
-err = make_console()  # markup and emoji codes off: file names and messages are printed as they are
-
-DATASETS = ("gsm8k", "svamp", "mawps")
-
-
-def _cli_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except OirlError as exc:
-            err.print(Text("error:", style="bold red"), str(exc), soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except OSError as exc:  # a write that failed on the user's side (full disk, read-only): one line too
-            from .paths import write_error
-
-            user = write_error(exc, None) if exc.filename is not None or exc.errno == errno.ENOSPC else None
-            if user is None:
-                raise
-            err.print(Text("error:", style="bold red"), str(user), soft_wrap=True)
-            raise typer.Exit(user.exit_code) from None
-
-    return wrapper
-
-
-def _embedder(cache_dir: Optional[Path], device: str, batch_size: int = 128, progress: bool = True,
-              spec: Optional[str] = None):
-    """An Embedder for ``--embedder`` (static, minilm or a sentence-transformers folder)."""
-    from .embed import Embedder
-    from .encoders import make_encoder
-
-    encoder = make_encoder(spec, cache_dir, device, batch_size, log=lambda s: err.print(s, highlight=False))
-    return Embedder(cache_dir=cache_dir, progress=progress, encoder=encoder)
-
-
-def _source_name(logs) -> str:
-    """How error messages name the log(s) a command read."""
-    return ", ".join(str(p) for p in logs)
-
-
-def _artifact_embedder(model: Path, cache_dir: Optional[Path], device: str, batch_size: int = 128):
-    """(artifact, Embedder with the encoder the artifact was trained with)."""
-    from .embed import embedder_for_artifact
-    from .train.artifact import load_artifact
-
-    artifact = load_artifact(model)
-    emb = embedder_for_artifact(artifact.metadata, cache_dir, device, batch_size, progress=True,
-                                where=Path(model) / "metadata.json", log=lambda s: err.print(s, highlight=False))
-    return artifact, emb
-
-
-CacheOpt = typer.Option(None, "--cache-dir", help="Embedding cache folder \\[default: $OIRL_CACHE_DIR or ~/.cache/oirl-fast].")
-DeviceOpt = typer.Option("auto", "--device", help="Where to embed: auto (CUDA when present), cpu or cuda.")
-EmbedderOpt = typer.Option(
-    "static", "--embedder",
-    help="static: model2vec distilled from all-MiniLM-L6-v2 (built on first use, ~100x faster than the transformer "
-         "on a CPU, same selection quality in our measurements); minilm: all-MiniLM-L6-v2 itself; or the path of a "
-         "local sentence-transformers folder (bge, e5, your own). Recorded in the model artifact.",
-)
-SchedulerOpt = typer.Option(
-    None, "--scheduler",
-    help="--engine dask: address of a running scheduler, e.g. tcp://10.0.0.5:8786 "
-         "\\[default: a local cluster on this machine]. Paths must be shared with the workers.",
-)
-WorkersOpt = typer.Option(
-    None, "--workers", min=1, help="--engine dask without --scheduler: worker processes \\[default: CPU cores]."
-)
-
 
 @app.command("import")
-@_cli_errors
+@cli_errors
 def import_cmd(
     dataset: str = typer.Argument(..., help="gsm8k, svamp or mawps."),
     out: Path = typer.Option(..., "--out", "-o", help="Log file to write: .parquet, or .jsonl for JSON lines."),
@@ -120,7 +46,7 @@ def import_cmd(
 
 
 @app.command("convert")
-@_cli_errors
+@cli_errors
 def convert_cmd(
     src: Path = typer.Argument(..., help="Log to read (.parquet or .jsonl)."),
     dst: Path = typer.Argument(..., help="Log to write (.parquet or .jsonl)."),
@@ -135,7 +61,7 @@ def convert_cmd(
 
 
 @app.command("embed")
-@_cli_errors
+@cli_errors
 def embed_cmd(
     log: Path = typer.Argument(..., help="Log file (.parquet or .jsonl)."),
     cache_dir: Optional[Path] = CacheOpt,
@@ -148,7 +74,7 @@ def embed_cmd(
 
     table = read_logs(log)
     texts = sorted(set(table.column("query").to_pylist()) | set(table.column("prompt").to_pylist()))
-    emb = _embedder(cache_dir, device, batch_size, spec=embedder)
+    emb = make_embedder(cache_dir, device, batch_size, spec=embedder)
     t0 = time.perf_counter()
     emb.embed(texts)
     new = emb.last_new
@@ -159,7 +85,7 @@ def embed_cmd(
 
 
 @app.command("train")
-@_cli_errors
+@cli_errors
 def train_cmd(
     logs: List[Path] = typer.Argument(
         ..., help="Log file(s) (.parquet or .jsonl), or folders of them. Several logs train one model: prompts are "
@@ -213,21 +139,21 @@ def train_cmd(
 
         # One argument keeps the engine's own reading (a folder or glob of shards of one log).
         log = logs[0] if len(logs) == 1 else read_log_set(logs)
-        train_distributed(log, proto, config, out, embedder=_embedder(cache_dir, device, progress=False, spec=embedder),
+        train_distributed(log, proto, config, out, embedder=make_embedder(cache_dir, device, progress=False, spec=embedder),
                           cache_dir=cache_dir, device=device, scheduler=scheduler,
                           workers=workers, partitions=partitions, compile_library=compile, log_fn=err.print)
     else:
         table = read_log_set(logs)
-        source = _source_name(logs)
+        source = source_name(logs)
         # A log no model can learn from is refused before the embedder is built (a first static build takes a while).
         check_trainable(split_log(table, proto, source), source)
-        train_artifact(table, proto, config, _embedder(cache_dir, device, spec=embedder), out,
+        train_artifact(table, proto, config, make_embedder(cache_dir, device, spec=embedder), out,
                        compile_library=compile, log=err.print, source=source)
     err.print(f"wrote model artifact {out}")
 
 
 @app.command("evaluate")
-@_cli_errors
+@cli_errors
 def evaluate_cmd(
     model: Path = typer.Argument(..., help="Model artifact folder written by `oirl train`."),
     logs: List[Path] = typer.Argument(
@@ -260,9 +186,9 @@ def evaluate_cmd(
     check_paths({"MODEL": model, "LOG": logs, "--cache-dir": cache_dir},
                 [Output(report, "--report", JSON_SUFFIXES), Output(plot, "--plot", PNG_SUFFIXES),
                  Output(reliability_plot, "--reliability-plot", PNG_SUFFIXES)])
-    artifact, embedder = _artifact_embedder(model, cache_dir, device)
+    artifact, embedder = artifact_and_embedder(model, cache_dir, device)
     table = read_log_set(logs)
-    log = _source_name(logs)
+    log = source_name(logs)
     protocol = Protocol(**artifact.metadata.protocol)
     check_evaluable(artifact, table, log)  # before the seed fits, not after
     others = [
@@ -290,7 +216,7 @@ def evaluate_cmd(
 
 
 @app.command("demo")
-@_cli_errors
+@cli_errors
 def demo_cmd(
     out: Path = typer.Option(Path("oirl-demo"), help="Folder for logs, models and reports."),
     datasets: List[str] = typer.Option(list(DATASETS), "--dataset", help="Datasets to run (repeatable)."),
@@ -321,7 +247,7 @@ def demo_cmd(
     check_paths({"--source": source, "--cache-dir": cache_dir}, [Output(out, "--out", kind="folder")])
     summaries = run_demo(
         out=out, datasets=datasets, protocols=protocols, backend=backend, source=source,
-        compile_library=compile, embedder=_embedder(cache_dir, device, spec=embedder), console=err, seeds=seeds,
+        compile_library=compile, embedder=make_embedder(cache_dir, device, spec=embedder), console=err, seeds=seeds,
         transfer=transfer,
     )
     if as_json:
@@ -329,7 +255,7 @@ def demo_cmd(
 
 
 @app.command("tradeoff")
-@_cli_errors
+@cli_errors
 def tradeoff_cmd(
     dataset: str = typer.Option("gsm8k", help="Dataset whose answers are logged (gsm8k)."),
     model: Path = typer.Option(Path("oirl-demo/gsm8k/model"), help="Reward model artifact trained on that dataset."),
@@ -358,7 +284,7 @@ def tradeoff_cmd(
 
     check_paths({"--model": model, "--source": source, "--log": log, "--cache-dir": cache_dir},
                 [Output(plot, "--plot", PNG_SUFFIXES)])
-    result = run_tradeoff(model, _artifact_embedder(model, cache_dir, device)[1], source, dataset, limit, log,
+    result = run_tradeoff(model, artifact_and_embedder(model, cache_dir, device)[1], source, dataset, limit, log,
                           seeds=seeds, progress=err.print)
     if plot:
         plot_tradeoff(result, plot)
@@ -383,11 +309,8 @@ def tradeoff_cmd(
         print("* = on the Pareto front; differences with paired-bootstrap 95% CIs")
 
 
-from .cli_score import register as _register_score  # noqa: E402  (needs app, _cli_errors, err above)
-
-_register_score(app)
-from .cli_collect import register as _register_collect  # noqa: E402
-_register_collect(app)
+cli_score.register(app)
+cli_collect.register(app)
 
 
 def main():  # pragma: no cover

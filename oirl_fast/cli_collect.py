@@ -7,13 +7,13 @@ from typing import Optional
 
 import typer
 
+from .cli_common import cli_errors, err
 
 def register(app: typer.Typer) -> None:
     """Add the ``collect`` and ``grade`` commands to ``app``."""
-    from .cli import _cli_errors, err
 
     @app.command("collect")
-    @_cli_errors
+    @cli_errors
     def collect_cmd(
         model: str = typer.Option(..., "--model", "-m", help="Model folder or hub id (Hugging Face layout)."),
         queries: str = typer.Option(
@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
             err.print(line, highlight=False, soft_wrap=True)
 
     @app.command("grade")
-    @_cli_errors
+    @cli_errors
     def grade_cmd(
         in_path: Path = typer.Option(
             ..., "--in", "-i",

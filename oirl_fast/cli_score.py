@@ -7,15 +7,15 @@ from typing import Optional
 
 import typer
 
+from .cli_common import SchedulerOpt, WorkersOpt, cli_errors, err
 from .errors import OirlError
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``score`` command to ``app``."""
-    from .cli import SchedulerOpt, WorkersOpt, _cli_errors, err
 
     @app.command("score")
-    @_cli_errors
+    @cli_errors
     def score_cmd(
         model: Path = typer.Argument(..., help="Model artifact folder written by `oirl train`."),
         in_path: Optional[Path] = typer.Option(

@@ -21,7 +21,8 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
     """Per dataset and protocol, the summary of :func:`oirl_fast.pipeline.summary`; with ``transfer``
     and two datasets or more, also ``transfer``: the leave-one-dataset-out report of
     :func:`oirl_fast.transfer.run_transfer` per dataset (models and reports in ``out/transfer/``)."""
-    from .collect.published import DATASETS, import_published
+    from .collect import DATASETS
+    from .collect.published import import_published
     import hashlib
 
     from .pipeline import evaluate, fit_reward_model, summary, write_artifact

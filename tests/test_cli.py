@@ -286,3 +286,31 @@ def test_evaluate_says_why_headroom_is_missing(tmp_path, mawps_small, cache_dir)
     res = run("evaluate", str(out), str(log), "--seeds", "1", "--json", cache_dir=cache_dir)
     assert res.exit_code == 0 and "headroom not measured" in res.stderr
     assert json.loads(res.stdout)["mawps"]["published"]["headroom"] is None
+
+
+def test_cli_modules_import_no_circle():
+    """cli_common is imported by the command modules and imports none of them; cli_score and
+    cli_collect never import cli (it imports them to register their commands)."""
+    import ast
+    from pathlib import Path
+
+    import oirl_fast
+
+    root = Path(oirl_fast.__file__).parent
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        out = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                out.add(node.module or "")
+                out.update(a.name for a in node.names if node.module is None)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("oirl_fast."):
+                out.add(node.module.split(".", 1)[1])
+        return out
+
+    cli_modules = {"cli", "cli_score", "cli_collect", "cli_common"}
+    assert not imported("cli_common") & cli_modules
+    for name in ("cli_score", "cli_collect"):
+        assert not imported(name) & (cli_modules - {"cli_common"}), name
+    assert {"cli_score", "cli_collect", "cli_common"} <= imported("cli")
