@@ -50,7 +50,7 @@ def train_model(log, spec, out, cache_dir, n_questions):
 
     from oirl_fast.embed import Embedder
     from oirl_fast.encoders import make_encoder
-    from oirl_fast.pipeline import train_artifact
+    from oirl_fast.train.fit import train_artifact
     from oirl_fast.splits import Protocol
     from oirl_fast.train.reward_model import TrainConfig
 

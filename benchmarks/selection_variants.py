@@ -20,7 +20,8 @@ from oirl_fast import metrics
 from oirl_fast.collect.published import import_published
 from oirl_fast.embed import Embedder
 from oirl_fast.features import grid_features
-from oirl_fast.pipeline import split_log, training_examples
+from oirl_fast.splits import split_log
+from oirl_fast.train.fit import training_examples
 from oirl_fast.splits import Protocol, pool
 
 

@@ -122,7 +122,8 @@ def train_cmd(
 ):
     """Fit a reward model r(query, prompt) on the concatenated query and prompt embeddings; write a model artifact."""
     from .multilog import read_log_set
-    from .pipeline import check_trainable, split_log, train_artifact
+    from .train.fit import check_trainable, train_artifact
+    from .splits import split_log
     from .splits import Protocol
     from .train.reward_model import TrainConfig
 
@@ -179,7 +180,8 @@ def evaluate_cmd(
     from dataclasses import replace
 
     from .multilog import read_log_set
-    from .pipeline import check_evaluable, evaluate, evaluate_per_dataset, fit_reward_model, summary
+    from .evaluation import check_evaluable, evaluate, evaluate_per_dataset, summary
+    from .train.fit import fit_reward_model
     from .report import plot_reliability, plot_summary, print_summary, write_json
     from .splits import Protocol
 

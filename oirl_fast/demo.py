@@ -18,14 +18,15 @@ def model_dir(out: Path, dataset: str, protocol: str) -> Path:
 
 def run_demo(out, datasets, protocols, backend, source, compile_library, embedder, console: Console, seeds: int = 5,
              transfer: bool = True) -> dict:
-    """Per dataset and protocol, the summary of :func:`oirl_fast.pipeline.summary`; with ``transfer``
+    """Per dataset and protocol, the summary of :func:`oirl_fast.evaluation.summary`; with ``transfer``
     and two datasets or more, also ``transfer``: the leave-one-dataset-out report of
     :func:`oirl_fast.transfer.run_transfer` per dataset (models and reports in ``out/transfer/``)."""
     from .collect import DATASETS
     from .collect.published import import_published
     import hashlib
 
-    from .pipeline import evaluate, fit_reward_model, summary, write_artifact
+    from .evaluation import evaluate, summary
+    from .train.fit import fit_reward_model, write_artifact
     from .splits import holdout_mask
     from .report import plot_reliability, plot_summary, print_summary, summary_table, write_json
     from .schema import write_logs

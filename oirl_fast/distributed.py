@@ -768,7 +768,7 @@ def train_distributed(
 
     from .embed import Embedder
     from .encoders import encoder_record
-    from .pipeline import FittedModel, train_question_hashes, training_metadata, training_set, write_artifact
+    from .train.fit import FittedModel, train_question_hashes, training_metadata, training_set, write_artifact
     from .train.reward_model import RewardModel, group_validation_split, lightgbm_params, xgboost_params
 
     table = log if isinstance(log, pa.Table) else read_log_parts(log)

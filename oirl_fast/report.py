@@ -44,7 +44,7 @@ def _fmt_headroom(h) -> str:
 
 
 def summary_table(summaries: dict[str, dict[str, dict]], title: str = "Best-of-N selection on held-out queries") -> Table:
-    """summaries[dataset][protocol] -> the flat summary dict of pipeline.summary()."""
+    """summaries[dataset][protocol] -> the flat summary dict of evaluation.summary()."""
     table = Table(title=title, title_justify="left")
     table.add_column("selector")
     cols = [(ds, proto) for ds, per in summaries.items() for proto in per]

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import OirlError
 
@@ -58,7 +59,6 @@ class Protocol:
 def holdout_mask(table: pa.Table, protocol: Protocol) -> np.ndarray:
     """bool (n_rows,): which rows are test rows under ``protocol``."""
     if protocol.name == LODO:
-        import pyarrow.compute as pc
 
         names = pc.unique(table.column("dataset")).to_pylist()
         if protocol.heldout_dataset not in names:
@@ -86,7 +86,6 @@ def excluded_mask(table: pa.Table, protocol: Protocol) -> np.ndarray:
     training on a test question. All False under the other protocols."""
     if protocol.name != LODO:
         return np.zeros(table.num_rows, dtype=bool)
-    import pyarrow.compute as pc
 
     is_test = holdout_mask(table, protocol)
     test_groups = pc.unique(table.column("group").filter(pa.array(is_test)))
@@ -193,3 +192,40 @@ def pool(table: pa.Table, unit: str, prompt_ids: list[str] | None = None) -> Out
         count=count,
         confidence=confidence,
     )
+
+
+@dataclass
+class SplitLog:
+    """A log cut by a protocol: train/test rows and which prompts the model may see."""
+
+    train: pa.Table
+    test: pa.Table
+    prompts: list[tuple[str, str]]  # (id, text) of every prompt, log order
+    train_prompt_ids: list[str]
+    heldout_prompt_ids: list[str]
+
+
+def split_log(table: pa.Table, protocol: Protocol, source=None) -> SplitLog:
+    """``source``: the log's file, named in errors."""
+    if table.num_rows == 0:
+        raise OirlError("the log has no rows", source)
+    try:
+        is_test = holdout_mask(table, protocol)
+        prompts = prompt_catalog(table)
+    except OirlError as exc:
+        raise OirlError(exc.message, exc.path or source, exc.line) from None
+    if not is_test.any() or is_test.all():
+        n_groups = len(pc.unique(table.column("group")))
+        raise OirlError(f"protocol {protocol.name!r} leaves an empty train or test set "
+                        f"({table.num_rows} rows, {n_groups} distinct questions)", source)
+    if len(prompts) < 2:
+        raise OirlError(f"the log has {len(prompts)} prompt ({prompts[0][0]!r}); choosing a prompt needs at least 2",
+                        source)
+    heldout = heldout_prompts(table)
+    train_ids = [p for p, _ in prompts if p not in heldout]
+    train = table.filter(pa.array(~is_test & ~excluded_mask(table, protocol)))
+    if not train.num_rows:
+        raise OirlError(f"protocol {protocol.name!r} leaves no training rows")
+    # Held-out prompts are never shown to the model, whatever rows they were logged on.
+    train = train.filter(pc.is_in(train.column("prompt_id"), pa.array(train_ids)))
+    return SplitLog(train, table.filter(pa.array(is_test)), prompts, train_ids, heldout)

@@ -299,7 +299,7 @@ def _log_answers(log_path, protocol: dict, prompt_ids: list, limit: int | None) 
     """Answers from a log with a ``response`` column (e.g. collected with oirl collect), on the
     test queries of the model's own protocol, so the model never saw them."""
     from .errors import OirlError
-    from .pipeline import split_log
+    from .splits import split_log
     from .schema import read_logs
     from .splits import Protocol
 
@@ -337,7 +337,7 @@ def _seed_models(artifact, table, embedder, seeds: int) -> list:
     from dataclasses import replace
 
     from .errors import OirlError
-    from .pipeline import fit_reward_model
+    from .train.fit import fit_reward_model
     from .splits import Protocol
 
     models = [artifact.model]

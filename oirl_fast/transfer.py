@@ -57,13 +57,14 @@ def run_transfer(
 
     Per held-out dataset D: fits the model (seed 0, saved as ``out/D/model``, plus seeds
     1..seeds-1 for the spread), evaluates it on all of D (``out/D/report.json``) and returns
-    :func:`oirl_fast.pipeline.summary`'s fields plus ``trained_on`` and
+    :func:`oirl_fast.evaluation.summary`'s fields plus ``trained_on`` and
     ``cross_dataset_leakage`` (:func:`cross_dataset_leakage`). A dataset whose held-out
     questions cover every training row gets ``skipped`` (the reason) instead of results.
     """
     from .errors import OirlError
     from .multilog import check_prompts, regroup_across
-    from .pipeline import evaluate, fit_reward_model, summary, write_artifact
+    from .evaluation import evaluate, summary
+    from .train.fit import fit_reward_model, write_artifact
     from .report import write_json
     from .train.reward_model import TrainConfig
 

@@ -324,7 +324,8 @@ def test_distributed_training_auc_matches_single_machine(backend, client, tmp_pa
     import pyarrow.parquet as pq
 
     from oirl_fast.embed import Embedder
-    from oirl_fast.pipeline import evaluate, fit_reward_model, write_artifact
+    from oirl_fast.evaluation import evaluate
+    from oirl_fast.train.fit import fit_reward_model, write_artifact
     from oirl_fast.schema import conform
     from oirl_fast.score import make_scorer, model_candidates
     from oirl_fast.splits import Protocol

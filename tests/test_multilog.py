@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from oirl_fast.cli import app
 from oirl_fast.errors import OirlError
 from oirl_fast.multilog import read_log_set, regroup_across
-from oirl_fast.pipeline import split_log
+from oirl_fast.splits import split_log
 from oirl_fast.schema import from_records, normalize_question, write_logs
 from oirl_fast.splits import LODO, Protocol, holdout_mask
 from oirl_fast.transfer import cross_dataset_leakage

@@ -4,7 +4,7 @@ import pyarrow.compute as pc
 import pytest
 
 from oirl_fast.errors import OirlError
-from oirl_fast.pipeline import split_log
+from oirl_fast.splits import split_log
 from oirl_fast.schema import from_records
 from oirl_fast.splits import Protocol, heldout_prompts, pool, holdout_mask
 
@@ -93,7 +93,7 @@ def _headroom_log(repeats=True):
 
 
 def test_known_question_headroom_hand_computed():
-    from oirl_fast.pipeline import known_question_headroom
+    from oirl_fast.evaluation import known_question_headroom
 
     log = _headroom_log()
     test = pool(log, unit="group", prompt_ids=["p0", "p1"])
@@ -113,7 +113,7 @@ def test_known_question_headroom_hand_computed():
 
 
 def test_headroom_without_repeats_says_what_is_missing():
-    from oirl_fast.pipeline import known_question_headroom
+    from oirl_fast.evaluation import known_question_headroom
 
     log = _headroom_log(repeats=False)
     test = pool(log, unit="group", prompt_ids=["p0", "p1"])

@@ -181,7 +181,8 @@ def test_evaluate_refuses_test_questions_without_the_heldout_prompts(tmp_path, s
 
 def test_evaluate_counts_the_models_training_questions_in_another_log(tmp_path, synth_model, synth_cache):
     from oirl_fast.embed import Embedder
-    from oirl_fast.pipeline import evaluate, split_log
+    from oirl_fast.evaluation import evaluate
+    from oirl_fast.splits import split_log
     from oirl_fast.splits import Protocol
     from oirl_fast.train.artifact import load_artifact
 
@@ -211,7 +212,9 @@ def test_mawps_model_evaluated_on_svamp_reports_its_training_questions(tmp_path,
     """Bundled data: MAWPS's questions reappear in SVAMP's logs. A model trained on (a subset of)
     MAWPS and evaluated on SVAMP's log must count them as seen in training."""
     from oirl_fast.collect.published import import_published
-    from oirl_fast.pipeline import evaluate, fit_reward_model, split_log, write_artifact
+    from oirl_fast.evaluation import evaluate
+    from oirl_fast.train.fit import fit_reward_model, write_artifact
+    from oirl_fast.splits import split_log
     from oirl_fast.splits import Protocol
 
     protocol = Protocol("grouped")
