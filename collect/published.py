@@ -16,7 +16,7 @@ import gzip
 import io
 import json
 import re
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
@@ -27,6 +27,7 @@ import pyarrow as pa
 import oirl_fast
 
 from ..errors import OirlError
+from ..progress import ProgressBar
 from ..schema import conform, group_key
 from . import DATASETS
 from .graders import last_number  # noqa: F401  (re-exported: the one number parser lives in graders)
@@ -314,18 +315,18 @@ def import_published(dataset: str, source: Path | None = None, progress: bool = 
     covers = {"all": all_idx, "train": train_idx, "test": test_idx}
 
     jobs = [(p, rel, cover) for p in prompts for rel, cover in _corr_files(dataset, p)]
-    bar = _progress_bar(len(jobs) + len(prompts), dataset) if progress else nullcontext(None)
+    bar = ProgressBar(f"importing {dataset}", len(jobs) + len(prompts), enabled=progress)
 
     q_parts: list[np.ndarray] = []
     p_parts: list[np.ndarray] = []
     correct_parts: list[np.ndarray] = []
     conf_parts: list[np.ndarray] = []
-    with bar as tracker:
+    with bar:
         confidence: dict[int, np.ndarray] = {}
         for prompt in prompts:
             rel = f"{LOGS_DIR}/critics/Processed_llama_{dataset}_prompt_{prompt.index}_confidence.npy"
             confidence[prompt.index] = _read_confidence(_locate(src, rel), n_test)
-            _advance(tracker)
+            bar.advance()
         for prompt, rel, cover in jobs:
             idx = covers[cover]
             correct_parts.append(_read_corr(_locate(src, rel), len(idx)))
@@ -337,7 +338,7 @@ def import_published(dataset: str, source: Path | None = None, progress: bool = 
             hit = is_test[idx]
             conf[hit] = confidence[prompt.index][test_pos[hit]]
             conf_parts.append(conf)
-            _advance(tracker)
+            bar.advance()
 
     q_take = pa.array(np.concatenate(q_parts))
     p_take = pa.array(np.concatenate(p_parts))
@@ -368,23 +369,6 @@ def import_published(dataset: str, source: Path | None = None, progress: bool = 
         }
     )
     return conform(table, src)
-
-
-def _progress_bar(total: int, dataset: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    @contextmanager
-    def bar():
-        with Progress(TextColumn(f"importing {dataset}"), BarColumn(), MofNCompleteColumn(), transient=True) as prog:
-            yield prog, prog.add_task(dataset, total=total)
-
-    return bar()
-
-
-def _advance(tracker) -> None:
-    if tracker is not None:
-        prog, task = tracker
-        prog.advance(task)
 
 
 __all__ = [

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
 from ..atomic import write_text
 from ..errors import OirlError
+from ..progress import ProgressBar
 from ..schema import from_records, group_key, write_logs
 from .backends import Backend, SamplingConfig, check_lora, check_model, is_local_path, make_backend
 from .graders import get_grader
@@ -195,7 +195,7 @@ def collect(cfg: CollectConfig, backend: Backend | None = None, progress: bool =
 
     t0 = time.perf_counter()
     generated = tokens = 0
-    with _progress(progress, len(requests), resumed) as bar:
+    with ProgressBar("collecting", len(requests), enabled=progress, done=resumed, transient=False) as bar:
         for start in range(0, len(pending), shard_size):
             chunk = [requests[i] for i in pending[start:start + shard_size]]
             chunk_keys = [keys[i] for i in pending[start:start + shard_size]]
@@ -227,8 +227,8 @@ def collect(cfg: CollectConfig, backend: Backend | None = None, progress: bool =
             store.write_shard(from_records(records), n_tokens)
             generated += len(chunk)
             tokens += n_tokens
-            if bar is not None:
-                bar(len(chunk), generated / (time.perf_counter() - t0), tokens / (time.perf_counter() - t0))
+            seconds = time.perf_counter() - t0
+            bar.advance(len(chunk), note=f"{generated / seconds:.2f} req/s  {tokens / seconds:.1f} tok/s")
     seconds = time.perf_counter() - t0
 
     table = store.merged()
@@ -268,25 +268,3 @@ def prompt_accuracy(table) -> list[PromptAccuracy]:
         out.append(PromptAccuracy(pid, int(mask.sum()), int(correct[mask].sum()), float(correct[mask].mean()),
                                   None if np.isnan(c).all() else float(np.nanmean(c))))
     return out
-
-
-@contextmanager
-def _progress(enabled: bool, total: int, done: int) -> Iterator[Callable | None]:
-    """A rich progress bar with requests/s and tokens/s; yields ``advance(n, req_per_s, tok_per_s)``."""
-    if not enabled:
-        with nullcontext():
-            yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ..console import make_console
-
-    with Progress(TextColumn("collecting"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rps]:.2f} req/s  {task.fields[tps]:.1f} tok/s"), TimeElapsedColumn(),
-                  console=make_console()) as prog:
-        task = prog.add_task("collect", total=total, completed=done, rps=0.0, tps=0.0)
-
-        def advance(n: int, rps: float, tps: float) -> None:
-            prog.update(task, advance=n, rps=rps, tps=tps)
-
-        yield advance

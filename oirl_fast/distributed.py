@@ -43,6 +43,7 @@ import numpy as np
 
 from .atomic import atomic_path, write_text
 from .errors import OirlError
+from .progress import ProgressBar
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "oirl-score-parts"
@@ -414,33 +415,6 @@ def merge_parts(parts_dir: Path, records: list[dict], out: Path) -> int:
     return n
 
 
-class _PartitionBar:
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled, self.total, self.done = enabled and total > 0, total, done
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            from .console import make_console
-
-            self._bar = Progress(TextColumn("partitions"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[lines]}", markup=False), TimeRemainingColumn(),
-                                 console=make_console(), transient=True)
-            self._bar.__enter__()
-            self._task = self._bar.add_task("partitions", total=self.total, completed=self.done, lines="")
-        return self
-
-    def advance(self, lines: int):
-        if self.enabled:
-            self._bar.update(self._task, advance=1, lines=f"{lines:,} lines")
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._bar.__exit__(*exc)
-        return False
-
-
 def score_distributed(
     model_dir: str | Path,
     inputs: str | Path | Sequence[str | Path] | None,
@@ -596,13 +570,13 @@ def score_distributed(
                              key=f"oirl-score-{token}-{time.time_ns()}-{p.index:05d}") for p in todo]
         done_lines = sum(r["lines"] for r in kept.values())
         try:
-            with _PartitionBar(progress, len(plan), len(kept)) as bar:
+            with ProgressBar("partitions", len(plan), enabled=progress, done=len(kept)) as bar:
                 for fut in as_completed(futures):
                     rec = fut.result()
                     manifest.update(rec)
                     manifest.save()
                     done_lines += rec["lines"]
-                    bar.advance(done_lines)
+                    bar.advance(1, note=f"{done_lines:,} lines")
         except BaseException:
             for f in futures:
                 f.cancel()

@@ -18,6 +18,7 @@ import numpy as np
 from .atomic import atomic_path
 from .encoders import MAX_TOKENS, MINILM_DIM, MINILM_ID, MiniLMEncoder
 from .errors import OirlError
+from .progress import ProgressBar
 
 MODEL_ID = MINILM_ID
 EMBED_DIM = MINILM_DIM
@@ -250,8 +251,8 @@ class Embedder:
         self.last_new = len(missing)
         if len(missing):
             new_texts = [texts[first[unique[j]]] for j in missing]
-            with _progress(self.progress, len(new_texts), "embedding") as advance:
-                vecs = np.asarray(self.encoder.encode(new_texts, advance), dtype=np.float32)
+            with ProgressBar("embedding", len(new_texts), enabled=self.progress) as bar:
+                vecs = np.asarray(self.encoder.encode(new_texts, bar.advance), dtype=np.float32)
             if vecs.shape != (len(new_texts), self.dim):
                 raise OirlError(f"the encoder returned shape {vecs.shape}, expected ({len(new_texts)}, {self.dim})")
             if self.cache is not None:
@@ -270,31 +271,3 @@ def embedder_for_artifact(metadata, cache_dir: str | Path | None = None, device:
 
     enc = encoder_for_record(artifact_record(metadata, where), cache_dir, device, batch_size, precision, override, where, log)
     return Embedder(cache_dir=cache_dir, progress=progress, use_cache=use_cache, encoder=enc)
-
-
-class _progress:
-    """A rich progress bar that is a no-op when disabled or nothing is to be done."""
-
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.enabled = enabled and total > 0
-        self.total, self.label = total, label
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from .console import make_console
-
-        self._bar = Progress(
-            TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=make_console(), transient=True,
-        )
-        self._bar.__enter__()
-        task = self._bar.add_task(self.label, total=self.total)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._bar.__exit__(*exc)
-        return False

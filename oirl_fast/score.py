@@ -43,6 +43,7 @@ import numpy as np
 from .errors import OirlError
 from .jsonl import BadLine, count_lines, iter_lines, iter_objects, iter_stream_lines, parse_json_line
 from .paths import JSON_SUFFIXES, JSONL_SUFFIXES, Output, check_paths, is_stdio, is_stream
+from .progress import ProgressBar
 
 DEFAULT_CHUNK = 2048
 # Materialized fallback paths build at most this many pair rows at a time.
@@ -956,11 +957,11 @@ def score_file(
             f"with the {scorer.path}" + (f"; resuming after line {skip}" if skip else ""))
 
         items = _iter_jsonl_items(src, skip) if emb_matrix is None else _iter_embedding_items(src, skip)
-        bar = _Progress(progress, None if total_lines is None else total_lines - skip)
+        bar = ProgressBar("scoring", None if total_lines is None else total_lines - skip, enabled=progress)
 
         def advance(n: int) -> None:
             summary.lines = skip + summary.scored + summary.errors
-            bar.advance(n, summary.pairs)
+            bar.advance(n, note=f"{summary.pairs / bar.elapsed:,.0f} pairs/s")
 
         from .atomic import write_errors, write_text
 
@@ -1086,36 +1087,3 @@ def _embed_queries(texts: list[str], get_embedder) -> np.ndarray:
     if found.any():
         out[found] = vectors
     return out
-
-
-class _Progress:
-    """rich progress bar with lines and pairs/s; a no-op when disabled."""
-
-    def __init__(self, enabled: bool, total: int | None):
-        self.enabled = enabled and (total is None or total > 0)  # None: a stream of unknown length
-        self.total = total
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            from .console import make_console
-
-            self._bar = Progress(
-                TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}", markup=False),
-                TimeRemainingColumn(), console=make_console(), transient=True,
-            )
-            self._bar.__enter__()
-            self._task = self._bar.add_task("scoring", total=self.total, rate="")
-            self._t0 = time.perf_counter()
-        return self
-
-    def advance(self, lines: int, pairs: int):
-        if self.enabled:
-            dt = max(1e-9, time.perf_counter() - self._t0)
-            self._bar.update(self._task, advance=lines, rate=f"{pairs / dt:,.0f} pairs/s")
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._bar.__exit__(*exc)
-        return False
