@@ -351,61 +351,105 @@ def _array_sha256(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
-# Pre-tokenization of texts made only of printable ASCII, tab, CR and LF, exactly as the
-# model's BERT normalizer (clean text, lowercase) and pre-tokenizer (split at whitespace,
-# every punctuation character a word of its own) do it: a run of letters and digits, or one
-# other character. Other texts go through the Rust tokenizer whole.
-_WORD_SAFE = re.compile(r"[\t\n\r -~]*")
-_ASCII_WORD = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
-_SEP = "\x00"  # between texts of a batch; never in a word-safe text, and a word of its own
-MAX_CACHED_WORDS = 200_000
+# Texts made only of printable ASCII, tab, CR and LF are normalized character by character
+# (clean text, lowercase), and the pre-tokenizer splits them at whitespace before splitting
+# off punctuation, so each whitespace-separated piece tokenizes on its own to the ids it
+# gets inside the text. Other texts go through the tokenizer whole.
+_PIECE_SAFE = re.compile(r"[\t\n\r -~]*")
+_SEP = " \x00 "  # between texts of a batch: a piece of its own, never in a piece-safe text
+MAX_CACHED_PIECES = 200_000
 
 
-def _sum_token_rows_py(flat, starts, ends, limit, unk, table, sums, counts):  # pragma: no cover - numba
+def _sum_rows_py(pieces, starts, ends, piece_start, piece_len, tokens, limit, unk, table, sums,
+                 counts):  # pragma: no cover - numba
     """sums[i] = the rows of ``table`` for the first ``limit`` tokens of text i, [UNK] left out,
-    added one token after the other in float32 (model2vec's order); counts[i] = how many."""
+    added one token after the other in float32 (model2vec's order); counts[i] = how many.
+
+    Text i is pieces[starts[i]:ends[i]]; piece w is tokens[piece_start[w]:piece_start[w] + piece_len[w]]
+    (a text tokenized whole is one piece)."""
     d = table.shape[1]
     for i in range(starts.shape[0]):
         n = 0
-        stop = min(ends[i], starts[i] + limit)
-        for p in range(starts[i], stop):
-            t = flat[p]
-            if t == unk:
-                continue
-            if n == 0:
-                for j in range(d):
-                    sums[i, j] = table[t, j]
-            else:
-                for j in range(d):
-                    sums[i, j] += table[t, j]
-            n += 1
+        seen = 0
+        for q in range(starts[i], ends[i]):
+            w = pieces[q]
+            a = piece_start[w]
+            for p in range(a, a + piece_len[w]):
+                if seen == limit:
+                    break
+                seen += 1
+                t = tokens[p]
+                if t == unk:
+                    continue
+                if n == 0:
+                    for j in range(d):
+                        sums[i, j] = table[t, j]
+                else:
+                    for j in range(d):
+                        sums[i, j] += table[t, j]
+                n += 1
         counts[i] = n
 
 
 _compiled: dict = {}
 
 
-def _sum_token_rows(*args) -> None:
-    """:func:`_sum_token_rows_py` compiled by numba on first use (and cached on disk by numba)."""
+def _sum_rows(*args) -> None:
+    """:func:`_sum_rows_py` compiled by numba on first use (cached on disk by numba; without the GIL)."""
     fn = _compiled.get("sum")
     if fn is None:
         from numba import njit
 
-        fn = _compiled["sum"] = njit(cache=True)(_sum_token_rows_py)
+        fn = _compiled["sum"] = njit(cache=True, nogil=True)(_sum_rows_py)
     fn(*args)
+
+
+class _PieceTable:
+    """Token ids of the pieces seen so far: ``index[piece]`` -> w, tokens of w in ``tokens`` at
+    ``start[w]`` (``length[w]`` of them). Arrays grow by doubling; index 0 is the text separator."""
+
+    def __init__(self):
+        self.index = {_SEP.strip(" "): 0}
+        self.start = np.zeros(1024, dtype=np.int64)
+        self.length = np.zeros(1024, dtype=np.int64)
+        self.tokens = np.zeros(4096, dtype=np.int32)
+        self.n_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def add(self, pieces: list[str], ids: list[list[int]]) -> None:
+        first = len(self.index)
+        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lens.sum()))
+        self.start = _grown(self.start, first + len(pieces))
+        self.length = _grown(self.length, first + len(pieces))
+        self.tokens = _grown(self.tokens, self.n_tokens + len(flat))
+        self.length[first : first + len(pieces)] = lens
+        self.start[first : first + len(pieces)] = self.n_tokens + np.cumsum(lens) - lens
+        self.tokens[self.n_tokens : self.n_tokens + len(flat)] = flat
+        self.n_tokens += len(flat)
+        self.index.update(zip(pieces, range(first, first + len(pieces))))
+
+
+def _grown(a: np.ndarray, size: int) -> np.ndarray:
+    if size <= len(a):
+        return a
+    b = np.zeros(max(size, 2 * len(a)), dtype=a.dtype)
+    b[: len(a)] = a
+    return b
 
 
 class StaticEncoder:
     """model2vec static embeddings: a token-embedding lookup and a mean; float32 (n, 256), unit rows.
 
     ``encode`` gives the vectors of model2vec's ``StaticModel.encode`` bit for bit (tested), faster:
-    a text of printable ASCII is split into words in one regular-expression pass over the whole
-    batch and each distinct word is tokenized once by the model's tokenizer, then remembered (the
-    memory starts again past ``MAX_CACHED_WORDS``); WordPiece splits words independently, so the token ids are those of
-    tokenizing the text whole. Other texts go to the tokenizer whole. The token rows are then
-    summed by a compiled loop in model2vec's order and dtype, and averaged, rounded and normalized
-    with model2vec's own numpy calls. A model with per-token weights or a vocabulary mapping (not
-    what the distillation here builds) is encoded by model2vec itself."""
+    a text of printable ASCII is split at whitespace (one ``str.split`` for the whole batch) and
+    each distinct piece is tokenized once by the model's tokenizer and remembered (the memory
+    starts again past ``MAX_CACHED_PIECES``); other texts go to the tokenizer whole. A compiled
+    loop then sums the token rows in model2vec's order and dtype, and the mean is rounded and
+    normalized with model2vec's own numpy calls. A model with per-token weights or a vocabulary
+    mapping (not what the distillation here builds) is encoded by model2vec itself."""
 
     kind = "static"
     name = f"static:{MINILM_ID}@pca{STATIC_PCA_DIMS}"
@@ -436,7 +480,7 @@ class StaticEncoder:
             self._unk = -1 if m.unk_token_id is None else int(m.unk_token_id)
             self._max_tokens = m.max_length if m.max_length is not None else np.iinfo(np.int64).max
             self._max_chars = None if m.max_length is None else m.max_length * m.median_token_length
-            self._words: dict[str, tuple] = {_SEP: (-1,)}
+            self._pieces = _PieceTable()
             # the tokenizer matches its added tokens ([UNK], [PAD], ...) in the raw text before
             # splitting it: texts that may hold one go to it whole
             added = [t.content for t in m.tokenizer.get_added_tokens_decoder().values() if t.content]
@@ -470,17 +514,49 @@ class StaticEncoder:
         return out
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        n = len(texts)
         if self._max_chars is not None:
             m = self._max_chars
             texts = [t[:m] for t in texts]  # model2vec cuts the characters first, then the tokens
-        flat, starts, ends = self._token_ids(texts)
-        sums = np.zeros((len(texts), self.dim), dtype=np.float32)
-        counts = np.empty(len(texts), dtype=np.int64)
-        _sum_token_rows(flat, starts, ends, self._max_tokens, self._unk, self._table, sums, counts)
+        added = self._added
+        joined = "\n".join(texts)
+        if _PIECE_SAFE.fullmatch(joined) and (added is None or added.search(joined) is None):
+            safe = np.ones(n, dtype=bool)
+        else:
+            safe = np.fromiter((_PIECE_SAFE.fullmatch(t) is not None and (added is None or added.search(t) is None)
+                                for t in texts), dtype=bool, count=n)
+        starts = np.empty(n, dtype=np.int64)
+        ends = np.empty(n, dtype=np.int64)
+        sums = np.zeros((n, self.dim), dtype=np.float32)
+        counts = np.zeros(n, dtype=np.int64)
+        if safe.any():
+            idx = np.flatnonzero(safe)
+            pieces = self._piece_indices(texts if len(idx) == n else [texts[i] for i in idx])
+            seps = np.flatnonzero(pieces == 0)
+            part_starts = np.concatenate(([0], seps + 1))
+            part_ends = np.concatenate((seps, [len(pieces)]))
+            part_sums = np.zeros((len(idx), self.dim), dtype=np.float32)
+            part_counts = np.zeros(len(idx), dtype=np.int64)
+            t = self._pieces
+            _sum_rows(pieces, part_starts, part_ends, t.start, t.length, t.tokens, self._max_tokens, self._unk,
+                      self._table, part_sums, part_counts)
+            sums[idx], counts[idx] = part_sums, part_counts
+        if not safe.all():
+            idx = np.flatnonzero(~safe)
+            encs = self._model.tokenizer.encode_batch_fast([texts[i] for i in idx], add_special_tokens=False)
+            ids = [e.ids for e in encs]
+            lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+            tokens = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lens.sum()))
+            one = np.arange(len(idx), dtype=np.int64)  # each text is one piece of its own
+            part_sums = np.zeros((len(idx), self.dim), dtype=np.float32)
+            part_counts = np.zeros(len(idx), dtype=np.int64)
+            _sum_rows(one, one, one + 1, np.cumsum(lens) - lens, lens, tokens, self._max_tokens, self._unk,
+                      self._table, part_sums, part_counts)
+            sums[idx], counts[idx] = part_sums, part_counts
         # model2vec: a float32 mean stored in the weights' dtype, then normalized in float32 and
         # stored in that dtype again; a text without tokens stays zero
         nonempty = counts > 0
-        pooled = np.zeros((len(texts), self.dim), dtype=self._dtype)
+        pooled = np.zeros((n, self.dim), dtype=self._dtype)
         pooled[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(self._dtype)
         if self._model.normalize:
             p32 = pooled.astype(np.float32)
@@ -488,52 +564,20 @@ class StaticEncoder:
             pooled = (p32 / norm).astype(self._dtype)
         return pooled
 
-    def _token_ids(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Token ids of every text, concatenated (int32), with each text's [start, end) in them."""
-        added = self._added
-        joined = "\n".join(texts)
-        if _WORD_SAFE.fullmatch(joined) and (added is None or added.search(joined) is None):
-            safe = np.ones(len(texts), dtype=bool)
-        else:
-            safe = np.fromiter((_WORD_SAFE.fullmatch(t) is not None and (added is None or added.search(t) is None)
-                                for t in texts), dtype=bool, count=len(texts))
-        starts = np.empty(len(texts), dtype=np.int64)
-        ends = np.empty(len(texts), dtype=np.int64)
-        parts = []
-        if safe.any():
-            idx = np.flatnonzero(safe)
-            flat = self._word_ids([texts[i] for i in idx]) if len(idx) < len(texts) else self._word_ids(texts)
-            seps = np.flatnonzero(flat == -1)
-            starts[idx] = np.concatenate(([0], seps + 1))
-            ends[idx] = np.concatenate((seps, [len(flat)]))
-            parts.append(flat)
-        if not safe.all():
-            idx = np.flatnonzero(~safe)
-            encs = self._model.tokenizer.encode_batch_fast([texts[i] for i in idx], add_special_tokens=False)
-            lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
-            base = len(parts[0]) if parts else 0
-            ends[idx] = base + np.cumsum(lens)
-            starts[idx] = ends[idx] - lens
-            parts.append(np.fromiter(chain.from_iterable(e.ids for e in encs), dtype=np.int32, count=int(lens.sum())))
-        flat = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return flat, starts, ends
-
-    def _word_ids(self, texts: list[str]) -> np.ndarray:
-        """Token ids of word-safe texts, concatenated, with -1 between two texts."""
-        words = _ASCII_WORD.findall(_SEP.join(texts).lower())
-        known = self._words
-        new = set(words).difference(known)
+    def _piece_indices(self, texts: list[str]) -> np.ndarray:
+        """The piece-table index of every whitespace-separated piece of piece-safe texts, in order,
+        with 0 between two texts (int64)."""
+        pieces = _SEP.join(texts).lower().split()
+        table = self._pieces
+        new = set(pieces).difference(table.index)
         if new:
-            if len(known) + len(new) > MAX_CACHED_WORDS:
-                known.clear()
-                known[_SEP] = (-1,)
-                new = set(words).difference(known)
+            if len(table) + len(new) > MAX_CACHED_PIECES:
+                table = self._pieces = _PieceTable()
+                new = set(pieces).difference(table.index)
             new = sorted(new)
-            for w, e in zip(new, self._model.tokenizer.encode_batch_fast(new, add_special_tokens=False)):
-                known[w] = tuple(e.ids)
-        pieces = list(map(known.__getitem__, words))
-        n = sum(map(len, pieces))
-        return np.fromiter(chain.from_iterable(pieces), dtype=np.int32, count=n)
+            encs = self._model.tokenizer.encode_batch_fast(new, add_special_tokens=False)
+            table.add(new, [e.ids for e in encs])
+        return np.fromiter(map(table.index.__getitem__, pieces), dtype=np.int64, count=len(pieces))
 
 
 # --------------------------------------------------------------------------------------

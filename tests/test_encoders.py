@@ -130,9 +130,9 @@ def test_static_build_is_deterministic_cached_and_atomic(static_cache, tmp_path,
     assert encoders.make_encoder("static", static_cache).weights_sha256 == enc.weights_sha256
 
 
-# texts the word-splitting fast path must hand to the tokenizer whole, or handle as model2vec does
+# texts the piece-splitting fast path must hand to the tokenizer whole, or handle as model2vec does
 EDGE_TEXTS = [
-    "", " ", "\t\n\r", "??!!", "#####", "[UNK]", "a [unk] b [PAD] c", "[UNK] [UNK]", "[MASK] [CLS] [SEP]",
+    "", " ", "\t\n\r", "??!!", "#####", "[UNK]", "a [unk] b [PAD] c", "x[UNK]y", "[UNK] [UNK]", "[MASK] [CLS] [SEP]",
     "zzqx qqqzv xkcdw", "x" * 101, "y" * 100 + " ok", "a" * 5000, "word " * 2000, "caf\u00e9 na\u00efve \u00c5ngstr\u00f6m",
     "\u4e2d\u6587 text", "emoji \U0001F600 ok", "\x00nul", "\x0bvt\x0cff\x1fus", "line\u2028sep", "\u00a0nbsp",
     "\u0301", "\ufffd", "a\u200bb", "\u00dcn\u00efc\u00f6d\u00e9 " * 700, "tab\tsep\rcr\nlf", "It costs $3.50 (or 35%)!",
@@ -142,15 +142,20 @@ EDGE_TEXTS = [
 
 @pytest.mark.slow
 def test_static_encode_is_model2vec_bit_for_bit(static_cache, monkeypatch):
-    """The fast path (words split by a regex, each word tokenized once, a compiled sum) gives
+    """The fast path (texts split at whitespace, each piece tokenized once, a compiled sum) gives
     StaticModel.encode's vectors exactly: on every bundled GSM8K question, across batch
-    boundaries, with the word memory cleared mid-run, and on texts it must hand over whole."""
+    boundaries, with the piece memory cleared mid-run, and on texts it must hand over whole."""
     from oirl_fast.collect.published import import_published
 
     enc = encoders.make_encoder("static", static_cache)
     assert enc._fast  # the distilled model has no per-token weights or vocabulary mapping
     questions = sorted(set(import_published("gsm8k").column("query").to_pylist()))
-    texts = questions + EDGE_TEXTS + [t.upper() for t in questions[:200]] + questions[:300]  # repeats: memorised words
+    rng = np.random.default_rng(0)
+    ascii_chars = np.array([chr(c) for c in range(32, 127)] + ["\t", "\n", "\r"])
+    fuzz = ["".join(rng.choice(ascii_chars, size=rng.integers(0, 80))) for _ in range(1500)]
+    fuzz += ["".join(rng.choice(list("ab1 .,-'#[]UNK"), size=rng.integers(0, 200))) for _ in range(500)]
+    texts = (questions + EDGE_TEXTS + fuzz + [t.upper() for t in questions[:200]]
+             + questions[:300])  # repeats: memorised pieces
     want = enc._model.encode(texts, use_multiprocessing=False).astype(np.float32)
     got = enc.encode(texts)
     assert got.dtype == np.float32 and got.shape == want.shape
@@ -158,12 +163,12 @@ def test_static_encode_is_model2vec_bit_for_bit(static_cache, monkeypatch):
     edge = got[len(questions):]
     assert not edge[EDGE_TEXTS.index("")].any() and not edge[EDGE_TEXTS.index("[UNK] [UNK]")].any()  # no tokens: zeros
 
-    # small batches and a word memory that fills up and starts again: the same bits
-    monkeypatch.setattr(encoders, "MAX_CACHED_WORDS", 500)
+    # small batches and a piece memory that fills up and starts again: the same bits
+    monkeypatch.setattr(encoders, "MAX_CACHED_PIECES", 500)
     small = encoders.StaticEncoder(enc.folder, batch_size=97)
     calls = []
     got = small.encode(texts, progress=calls.append)
-    assert sum(calls) == len(texts) and len(small._words) < len(enc._words)  # it was cleared on the way
+    assert sum(calls) == len(texts) and len(small._pieces) < len(enc._pieces)  # it was cleared on the way
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     # one text at a time, as a single query would come
     for i in (0, len(questions) + EDGE_TEXTS.index("[UNK]"), len(questions) + EDGE_TEXTS.index("a" * 5000)):
