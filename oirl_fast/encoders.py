@@ -351,12 +351,16 @@ def _array_sha256(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
-# Texts made only of printable ASCII, tab, CR and LF are normalized character by character
-# (clean text, lowercase), and the pre-tokenizer splits them at whitespace before splitting
-# off punctuation, so each whitespace-separated piece tokenizes on its own to the ids it
-# gets inside the text. Other texts go through the tokenizer whole.
-_PIECE_SAFE = re.compile(r"[\t\n\r -~]*")
-_SEP = " \x00 "  # between texts of a batch: a piece of its own, never in a piece-safe text
+# The BERT normalizer (clean text, NFD, lowercase, accents off) changes a text character by
+# character (case and canonical order only look inside a word), and the pre-tokenizer splits at
+# whitespace before it splits off punctuation, so each whitespace-separated piece of a text
+# tokenizes on its own to the ids it gets inside the text. Python's str.split and the
+# tokenizer agree on whitespace, except for the control characters below, which the normalizer
+# deletes and str.split splits at (and NUL, our separator): texts holding one go through the
+# tokenizer whole.
+_SPLITS_OTHERWISE = re.compile("[\x00\x0b\x0c\x1c-\x1f\x85]")
+_SEP = " \x00 "  # between texts of a batch: a piece of its own
+_ASCII_WORDS = re.compile(r"[a-z0-9]+|[^a-z0-9]")  # BERT's words in a lowercase ASCII piece
 MAX_CACHED_PIECES = 200_000
 
 
@@ -481,11 +485,27 @@ class StaticEncoder:
             self._max_tokens = m.max_length if m.max_length is not None else np.iinfo(np.int64).max
             self._max_chars = None if m.max_length is None else m.max_length * m.median_token_length
             self._pieces = _PieceTable()
+            self._vocab = self._python_wordpiece_vocab(m.tokenizer)
             # the tokenizer matches its added tokens ([UNK], [PAD], ...) in the raw text before
             # splitting it: texts that may hold one go to it whole
             added = [t.content for t in m.tokenizer.get_added_tokens_decoder().values() if t.content]
             self._added = re.compile("|".join(map(re.escape, added)), re.IGNORECASE) if added else None
             self._lock = threading.Lock()
+
+    def _python_wordpiece_vocab(self, tokenizer) -> dict | None:
+        """The vocabulary, when the tokenizer is BERT's (lowercasing normalizer, BERT pre-tokenizer,
+        WordPiece with an [UNK]) so that :meth:`_wordpiece` gives its ids for ASCII pieces; else None."""
+        from tokenizers.models import WordPiece
+
+        spec = json.loads(tokenizer.to_str())
+        norm, pre, model = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}, tokenizer.model
+        if not (isinstance(model, WordPiece) and norm.get("type") == "BertNormalizer" and norm.get("lowercase")
+                and norm.get("clean_text") and pre.get("type") == "BertPreTokenizer" and self._unk >= 0
+                and tokenizer.token_to_id(model.unk_token) == self._unk):
+            return None
+        self._subword_prefix = model.continuing_subword_prefix
+        self._max_word_chars = int(model.max_input_chars_per_word)
+        return tokenizer.get_vocab(with_added_tokens=False)
 
     @property
     def identity(self) -> dict:
@@ -520,10 +540,10 @@ class StaticEncoder:
             texts = [t[:m] for t in texts]  # model2vec cuts the characters first, then the tokens
         added = self._added
         joined = "\n".join(texts)
-        if _PIECE_SAFE.fullmatch(joined) and (added is None or added.search(joined) is None):
+        if _SPLITS_OTHERWISE.search(joined) is None and (added is None or added.search(joined) is None):
             safe = np.ones(n, dtype=bool)
         else:
-            safe = np.fromiter((_PIECE_SAFE.fullmatch(t) is not None and (added is None or added.search(t) is None)
+            safe = np.fromiter((_SPLITS_OTHERWISE.search(t) is None and (added is None or added.search(t) is None)
                                 for t in texts), dtype=bool, count=n)
         starts = np.empty(n, dtype=np.int64)
         ends = np.empty(n, dtype=np.int64)
@@ -567,7 +587,10 @@ class StaticEncoder:
     def _piece_indices(self, texts: list[str]) -> np.ndarray:
         """The piece-table index of every whitespace-separated piece of piece-safe texts, in order,
         with 0 between two texts (int64)."""
-        pieces = _SEP.join(texts).lower().split()
+        joined = _SEP.join(texts)
+        # lowercase ASCII shares table entries across cases; other text is left as it is (the
+        # tokenizer's own lowercasing of it may differ from Python's)
+        pieces = (joined.lower() if joined.isascii() else joined).split()
         table = self._pieces
         new = set(pieces).difference(table.index)
         if new:
@@ -575,9 +598,54 @@ class StaticEncoder:
                 table = self._pieces = _PieceTable()
                 new = set(pieces).difference(table.index)
             new = sorted(new)
-            encs = self._model.tokenizer.encode_batch_fast(new, add_special_tokens=False)
-            table.add(new, [e.ids for e in encs])
+            if self._vocab is None:
+                ids = [e.ids for e in self._model.tokenizer.encode_batch_fast(new, add_special_tokens=False)]
+            else:
+                ids = [None] * len(new)
+                other = []
+                for i, p in enumerate(new):
+                    if p.isascii() and p.isprintable():  # the normalizer deletes ASCII controls
+                        ids[i] = self._wordpiece(p.lower())
+                    else:
+                        other.append(i)
+                if other:
+                    encs = self._model.tokenizer.encode_batch_fast([new[i] for i in other], add_special_tokens=False)
+                    for i, e in zip(other, encs):
+                        ids[i] = e.ids
+            table.add(new, ids)
         return np.fromiter(map(table.index.__getitem__, pieces), dtype=np.int64, count=len(pieces))
+
+    def _wordpiece(self, piece: str) -> list[int]:
+        """Token ids of a lowercase ASCII piece, as the Rust WordPiece gives them: its words
+        (letter-and-digit runs, single punctuation), each split greedily longest-first into
+        vocabulary entries ("##" before all but the first), [UNK] for a word that cannot be
+        split or is over the model's length limit. Rust's tokenizer costs about 30 us a piece here."""
+        vocab, unk, prefix, longest = self._vocab, self._unk, self._subword_prefix, self._max_word_chars
+        out: list[int] = []
+        for word in _ASCII_WORDS.findall(piece):
+            if len(word) > longest:
+                out.append(unk)
+                continue
+            i = vocab.get(word)
+            if i is not None:  # most words are one token
+                out.append(i)
+                continue
+            sub: list[int] = []
+            start, n = 0, len(word)
+            while start < n:
+                end = n
+                while end > start:
+                    i = vocab.get(word[start:end] if start == 0 else prefix + word[start:end])
+                    if i is not None:
+                        break
+                    end -= 1
+                if end == start:
+                    sub = [unk]
+                    break
+                sub.append(i)
+                start = end
+            out.extend(sub)
+        return out
 
 
 # --------------------------------------------------------------------------------------

@@ -148,12 +148,18 @@ def test_static_encode_is_model2vec_bit_for_bit(static_cache, monkeypatch):
     from oirl_fast.collect.published import import_published
 
     enc = encoders.make_encoder("static", static_cache)
-    assert enc._fast  # the distilled model has no per-token weights or vocabulary mapping
+    assert enc._fast and enc._vocab  # no per-token weights or vocabulary mapping; a BERT WordPiece tokenizer
     questions = sorted(set(import_published("gsm8k").column("query").to_pylist()))
     rng = np.random.default_rng(0)
     ascii_chars = np.array([chr(c) for c in range(32, 127)] + ["\t", "\n", "\r"])
     fuzz = ["".join(rng.choice(ascii_chars, size=rng.integers(0, 80))) for _ in range(1500)]
     fuzz += ["".join(rng.choice(list("ab1 .,-'#[]UNK"), size=rng.integers(0, 200))) for _ in range(500)]
+    # unicode the normalizer changes (accents, case, CJK, spaces, controls, combining marks, final sigma)
+    uni = np.array(list("aAzZ09 .,'-#\t\n\r\x01\x7f\x0b\x1f\x85\xa0\u00e9\u00c9\u0301\u03a3\u03c3\u0130\u00df\u4e2d\u3000"
+                        "\u2028\u200b\u2019\u201c\u20ac\u00bd\ufb01\U0001F600\ufffd"))
+    split_same = np.array([c for c in uni if c not in "\x0b\x1f\x85"])  # texts that are split into pieces
+    fuzz += ["".join(rng.choice(split_same, size=rng.integers(0, 60))) for _ in range(1500)]
+    fuzz += ["".join(rng.choice(uni, size=rng.integers(0, 60))) for _ in range(300)]
     texts = (questions + EDGE_TEXTS + fuzz + [t.upper() for t in questions[:200]]
              + questions[:300])  # repeats: memorised pieces
     want = enc._model.encode(texts, use_multiprocessing=False).astype(np.float32)
