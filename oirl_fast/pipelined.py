@@ -1,10 +1,10 @@
 """Three-stage scoring pipeline: a reader thread, the scoring loop, a writer thread.
 
 Reading and parsing the next chunks and writing finished ones run beside the loop
-that embeds and scores the current chunk.  The parts that release the GIL (the
-Rust tokenizer of the static embedder, torch, the numba kernel, file writes) then
-overlap with the Python parts (JSON parsing and formatting), which is what two cores
-can gain.  Queues of two chunks keep memory bounded by a handful of chunks, and the
+that embeds and scores the current chunk.  The parts that release the GIL (torch,
+the numba kernels: the static embedder's pooling sum and the scorer; file writes)
+then overlap with the Python parts (JSON parsing and formatting, the static
+embedder's piece splitting), which is what two cores can gain.  Queues of two chunks keep memory bounded by a handful of chunks, and the
 writer takes chunks in input order, so the output is byte for byte the serial one.
 """
 from __future__ import annotations
