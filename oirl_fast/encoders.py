@@ -448,12 +448,13 @@ class StaticEncoder:
     """model2vec static embeddings: a token-embedding lookup and a mean; float32 (n, 256), unit rows.
 
     ``encode`` gives the vectors of model2vec's ``StaticModel.encode`` bit for bit (tested), faster:
-    a text of printable ASCII is split at whitespace (one ``str.split`` for the whole batch) and
-    each distinct piece is tokenized once by the model's tokenizer and remembered (the memory
-    starts again past ``MAX_CACHED_PIECES``); other texts go to the tokenizer whole. A compiled
-    loop then sums the token rows in model2vec's order and dtype, and the mean is rounded and
-    normalized with model2vec's own numpy calls. A model with per-token weights or a vocabulary
-    mapping (not what the distillation here builds) is encoded by model2vec itself."""
+    a batch is split at whitespace with one ``str.split``; each distinct piece is tokenized once
+    (ASCII pieces by :meth:`_wordpiece`, others by the model's tokenizer) and remembered (the
+    memory starts again past ``MAX_CACHED_PIECES``); texts the split could get wrong go to the
+    tokenizer whole. A compiled loop sums the token rows in model2vec's order and dtype, and the
+    mean is rounded and normalized with model2vec's own numpy calls. A model with per-token
+    weights or a vocabulary mapping (not what the distillation here builds) is encoded by
+    model2vec itself."""
 
     kind = "static"
     name = f"static:{MINILM_ID}@pca{STATIC_PCA_DIMS}"
