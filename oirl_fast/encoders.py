@@ -361,7 +361,7 @@ def _array_sha256(a: np.ndarray) -> str:
 _SPLITS_OTHERWISE = re.compile("[\x00\x0b\x0c\x1c-\x1f\x85]")
 _SEP = " \x00 "  # between texts of a batch: a piece of its own
 _ASCII_WORDS = re.compile(r"[a-z0-9]+|[^a-z0-9]")  # BERT's words in a lowercase ASCII piece
-MAX_CACHED_PIECES = 200_000
+MAX_CACHED_PIECES = 100_000  # about 15 MB of dict and arrays
 
 
 def _sum_rows_py(pieces, starts, ends, piece_start, piece_len, tokens, limit, unk, table, sums,

@@ -181,6 +181,13 @@ def test_static_encode_is_model2vec_bit_for_bit(static_cache, monkeypatch):
         assert np.array_equal(small.encode([texts[i]])[0], want[i])
     assert small.encode([]).shape == (0, 256)
 
+    # a tokenizer the Python WordPiece does not stand in for: every piece goes to the tokenizer
+    rust_only = encoders.StaticEncoder(enc.folder)
+    rust_only._vocab = None
+    some = texts[:300] + EDGE_TEXTS + fuzz[::10]
+    ref = enc._model.encode(some, use_multiprocessing=False).astype(np.float32)
+    assert np.array_equal(rust_only.encode(some).view(np.uint32), ref.view(np.uint32))
+
 
 def test_static_build_is_keyed_by_its_settings(monkeypatch, tmp_path):
     base = encoders.static_settings()
