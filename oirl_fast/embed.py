@@ -232,7 +232,9 @@ class Embedder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise OirlError(f"text #{i} is {type(t).__name__}, not a string")
-        keys = [text_key(t) for t in texts]
+        # the text itself keys the de-duplication when nothing is looked up (hashing cost more
+        # than the static encoder's embedding)
+        keys = [text_key(t) for t in texts] if self.cache is not None else texts
         first: dict[str, int] = {}
         for i, k in enumerate(keys):
             first.setdefault(k, i)

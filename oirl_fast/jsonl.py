@@ -50,10 +50,16 @@ def _is_valid_unicode(raw: str, obj) -> bool:
     return True
 
 
+# One decoder for every line: json.loads with these options would build a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def parse_json_line(raw: str):
     """Parse one line of JSON strictly; raise :class:`BadLine` with the reason."""
     try:
-        obj = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        if raw.startswith("\ufeff"):  # what json.loads refuses before decoding
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", raw, 0)
+        obj = _DECODER.decode(raw)
     except json.JSONDecodeError as exc:
         raise BadLine(f"malformed JSON ({exc.msg} at column {exc.colno})") from None
     except RecursionError:

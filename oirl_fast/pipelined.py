@@ -1,11 +1,14 @@
-"""Three-stage scoring pipeline: a reader thread, the scoring loop, a writer thread.
+"""Scoring pipeline: the reading and scoring loop, and a writer thread.
 
-Reading and parsing the next chunks and writing finished ones run beside the loop
-that embeds and scores the current chunk.  The parts that release the GIL (the
-Rust tokenizer of the static embedder, torch, the numba kernel, file writes) then
-overlap with the Python parts (JSON parsing and formatting), which is what two cores
-can gain.  Queues of two chunks keep memory bounded by a handful of chunks, and the
-writer takes chunks in input order, so the output is byte for byte the serial one.
+Finished chunks are written by a thread of their own while the loop reads, parses,
+embeds and scores the next one; the file writes release the GIL. Reading and
+parsing stay in the loop: a reader thread was measured to cost the static embedder
+10-20% (benchmarks/score_end_to_end.py: 0.80x-0.91x the serial loop in four runs),
+since parsing and the embedder's piece splitting are both Python under the GIL,
+and a reader holding the GIL each time the loop released it (numpy, numba) only
+delayed the loop; for MiniLM reading is under 1% of the time. A queue of two
+chunks keeps memory bounded, and the writer takes chunks in input order, so the
+output is byte for byte the serial one.
 """
 from __future__ import annotations
 
@@ -15,42 +18,26 @@ import time
 from typing import Callable, Iterator
 
 _DONE = object()
-DEPTH = 2  # chunks waiting between two stages
-
-
-class _Failure:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
+DEPTH = 2  # finished chunks waiting for the writer
 
 
 def run_pipeline(chunks: Iterator[list], score: Callable[[list], list[str]],
                  write: Callable[[list[str], int], None], summary) -> None:
-    """``score(chunk) -> lines`` in this thread; ``chunks`` read in one thread, ``write(lines, n)``
-    in another.  ``summary.read_seconds`` gets the reader's busy time.  An exception in any
-    stage stops the others and is raised here; what was written is a prefix of the output."""
-    to_score: queue.Queue = queue.Queue(DEPTH)
+    """``chunks`` read and ``score(chunk) -> lines`` run in this thread, ``write(lines, n)`` in
+    another.  ``summary.read_seconds`` gets the reading time.  An exception in either stops
+    both and is raised here; what was written is a prefix of the output."""
     to_write: queue.Queue = queue.Queue(DEPTH)
     stop = threading.Event()
+    failures: list[BaseException] = []
 
-    def put(q: queue.Queue, item) -> bool:
+    def put(item) -> bool:
         while not stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                to_write.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
-
-    def reader():
-        try:
-            while True:
-                t0 = time.perf_counter()
-                chunk = next(chunks, _DONE)
-                summary.read_seconds += time.perf_counter() - t0
-                if not put(to_score, chunk) or chunk is _DONE:
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the scoring thread
-            put(to_score, _Failure(exc))
 
     def writer():
         try:
@@ -62,42 +49,29 @@ def run_pipeline(chunks: Iterator[list], score: Callable[[list], list[str]],
                 if item is _DONE:
                     return
                 write(*item)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - raised in the scoring thread
             failures.append(exc)
             stop.set()
 
-    failures: list[BaseException] = []
-    threads = [threading.Thread(target=reader, name="oirl-read", daemon=True),
-               threading.Thread(target=writer, name="oirl-write", daemon=True)]
-    for t in threads:
-        t.start()
+    thread = threading.Thread(target=writer, name="oirl-write", daemon=True)
+    thread.start()
     try:
         while not failures:
-            chunk = to_score.get()
+            t0 = time.perf_counter()
+            chunk = next(chunks, _DONE)
+            summary.read_seconds += time.perf_counter() - t0
             if chunk is _DONE:
                 break
-            if isinstance(chunk, _Failure):
-                raise chunk.exc
             lines = score(chunk)
-            if not put(to_write, (lines, len(chunk))):
+            if not put((lines, len(chunk))):
                 break
     except BaseException:
         stop.set()
         raise
     finally:
         if not stop.is_set():
-            put(to_write, _DONE)  # the writer finishes what is queued, in order
-        threads[1].join()
-        stop.set()  # the reader stops at its next chunk
-        _drain(to_score)
-        threads[0].join(timeout=5)
+            put(_DONE)  # the writer finishes what is queued, in order
+        thread.join()
+        stop.set()
     if failures:
         raise failures[0]
-
-
-def _drain(q: queue.Queue) -> None:
-    try:
-        while True:
-            q.get_nowait()
-    except queue.Empty:
-        pass

@@ -384,8 +384,11 @@ def resume_point(out: Path) -> int:
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=str)  # json.dumps would build one a call
+
+
 def _dumps(rec: dict) -> str:
-    text = json.dumps(rec, ensure_ascii=False, allow_nan=False, default=str)
+    text = _ENCODER.encode(rec)
     return text if text.isascii() else text.translate(_LINE_BREAKS)  # isascii: the common case, nearly free
 
 

@@ -130,6 +130,65 @@ def test_static_build_is_deterministic_cached_and_atomic(static_cache, tmp_path,
     assert encoders.make_encoder("static", static_cache).weights_sha256 == enc.weights_sha256
 
 
+# texts the piece-splitting fast path must hand to the tokenizer whole, or handle as model2vec does
+EDGE_TEXTS = [
+    "", " ", "\t\n\r", "??!!", "#####", "[UNK]", "a [unk] b [PAD] c", "x[UNK]y", "[UNK] [UNK]", "[MASK] [CLS] [SEP]",
+    "zzqx qqqzv xkcdw", "x" * 101, "y" * 100 + " ok", "a" * 5000, "word " * 2000, "caf\u00e9 na\u00efve \u00c5ngstr\u00f6m",
+    "\u4e2d\u6587 text", "emoji \U0001F600 ok", "\x00nul", "\x0bvt\x0cff\x1fus", "line\u2028sep", "\u00a0nbsp",
+    "\u0301", "\ufffd", "a\u200bb", "\u00dcn\u00efc\u00f6d\u00e9 " * 700, "tab\tsep\rcr\nlf", "It costs $3.50 (or 35%)!",
+    "\u201cquoted\u201d \u2014 dash", "MiXeD CaSe 12abc 3.0e5",
+]
+
+
+@pytest.mark.slow
+def test_static_encode_is_model2vec_bit_for_bit(static_cache, monkeypatch):
+    """The fast path (texts split at whitespace, each piece tokenized once, a compiled sum) gives
+    StaticModel.encode's vectors exactly: on every bundled GSM8K question, across batch
+    boundaries, with the piece memory cleared mid-run, and on texts it must hand over whole."""
+    from oirl_fast.collect.published import import_published
+
+    enc = encoders.make_encoder("static", static_cache)
+    assert enc._fast and enc._vocab  # no per-token weights or vocabulary mapping; a BERT WordPiece tokenizer
+    questions = sorted(set(import_published("gsm8k").column("query").to_pylist()))
+    rng = np.random.default_rng(0)
+    ascii_chars = np.array([chr(c) for c in range(32, 127)] + ["\t", "\n", "\r"])
+    fuzz = ["".join(rng.choice(ascii_chars, size=rng.integers(0, 80))) for _ in range(1500)]
+    fuzz += ["".join(rng.choice(list("ab1 .,-'#[]UNK"), size=rng.integers(0, 200))) for _ in range(500)]
+    # unicode the normalizer changes (accents, case, CJK, spaces, controls, combining marks, final sigma)
+    uni = np.array(list("aAzZ09 .,'-#\t\n\r\x01\x7f\x0b\x1f\x85\xa0\u00e9\u00c9\u0301\u03a3\u03c3\u0130\u00df\u4e2d\u3000"
+                        "\u2028\u200b\u2019\u201c\u20ac\u00bd\ufb01\U0001F600\ufffd"))
+    split_same = np.array([c for c in uni if c not in "\x0b\x1f\x85"])  # texts that are split into pieces
+    fuzz += ["".join(rng.choice(split_same, size=rng.integers(0, 60))) for _ in range(1500)]
+    fuzz += ["".join(rng.choice(uni, size=rng.integers(0, 60))) for _ in range(300)]
+    texts = (questions + EDGE_TEXTS + fuzz + [t.upper() for t in questions[:200]]
+             + questions[:300])  # repeats: memorised pieces
+    want = enc._model.encode(texts, use_multiprocessing=False).astype(np.float32)
+    got = enc.encode(texts)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    edge = got[len(questions):]
+    assert not edge[EDGE_TEXTS.index("")].any() and not edge[EDGE_TEXTS.index("[UNK] [UNK]")].any()  # no tokens: zeros
+
+    # small batches and a piece memory that fills up and starts again: the same bits
+    monkeypatch.setattr(encoders, "MAX_CACHED_PIECES", 500)
+    small = encoders.StaticEncoder(enc.folder, batch_size=97)
+    calls = []
+    got = small.encode(texts, progress=calls.append)
+    assert sum(calls) == len(texts) and len(small._pieces) < len(enc._pieces)  # it was cleared on the way
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    # one text at a time, as a single query would come
+    for i in (0, len(questions) + EDGE_TEXTS.index("[UNK]"), len(questions) + EDGE_TEXTS.index("a" * 5000)):
+        assert np.array_equal(small.encode([texts[i]])[0], want[i])
+    assert small.encode([]).shape == (0, 256)
+
+    # a tokenizer the Python WordPiece does not stand in for: every piece goes to the tokenizer
+    rust_only = encoders.StaticEncoder(enc.folder)
+    rust_only._vocab = None
+    some = texts[:300] + EDGE_TEXTS + fuzz[::10]
+    ref = enc._model.encode(some, use_multiprocessing=False).astype(np.float32)
+    assert np.array_equal(rust_only.encode(some).view(np.uint32), ref.view(np.uint32))
+
+
 def test_static_build_is_keyed_by_its_settings(monkeypatch, tmp_path):
     base = encoders.static_settings()
     assert base["pca_dims"] == 256 and base["model2vec"] and base["base"] == encoders.MINILM_ID
