@@ -546,8 +546,6 @@ class StaticEncoder:
         else:
             safe = np.fromiter((_SPLITS_OTHERWISE.search(t) is None and (added is None or added.search(t) is None)
                                 for t in texts), dtype=bool, count=n)
-        starts = np.empty(n, dtype=np.int64)
-        ends = np.empty(n, dtype=np.int64)
         sums = np.zeros((n, self.dim), dtype=np.float32)
         counts = np.zeros(n, dtype=np.int64)
         if safe.any():
