@@ -36,20 +36,21 @@ def _headroom(h) -> str:
     return f"{h['best_single']:.3f} → {h['ceiling']:.3f} ({'-' if share is None else f'{share:.0%}'})"
 
 
-MAIN_ROWS = [
-    ("reward model, best of 6 (seed 0)", lambda s: _f(s["best_of_n"])),
-    ("reward model, best of 16 (seed 0)", lambda s: _f(s.get("best_of_n_16"))),
+MAIN_ROWS = [  # {train}: the training prompts' count, {all}: all prompts' count
+    ("reward model, best of {train} (seed 0)", lambda s: _f(s["best_of_n"])),
+    ("reward model, best of {all} (seed 0)", lambda s: _f(s.get("best_of_n_all_prompts"))),
     ("best single prompt (chosen on train)", lambda s: _f(s["best_single"])),
-    ("kNN, faiss, k=50 (6)", lambda s: _f(s["knn"])),
-    ("LLM self-critique (6)", lambda s: _f(s.get("critic"))),
-    ("LLM self-critique (16)", lambda s: _f(s.get("critic_16"))),
-    ("random prompt (6)", lambda s: _f(s["random"])),
-    ("oracle (6)", lambda s: _f(s["oracle"])),
-    ("oracle (16)", lambda s: _f(s.get("oracle_16"))),
-    ("best of 6 minus best single, paired-bootstrap 95% CI", lambda s: _ci(s["best_of_n_diff_ci"])),
-    ("best of 16 minus best single, 95% CI", lambda s: _ci(s.get("best_of_n_16_diff_ci"))),
-    ("best of 6, mean ± sd over seeds", lambda s: _mean_sd(s.get("best_of_n_seed_mean"), s.get("best_of_n_seed_std"))),
-    ("best of 16, mean ± sd over seeds", lambda s: _mean_sd(s.get("best_of_n_16_seed_mean"), s.get("best_of_n_16_seed_std"))),
+    ("kNN, faiss, k=50 ({train})", lambda s: _f(s["knn"])),
+    ("LLM self-critique ({train})", lambda s: _f(s.get("critic"))),
+    ("LLM self-critique ({all})", lambda s: _f(s.get("critic_all_prompts"))),
+    ("random prompt ({train})", lambda s: _f(s["random"])),
+    ("oracle ({train})", lambda s: _f(s["oracle"])),
+    ("oracle ({all})", lambda s: _f(s.get("oracle_all_prompts"))),
+    ("best of {train} minus best single, paired-bootstrap 95% CI", lambda s: _ci(s["best_of_n_diff_ci"])),
+    ("best of {all} minus best single, 95% CI", lambda s: _ci(s.get("best_of_n_all_prompts_diff_ci"))),
+    ("best of {train}, mean ± sd over seeds", lambda s: _mean_sd(s.get("best_of_n_seed_mean"), s.get("best_of_n_seed_std"))),
+    ("best of {all}, mean ± sd over seeds",
+     lambda s: _mean_sd(s.get("best_of_n_all_prompts_seed_mean"), s.get("best_of_n_all_prompts_seed_std"))),
     ("known-question ceiling: best single → ceiling (share the model captures)", lambda s: _headroom(s.get("headroom"))),
     ("ECE on test rows (training prompts), raw → isotonic",
      lambda s: f"{_f(s.get('ece'))} → {_f(s.get('ece_calibrated'))}"),
@@ -60,9 +61,33 @@ MAIN_ROWS = [
     ("... with a train neighbour at cos >= 0.95", lambda s: str(s["test_near_duplicate"])),
 ]
 
+# summary.json files written before the counts became fields named them in their keys (6 and 16 prompts)
+LEGACY_KEYS = {f"{old}_16{rest}": f"{old}_all_prompts{rest}" for old, rest in (
+    ("best_of_n", ""), ("oracle", ""), ("critic", ""), ("random", ""), ("best_single", ""),
+    ("n_test_queries", ""), ("best_of_n", "_diff_ci"), ("best_of_n", "_seed_mean"), ("best_of_n", "_seed_std"))}
+
+
+def upgrade(summary: dict) -> dict:
+    """One (dataset, protocol) summary with the current keys, whichever oirl-fast wrote it."""
+    if not any(k in summary for k in LEGACY_KEYS):
+        return summary
+    out = {LEGACY_KEYS.get(k, k): v for k, v in summary.items()}
+    out.setdefault("n_train_prompts", 6)
+    out.setdefault("n_all_prompts", 16 if out.get("best_of_n_all_prompts") is not None else None)
+    return out
+
+
+def prompt_counts(summaries) -> dict[str, str]:
+    """{"train": ..., "all": ...} for labels: the count every summary shares, else "N" / "all"."""
+    def common(key: str, fallback: str) -> str:
+        counts = {s.get(key) for s in summaries} - {None}
+        return str(counts.pop()) if len(counts) == 1 else fallback
+
+    return {"train": common("n_train_prompts", "N"), "all": common("n_all_prompts", "all")}
+
 
 def _cells(summary: dict) -> list[tuple[str, dict]]:
-    return [(f"{ds} {proto}", s) for ds, by_proto in summary.items() if ds != "transfer"
+    return [(f"{ds} {proto}", upgrade(s)) for ds, by_proto in summary.items() if ds != "transfer"
             for proto, s in by_proto.items()]
 
 
@@ -75,14 +100,18 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def main_table(summary: dict) -> str:
     cells = _cells(summary)
     seeds = {s.get("seeds") for _, s in cells}
-    rows = [[label] + [fn(s) for _, s in cells] for label, fn in MAIN_ROWS]
+    n = prompt_counts([s for _, s in cells])
+    rows = [[label.format(**n)] + [fn(s) for _, s in cells] for label, fn in MAIN_ROWS]
     return f"Seeds per split: {', '.join(map(str, sorted(seeds)))}\n\n" + _table([""] + [c for c, _ in cells], rows)
 
 
 def transfer_table(transfer: dict) -> str:
-    header = ["held-out dataset", "trained on", "best of 6 (seed 0)", "best of 6, mean ± sd",
+    transfer = {ds: upgrade(s) for ds, s in transfer.items()}
+    n = prompt_counts([s for s in transfer.values() if "skipped" not in s])
+    header = ["held-out dataset", "trained on", f"best of {n['train']} (seed 0)", f"best of {n['train']}, mean ± sd",
               "best single on the training datasets",
-              "best of 6 minus it, 95% CI", "best of 16, mean ± sd", "best of 16 minus best single (16), 95% CI",
+              f"best of {n['train']} minus it, 95% CI", f"best of {n['all']}, mean ± sd",
+              f"best of {n['all']} minus best single ({n['all']}), 95% CI",
               "held-out questions found in the training datasets", "training rows dropped"]
     rows = []
     for ds, s in transfer.items():
@@ -94,8 +123,8 @@ def transfer_table(transfer: dict) -> str:
             ds, ", ".join(s["trained_on"]), _f(s["best_of_n"]),
             _mean_sd(s.get("best_of_n_seed_mean"), s.get("best_of_n_seed_std")), _f(s["best_single"]),
             _ci(s["best_of_n_diff_ci"]),
-            _mean_sd(s.get("best_of_n_16_seed_mean"), s.get("best_of_n_16_seed_std")),
-            _ci(s.get("best_of_n_16_diff_ci")),
+            _mean_sd(s.get("best_of_n_all_prompts_seed_mean"), s.get("best_of_n_all_prompts_seed_std")),
+            _ci(s.get("best_of_n_all_prompts_diff_ci")),
             f"{leak.get('in_training_datasets', '-')} of {leak.get('heldout_questions', '-')}",
             str(leak.get("dropped_rows", "-")),
         ])
@@ -104,9 +133,10 @@ def transfer_table(transfer: dict) -> str:
 
 def side_by_side(named: list[tuple[str, dict]]) -> str:
     cells = [c for c, _ in _cells(named[0][1])]
+    n = prompt_counts([s for _, summary in named for _, s in _cells(summary)])
     header = ["cell"] + [f"{part}, {name}" for name, _ in named
-                         for part in ("best of 6, mean ± sd", "best of 6 minus best single, 95% CI",
-                                      "best of 16, mean ± sd", "AUC")]
+                         for part in (f"best of {n['train']}, mean ± sd", f"best of {n['train']} minus best single, 95% CI",
+                                      f"best of {n['all']}, mean ± sd", "AUC")]
     rows = []
     for cell in cells:
         row = [cell]
@@ -114,7 +144,8 @@ def side_by_side(named: list[tuple[str, dict]]) -> str:
             s = dict(_cells(summary)).get(cell)
             row += ["-"] * 4 if s is None else [
                 _mean_sd(s.get("best_of_n_seed_mean"), s.get("best_of_n_seed_std")), _ci(s["best_of_n_diff_ci"]),
-                _mean_sd(s.get("best_of_n_16_seed_mean"), s.get("best_of_n_16_seed_std")), _f(s["auc"])]
+                _mean_sd(s.get("best_of_n_all_prompts_seed_mean"), s.get("best_of_n_all_prompts_seed_std")),
+                _f(s["auc"])]
         rows.append(row)
     return _table(header, rows)
 

@@ -14,10 +14,15 @@ from typing import List, Optional
 import typer
 
 from . import cli_collect, cli_score
-from .cli_common import (CacheOpt, DATASETS, DeviceOpt, EmbedderOpt, SchedulerOpt, WorkersOpt, artifact_and_embedder,
-                         make_embedder, source_name, app, cli_errors, err)
+from .cli_common import (CacheOpt, DATASETS, DeviceOpt, EmbedderOpt, SchedulerOpt, WorkersOpt, app, cli_errors, err,
+                         make_embedder)
 from .errors import OirlError
 from .paths import JSON_SUFFIXES, LOG_SUFFIXES, PNG_SUFFIXES, Output, check_paths
+
+
+def _say(message: str) -> None:
+    """One progress line on stderr, printed as it is (no rich highlighting of paths and numbers)."""
+    err.print(message, highlight=False)
 
 
 @app.command("import")
@@ -70,10 +75,10 @@ def embed_cmd(
     embedder: str = EmbedderOpt,
 ):
     """Embed every distinct query and prompt of a log into the on-disk cache."""
+    from .multilog import distinct_texts
     from .schema import read_logs
 
-    table = read_logs(log)
-    texts = sorted(set(table.column("query").to_pylist()) | set(table.column("prompt").to_pylist()))
+    texts = distinct_texts(read_logs(log))
     emb = make_embedder(cache_dir, device, batch_size, spec=embedder)
     t0 = time.perf_counter()
     emb.embed(texts)
@@ -121,35 +126,32 @@ def train_cmd(
     ),
 ):
     """Fit a reward model r(query, prompt) on the concatenated query and prompt embeddings; write a model artifact."""
-    from .multilog import read_log_set
-    from .train.fit import check_trainable, train_artifact
-    from .splits import split_log
-    from .splits import Protocol
-    from .train.reward_model import TrainConfig
-
     if engine not in ("local", "dask"):
         raise OirlError(f"unknown engine {engine!r}; use local or dask")
     if engine == "local" and (scheduler or workers or partitions):
         raise OirlError("--scheduler, --workers and --partitions need --engine dask")
     # before the log is read or a tree fitted: --out must be new, empty or a model to replace, and writable
     check_paths({"LOG": logs, "--cache-dir": cache_dir}, [Output(out, "--out", kind="artifact")])
-    config = TrainConfig(backend=backend, n_estimators=n_estimators, learning_rate=learning_rate, seed=seed)
-    proto = Protocol(protocol, test_fraction=test_fraction, seed=seed, heldout_dataset=heldout_dataset)
     if engine == "dask":
         from .distributed import train_distributed
+        from .multilog import read_log_set
+        from .splits import Protocol
+        from .train.reward_model import TrainConfig
 
+        config = TrainConfig(backend=backend, n_estimators=n_estimators, learning_rate=learning_rate, seed=seed)
+        proto = Protocol(protocol, test_fraction=test_fraction, seed=seed, heldout_dataset=heldout_dataset)
         # One argument keeps the engine's own reading (a folder or glob of shards of one log).
         log = logs[0] if len(logs) == 1 else read_log_set(logs)
         train_distributed(log, proto, config, out, embedder=make_embedder(cache_dir, device, progress=False, spec=embedder),
                           cache_dir=cache_dir, device=device, scheduler=scheduler,
                           workers=workers, partitions=partitions, compile_library=compile, log_fn=err.print)
     else:
-        table = read_log_set(logs)
-        source = source_name(logs)
+        from . import api
+
         # A log no model can learn from is refused before the embedder is built (a first static build takes a while).
-        check_trainable(split_log(table, proto, source), source)
-        train_artifact(table, proto, config, make_embedder(cache_dir, device, spec=embedder), out,
-                       compile_library=compile, log=err.print, source=source)
+        api.fit(logs, out, protocol=protocol, heldout_dataset=heldout_dataset, test_fraction=test_fraction,
+                backend=backend, n_estimators=n_estimators, learning_rate=learning_rate, seed=seed,
+                embedder=embedder, compile=compile, cache_dir=cache_dir, device=device, progress=True, log_fn=_say)
     err.print(f"wrote model artifact {out}")
 
 
@@ -177,32 +179,16 @@ def evaluate_cmd(
     prompt best on its own training rows), with test questions found in each dataset's
     training rows counted (the leakage across datasets).
     """
-    from dataclasses import replace
-
-    from .multilog import read_log_set
-    from .evaluation import check_evaluable, evaluate, evaluate_per_dataset, summary
-    from .train.fit import fit_reward_model
+    from . import api
+    from .evaluation import summaries
     from .report import plot_reliability, plot_summary, print_summary, write_json
-    from .splits import Protocol
 
     check_paths({"MODEL": model, "LOG": logs, "--cache-dir": cache_dir},
                 [Output(report, "--report", JSON_SUFFIXES), Output(plot, "--plot", PNG_SUFFIXES),
                  Output(reliability_plot, "--reliability-plot", PNG_SUFFIXES)])
-    artifact, embedder = artifact_and_embedder(model, cache_dir, device)
-    table = read_log_set(logs)
-    log = source_name(logs)
-    protocol = Protocol(**artifact.metadata.protocol)
-    check_evaluable(artifact, table, log)  # before the seed fits, not after
-    others = [
-        fit_reward_model(table, protocol, replace(artifact.model.config, seed=s), embedder, lambda *_: None, log).model
-        for s in range(1, seeds)
-    ]
-    rep = evaluate(artifact, table, embedder, knn_k=knn_k, seed_models=others, source=log)
-    summ = {rep["dataset"]: {rep["protocol"]["name"]: summary(rep)}}
-    per_dataset = evaluate_per_dataset(artifact, table, embedder, knn_k=knn_k, seed_models=others)
-    if per_dataset:
-        rep["per_dataset"] = per_dataset
-        summ.update({ds: {r["protocol"]["name"]: summary(r)} for ds, r in per_dataset.items()})
+    loaded = api.load(model, cache_dir=cache_dir, device=device, progress=True, log_fn=_say)
+    rep = api.evaluate(loaded, logs, seeds=seeds, knn_k=knn_k)
+    summ = summaries(rep)
     if not rep["headroom"]["available"]:
         err.print(f"headroom not measured: {rep['headroom']['reason']}", highlight=False)
     if report:
@@ -282,12 +268,13 @@ def tradeoff_cmd(
     policy gets paired-bootstrap 95% CIs of its difference to the best single prompt and
     to the fixed-set votes with as many calls.
     """
+    from . import api
     from .tradeoff import plot_tradeoff, run_tradeoff
 
     check_paths({"--model": model, "--source": source, "--log": log, "--cache-dir": cache_dir},
                 [Output(plot, "--plot", PNG_SUFFIXES)])
-    result = run_tradeoff(model, artifact_and_embedder(model, cache_dir, device)[1], source, dataset, limit, log,
-                          seeds=seeds, progress=err.print)
+    embedder = api.load(model, cache_dir=cache_dir, device=device, progress=True, log_fn=_say).embedder
+    result = run_tradeoff(model, embedder, source, dataset, limit, log, seeds=seeds, progress=err.print)
     if plot:
         plot_tradeoff(result, plot)
     if as_json:

@@ -16,6 +16,7 @@ from rich.text import Text
 from .collect import DATASETS
 from .console import make_console
 from .errors import OirlError
+from .paths import write_error
 
 __all__ = ["DATASETS", "app", "err", "cli_errors"]
 
@@ -37,8 +38,6 @@ def cli_errors(fn):
             err.print(Text("error:", style="bold red"), str(exc), soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:  # a write that failed on the user's side (full disk, read-only): one line too
-            from .paths import write_error
-
             user = write_error(exc, None) if exc.filename is not None or exc.errno == errno.ENOSPC else None
             if user is None:
                 raise
@@ -56,22 +55,6 @@ def make_embedder(cache_dir: Optional[Path], device: str, batch_size: int = 128,
 
     encoder = make_encoder(spec, cache_dir, device, batch_size, log=lambda s: err.print(s, highlight=False))
     return Embedder(cache_dir=cache_dir, progress=progress, encoder=encoder)
-
-
-def source_name(logs) -> str:
-    """How error messages name the log(s) a command read."""
-    return ", ".join(str(p) for p in logs)
-
-
-def artifact_and_embedder(model: Path, cache_dir: Optional[Path], device: str, batch_size: int = 128):
-    """(artifact, Embedder with the encoder the artifact was trained with)."""
-    from .embed import embedder_for_artifact
-    from .train.artifact import load_artifact
-
-    artifact = load_artifact(model)
-    emb = embedder_for_artifact(artifact.metadata, cache_dir, device, batch_size, progress=True,
-                                where=Path(model) / "metadata.json", log=lambda s: err.print(s, highlight=False))
-    return artifact, emb
 
 
 CacheOpt = typer.Option(None, "--cache-dir", help="Embedding cache folder \\[default: $OIRL_CACHE_DIR or ~/.cache/oirl-fast].")

@@ -1,14 +1,24 @@
 """``oirl demo``: the whole offline pipeline on the bundled data, one dataset and protocol at a time."""
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.text import Text
 
+from .collect import DATASETS
+from .collect.published import import_published
 from .errors import OirlError
-from .splits import PROTOCOLS, Protocol
+from .evaluation import evaluate, summary
+from .multilog import distinct_texts
+from .report import plot_reliability, plot_summary, print_summary, summary_line, summary_table, write_json
+from .schema import write_logs
+from .splits import Protocol, holdout_mask
+from .train.fit import fit_reward_model, trainable_split, write_artifact
+from .train.reward_model import TrainConfig
+from .transfer import run_transfer
 
 
 def model_dir(out: Path, dataset: str, protocol: str) -> Path:
@@ -21,17 +31,6 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
     """Per dataset and protocol, the summary of :func:`oirl_fast.evaluation.summary`; with ``transfer``
     and two datasets or more, also ``transfer``: the leave-one-dataset-out report of
     :func:`oirl_fast.transfer.run_transfer` per dataset (models and reports in ``out/transfer/``)."""
-    from .collect import DATASETS
-    from .collect.published import import_published
-    import hashlib
-
-    from .evaluation import evaluate, summary
-    from .train.fit import fit_reward_model, write_artifact
-    from .splits import holdout_mask
-    from .report import plot_reliability, plot_summary, print_summary, summary_table, write_json
-    from .schema import write_logs
-    from .train.reward_model import TrainConfig
-
     out = Path(out)
     for ds in datasets:
         if ds not in DATASETS:
@@ -41,7 +40,6 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
     if seeds < 1:
         raise OirlError(f"--seeds must be at least 1, got {seeds}")
     summaries: dict[str, dict[str, dict]] = {}
-    reports = {}
     tables = {}
     t_start = time.perf_counter()
     for ds in datasets:
@@ -52,7 +50,7 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
         tables[ds] = table
         console.print(f"import: {table.num_rows} records ({time.perf_counter() - t0:.1f}s)")
         t0 = time.perf_counter()
-        texts = sorted(set(table.column("query").to_pylist()) | set(table.column("prompt").to_pylist()))
+        texts = distinct_texts(table)
         embedder.embed(texts)
         console.print(f"embed ({embedder.encoder.kind}): {len(texts)} distinct texts, {embedder.last_new} new "
                       f"({time.perf_counter() - t0:.1f}s)")
@@ -65,10 +63,13 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
             # fit once per distinct split, write one artifact per protocol.
             split_key = hashlib.sha256(holdout_mask(table, protocol).tobytes()).hexdigest()
             if split_key not in fitted:
-                first = fit_reward_model(table, protocol, TrainConfig(backend=backend), embedder, console.print)
+                split = trainable_split(table, protocol)
+                first = fit_reward_model(table, protocol, TrainConfig(backend=backend), embedder, console.print,
+                                         split=split)
                 # Seeds 1.. only measure run-to-run spread; the artifact is seed 0's model.
                 others = [
-                    fit_reward_model(table, protocol, TrainConfig(backend=backend, seed=s), embedder, lambda *_: None).model
+                    fit_reward_model(table, protocol, TrainConfig(backend=backend, seed=s), embedder, lambda *_: None,
+                                     split=split).model
                     for s in range(1, seeds)
                 ]
                 if others:
@@ -84,16 +85,9 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
             write_json(rep, out / ds / f"report-{proto}.json")
             plot_reliability(rep, out / ds / f"reliability-{proto}.png")
             summaries.setdefault(ds, {})[proto] = summary(rep)
-            reports.setdefault(ds, {})[proto] = rep
-            s = summaries[ds][proto]
-            console.print(
-                f"evaluate [{proto}]: best-of-6 {s['best_of_n']:.3f}, best single {s['best_single']:.3f}, "
-                f"oracle {s['oracle']:.3f} ({time.perf_counter() - t0:.1f}s)"
-            )
+            console.print(f"evaluate [{proto}]: {summary_line(summaries[ds][proto])} ({time.perf_counter() - t0:.1f}s)")
     per_dataset = dict(summaries)
     if transfer and len(tables) >= 2:
-        from .transfer import run_transfer
-
         console.rule(Text("transfer: leave-one-dataset-out", style="bold"))
         t0 = time.perf_counter()
         summaries["transfer"] = run_transfer(tables, embedder, out / "transfer", backend, seeds, compile_library,

@@ -19,7 +19,7 @@ from .embed import Embedder
 from .encoders import check_same_encoder
 from .errors import OirlError
 from .features import grid_features
-from .multilog import leakage_by_dataset
+from .multilog import datasets_of, leakage_by_dataset
 from .schema import question_hashes
 from .splits import Outcomes, Protocol, SplitLog, pool, split_log
 from .train.artifact import Artifact
@@ -275,12 +275,11 @@ def _leakage(artifact: Artifact, table: pa.Table, train: Outcomes, test: Outcome
 def evaluate_per_dataset(artifact: Artifact, table: pa.Table, embedder: Embedder, knn_k: int = KNN_K,
                          seed_models: list[RewardModel] = ()) -> dict[str, dict]:
     """:func:`evaluate` on each dataset of the test split separately; {} when it holds one dataset."""
-    from .multilog import datasets_of
-
     names = datasets_of(split_log(table, Protocol(**artifact.metadata.protocol)).test)
     if len(names) < 2:
         return {}
     return {ds: evaluate(artifact, table, embedder, knn_k, seed_models, dataset=ds) for ds in names}
+
 
 def known_question_headroom(
     test_rows: pa.Table,
@@ -344,41 +343,55 @@ def known_question_headroom(
 
 
 def summary(report: dict) -> dict:
-    """The flat per-(dataset, protocol) fields of ``oirl demo --json``."""
-    s6 = report["selection"]["n_train_prompts"]
-    s16 = report["selection"].get("n_all_prompts", {})
-    ci6 = s6["diff_to_best_single_ci95"]
-    ci16 = s16.get("diff_to_best_single_ci95", {})
+    """The flat per-(dataset, protocol) fields of ``oirl demo --json``.
+
+    Unsuffixed selector fields are best-of-N over the ``n_train_prompts`` prompts the model
+    was trained with; ``*_all_prompts`` fields are over all ``n_all_prompts`` prompts,
+    held-out ones included (None when the protocol holds no prompt out)."""
+    train = report["selection"]["n_train_prompts"]
+    every = report["selection"].get("n_all_prompts", {})
+    train_ci = train["diff_to_best_single_ci95"]
+    every_ci = every.get("diff_to_best_single_ci95", {})
     return {
         "embedder": report.get("embedder", {}).get("kind", "minilm"),
         "embedding_model": report.get("embedding_model"),
-        "best_single": s6["best_single"],
-        "best_of_n": s6["reward_model"],
-        "best_of_n_16": s16.get("reward_model"),
-        "oracle": s6["oracle"],
-        "oracle_16": s16.get("oracle"),
-        "critic": s6.get("critic"),
-        "critic_16": s16.get("critic"),
-        "knn": s6["knn"],
-        "random": s6["random"],
-        "random_16": s16.get("random"),
-        "best_single_16": s16.get("best_single"),
+        "n_train_prompts": train["n_prompts"],
+        "n_all_prompts": every.get("n_prompts"),
+        "best_single": train["best_single"],
+        "best_of_n": train["reward_model"],
+        "best_of_n_all_prompts": every.get("reward_model"),
+        "oracle": train["oracle"],
+        "oracle_all_prompts": every.get("oracle"),
+        "critic": train.get("critic"),
+        "critic_all_prompts": every.get("critic"),
+        "knn": train["knn"],
+        "random": train["random"],
+        "random_all_prompts": every.get("random"),
+        "best_single_all_prompts": every.get("best_single"),
         "auc": report["classification"]["train_prompts"]["auc"],
         "auc_heldout": report["classification"].get("heldout_prompts", {}).get("auc"),
         "n_test_queries": report["n_test_queries"],
-        "n_test_queries_16": s16.get("n_test_queries"),
+        "n_test_queries_all_prompts": every.get("n_test_queries"),
         "test_in_train": report["test_in_train_exact"],
         "test_near_duplicate": report["test_near_duplicate"],
         "test_in_train_by_dataset": report.get("test_in_train_by_dataset"),
-        "best_of_n_diff_ci": ci6["reward_model"],
-        "best_of_n_16_diff_ci": ci16.get("reward_model"),
-        "seeds": len(s6.get("reward_model_seeds", [None])),
-        "best_of_n_seed_mean": s6.get("reward_model_seed_mean"),
-        "best_of_n_seed_std": s6.get("reward_model_seed_std"),
-        "best_of_n_16_seed_mean": s16.get("reward_model_seed_mean"),
-        "best_of_n_16_seed_std": s16.get("reward_model_seed_std"),
+        "best_of_n_diff_ci": train_ci["reward_model"],
+        "best_of_n_all_prompts_diff_ci": every_ci.get("reward_model"),
+        "seeds": len(train.get("reward_model_seeds", [None])),
+        "best_of_n_seed_mean": train.get("reward_model_seed_mean"),
+        "best_of_n_seed_std": train.get("reward_model_seed_std"),
+        "best_of_n_all_prompts_seed_mean": every.get("reward_model_seed_mean"),
+        "best_of_n_all_prompts_seed_std": every.get("reward_model_seed_std"),
         "ece": report["calibration"]["raw"]["ece"],
         "ece_calibrated": report["calibration"].get("calibrated", {}).get("ece"),
         "headroom": {k: report["headroom"].get(k) for k in ("ceiling", "best_single", "captured_share")}
         if report["headroom"]["available"] else None,
     }
+
+
+def summaries(report: dict) -> dict[str, dict[str, dict]]:
+    """{dataset: {protocol: summary}} of a report and of its ``per_dataset`` reports, if any."""
+    out = {report["dataset"]: {report["protocol"]["name"]: summary(report)}}
+    for ds, rep in report.get("per_dataset", {}).items():
+        out[ds] = {rep["protocol"]["name"]: summary(rep)}
+    return out

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import OirlError
 from .schema import normalize_question, read_logs
@@ -70,6 +71,11 @@ def read_log_set(paths: Sequence[str | Path] | str | Path) -> pa.Table:
     check_prompts(tables, files)
     check_query_ids(tables, files)
     return regroup_across(tables)
+
+
+def distinct_texts(table: pa.Table) -> list[str]:
+    """Every distinct query and prompt text of a log, sorted: what embedding the log takes."""
+    return sorted(set(table.column("query").to_pylist()) | set(table.column("prompt").to_pylist()))
 
 
 def check_prompts(tables: Sequence[pa.Table], files: Sequence[Path]) -> None:
@@ -154,8 +160,6 @@ def datasets_of(table: pa.Table) -> list[str]:
 
 def leakage_by_dataset(test_groups: Sequence[str], train: pa.Table) -> dict[str, int]:
     """How many test units (their question ``test_groups``, one per unit) occur in each dataset's training rows."""
-    import pyarrow.compute as pc
-
     out = {}
     for ds in pc.unique(train.column("dataset")).to_pylist():
         seen = set(pc.unique(train.filter(pc.equal(train.column("dataset"), ds)).column("group")).to_pylist())

@@ -10,17 +10,27 @@ from rich.table import Table
 from .atomic import atomic_path, write_text
 from .console import make_console
 
+# Row labels name the prompt counts: {train} = the training prompts, {all} = all prompts (held-out ones too).
 SELECTORS = [
-    ("best_of_n", "reward model, best of 6"),
-    ("best_of_n_16", "reward model, best of 16"),
+    ("best_of_n", "reward model, best of {train}"),
+    ("best_of_n_all_prompts", "reward model, best of {all}"),
     ("best_single", "best single prompt"),
-    ("knn", "kNN (faiss), 6"),
-    ("critic", "LLM self-critique, 6"),
-    ("critic_16", "LLM self-critique, 16"),
-    ("random", "random prompt, 6"),
-    ("oracle", "oracle, 6"),
-    ("oracle_16", "oracle, 16"),
+    ("knn", "kNN (faiss), {train}"),
+    ("critic", "LLM self-critique, {train}"),
+    ("critic_all_prompts", "LLM self-critique, {all}"),
+    ("random", "random prompt, {train}"),
+    ("oracle", "oracle, {train}"),
+    ("oracle_all_prompts", "oracle, {all}"),
 ]
+
+
+def prompt_counts(rows) -> dict[str, str]:
+    """{"train": ..., "all": ...} for row labels: the count the summaries ``rows`` share, else "N" / "all"."""
+    def common(key: str, fallback: str) -> str:
+        counts = {r.get(key) for r in rows} - {None}
+        return str(counts.pop()) if len(counts) == 1 else fallback
+
+    return {"train": common("n_train_prompts", "N"), "all": common("n_all_prompts", "all")}
 
 
 def _fmt(x) -> str:
@@ -43,6 +53,13 @@ def _fmt_headroom(h) -> str:
     return f"{h['ceiling']:.3f} ({share})"
 
 
+def summary_line(s: dict, best_single: str = "best single") -> str:
+    """One line of a (dataset, protocol) summary (``evaluation.summary``), as the CLI prints while it works."""
+    ci = s["best_of_n_diff_ci"]
+    return (f"best of {s['n_train_prompts']} {s['best_of_n']:.3f}, {best_single} {s['best_single']:.3f} "
+            f"(difference 95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}]), oracle {s['oracle']:.3f}")
+
+
 def summary_table(summaries: dict[str, dict[str, dict]], title: str = "Best-of-N selection on held-out queries") -> Table:
     """summaries[dataset][protocol] -> the flat summary dict of evaluation.summary()."""
     table = Table(title=title, title_justify="left")
@@ -50,14 +67,17 @@ def summary_table(summaries: dict[str, dict[str, dict]], title: str = "Best-of-N
     cols = [(ds, proto) for ds, per in summaries.items() for proto in per]
     for ds, proto in cols:
         table.add_column(f"{ds}\n{proto}", justify="right")
+    n = prompt_counts([summaries[ds][p] for ds, p in cols])
     for key, label in SELECTORS:
-        table.add_row(label, *[_fmt(summaries[ds][proto].get(key)) for ds, proto in cols])
+        table.add_row(label.format(**n), *[_fmt(summaries[ds][proto].get(key)) for ds, proto in cols])
     table.add_section()
-    for key, label in (("best_of_n", "best of 6 - best single, 95% CI"), ("best_of_n_16", "best of 16 - best single, 95% CI")):
-        table.add_row(label, *[_fmt_ci(summaries[ds][p].get(f"{key}_diff_ci")) for ds, p in cols])
+    best_of = (("best_of_n", f"best of {n['train']}"), ("best_of_n_all_prompts", f"best of {n['all']}"))
+    for key, label in best_of:
+        table.add_row(f"{label} - best single, 95% CI",
+                      *[_fmt_ci(summaries[ds][p].get(f"{key}_diff_ci")) for ds, p in cols])
     if any(summaries[ds][p].get("seeds", 1) > 1 for ds, p in cols):
-        for key, label in (("best_of_n", "best of 6, mean ± sd over seeds"), ("best_of_n_16", "best of 16, mean ± sd over seeds")):
-            table.add_row(label, *[_fmt_seed(summaries[ds][p], key) for ds, p in cols])
+        for key, label in best_of:
+            table.add_row(f"{label}, mean ± sd over seeds", *[_fmt_seed(summaries[ds][p], key) for ds, p in cols])
     table.add_row("known-question ceiling (share captured)", *[_fmt_headroom(summaries[ds][p].get("headroom")) for ds, p in cols])
     table.add_row("reward model AUC (train prompts)", *[_fmt(summaries[ds][p]["auc"]) for ds, p in cols])
     table.add_row("reward model AUC (held-out prompts)", *[_fmt(summaries[ds][p].get("auc_heldout")) for ds, p in cols])
@@ -91,9 +111,11 @@ def plot_summary(summaries: dict[str, dict[str, dict]], path: str | Path) -> Pat
     import matplotlib.pyplot as plt
     import numpy as np
 
-    bars = [("best_of_n", "reward model (6)"), ("best_of_n_16", "reward model (16)"), ("knn", "kNN (6)"),
-            ("critic", "self-critique (6)"), ("random", "random (6)")]
     cols = [(ds, proto) for ds, per in summaries.items() for proto in per]
+    n = prompt_counts([summaries[ds][p] for ds, p in cols])
+    bars = [("best_of_n", f"reward model ({n['train']})"), ("best_of_n_all_prompts", f"reward model ({n['all']})"),
+            ("knn", f"kNN ({n['train']})"), ("critic", f"self-critique ({n['train']})"),
+            ("random", f"random ({n['train']})")]
     fig, ax = plt.subplots(figsize=(2.2 * len(cols) + 2, 4.5))
     width = 0.8 / len(bars)
     x = np.arange(len(cols))
@@ -105,7 +127,7 @@ def plot_summary(summaries: dict[str, dict[str, dict]], path: str | Path) -> Pat
         ax.hlines(s["best_single"], j - 0.45, j + 0.45, colors="black", linestyles="--",
                   label="best single prompt" if j == 0 else None)
         ax.hlines(s["oracle"], j - 0.45, j + 0.45, colors="grey", linestyles=":",
-                  label="oracle (6)" if j == 0 else None)
+                  label=f"oracle ({n['train']})" if j == 0 else None)
     ax.set_xticks(x, [f"{ds}\n{p}" for ds, p in cols])
     ax.set_ylabel("accuracy of the selected prompt")
     ax.set_ylim(0, 1)

@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from .errors import OirlError
+from .evaluation import evaluate, summary
+from .multilog import check_prompts, regroup_across
+from .report import summary_line, write_json
 from .splits import LODO, Protocol
+from .train.fit import fit_reward_model, trainable_split, write_artifact
+from .train.reward_model import TrainConfig
 
 
 def cross_dataset_leakage(table: pa.Table, heldout: str) -> dict:
@@ -27,8 +34,6 @@ def cross_dataset_leakage(table: pa.Table, heldout: str) -> dict:
     ``dropped_rows``: the other datasets' rows on those questions, which leave-one-dataset-out
     removes from training.
     """
-    import pyarrow.compute as pc
-
     is_test = pc.equal(table.column("dataset"), heldout)
     test_groups = pc.unique(table.column("group").filter(is_test))
     shared = pc.and_(pc.is_in(table.column("group"), value_set=test_groups), pc.invert(is_test))
@@ -61,13 +66,6 @@ def run_transfer(
     ``cross_dataset_leakage`` (:func:`cross_dataset_leakage`). A dataset whose held-out
     questions cover every training row gets ``skipped`` (the reason) instead of results.
     """
-    from .errors import OirlError
-    from .multilog import check_prompts, regroup_across
-    from .evaluation import evaluate, summary
-    from .train.fit import fit_reward_model, write_artifact
-    from .report import write_json
-    from .train.reward_model import TrainConfig
-
     if len(tables) < 2:
         raise OirlError("transfer needs two datasets at least: one to test on, the others to train on")
     out = Path(out)
@@ -88,8 +86,10 @@ def run_transfer(
             log(f"  skipped: {reason}")
             result[ds] = {"trained_on": trained_on, "skipped": reason, "cross_dataset_leakage": leakage}
             continue
-        first = fit_reward_model(table, protocol, TrainConfig(backend=backend), embedder, log)
-        others = [fit_reward_model(table, protocol, TrainConfig(backend=backend, seed=s), embedder, lambda *_: None).model
+        split = trainable_split(table, protocol)
+        first = fit_reward_model(table, protocol, TrainConfig(backend=backend), embedder, log, split=split)
+        others = [fit_reward_model(table, protocol, TrainConfig(backend=backend, seed=s), embedder, lambda *_: None,
+                                   split=split).model
                   for s in range(1, seeds)]
         artifact = write_artifact(first, out / ds / "model", compile_library)
         rep = evaluate(artifact, table, embedder, seed_models=others)
@@ -97,6 +97,5 @@ def run_transfer(
         write_json(rep, out / ds / "report.json")
         s = summary(rep)
         result[ds] = {"trained_on": trained_on, **s, "cross_dataset_leakage": leakage}
-        log(f"  best of 6 {s['best_of_n']:.3f}, prompt best on the training datasets {s['best_single']:.3f}, "
-            f"difference 95% CI [{s['best_of_n_diff_ci'][0]:+.3f}, {s['best_of_n_diff_ci'][1]:+.3f}]")
+        log(f"  {summary_line(s, best_single='prompt best on the training datasets')}")
     return result

@@ -58,7 +58,7 @@ def test_evaluate_reports_table_json_and_plot(trained, small_log, cache_dir, tmp
               cache_dir=cache_dir)
     assert res.exit_code == 0, res.output
     summ = json.loads(res.stdout)["mawps"]["grouped"]
-    for key in ("best_single", "best_of_n", "best_of_n_16", "oracle", "critic", "knn", "random", "auc",
+    for key in ("best_single", "best_of_n", "best_of_n_all_prompts", "oracle", "critic", "knn", "random", "auc",
                 "n_test_queries", "test_in_train"):
         assert key in summ
     assert summ["test_in_train"] == 0  # grouped: no test question in training
@@ -66,8 +66,8 @@ def test_evaluate_reports_table_json_and_plot(trained, small_log, cache_dir, tmp
     lo, hi = summ["best_of_n_diff_ci"]
     assert lo <= summ["best_of_n"] - summ["best_single"] <= hi
     assert summ["n_test_queries"] == 75  # 25% of the 300 questions
-    for key in ("best_single", "best_of_n", "best_of_n_16", "critic", "knn", "random"):
-        assert 0.0 <= summ[key] <= summ["oracle_16" if key.endswith("16") else "oracle"] + 1e-12
+    for key in ("best_single", "best_of_n", "best_of_n_all_prompts", "critic", "knn", "random"):
+        assert 0.0 <= summ[key] <= summ["oracle_all_prompts" if key.endswith("_all_prompts") else "oracle"] + 1e-12
     full = json.loads(report.read_text())
     assert set(full["classification"]) == {"train_prompts", "heldout_prompts"}
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -189,8 +189,8 @@ def test_demo_json_on_one_dataset(tmp_path, static_cache):
     assert "transfer" not in json.loads(res.stdout)  # one dataset: nothing to transfer from
     s = json.loads(res.stdout)["mawps"]["grouped"]
     assert s["embedder"] == "static"
-    for key in ("best_single", "best_of_n", "best_of_n_16", "oracle", "critic", "knn", "random", "auc",
-                "n_test_queries", "test_in_train", "best_of_n_diff_ci", "best_of_n_16_diff_ci", "seeds"):
+    for key in ("best_single", "best_of_n", "best_of_n_all_prompts", "oracle", "critic", "knn", "random", "auc",
+                "n_test_queries", "test_in_train", "best_of_n_diff_ci", "best_of_n_all_prompts_diff_ci", "seeds"):
         assert key in s
     assert s["seeds"] == 2 and s["test_in_train"] == 0
     lo, hi = s["best_of_n_diff_ci"]
@@ -223,12 +223,14 @@ def test_demo_transfer_section(tmp_path, static_cache):
     for ds, other in (("mawps", "svamp"),):
         s = transfer[ds]
         assert s["trained_on"] == [other]
-        for key in ("best_of_n", "best_of_n_16", "best_single", "best_single_16", "best_of_n_diff_ci",
-                    "best_of_n_16_diff_ci", "n_test_queries", "n_test_queries_16"):
+        for key in ("best_of_n", "best_of_n_all_prompts", "best_single", "best_single_all_prompts",
+                    "best_of_n_diff_ci", "best_of_n_all_prompts_diff_ci", "n_test_queries",
+                    "n_test_queries_all_prompts"):
             assert s[key] is not None, key
-        for key, ci in (("best_of_n", "best_of_n_diff_ci"), ("best_of_n_16", "best_of_n_16_diff_ci")):
+        assert s["n_all_prompts"] > s["n_train_prompts"] >= 2  # the prompt counts are fields, not key suffixes
+        for key, ci in (("best_of_n", "best_of_n_diff_ci"), ("best_of_n_all_prompts", "best_of_n_all_prompts_diff_ci")):
             lo, hi = s[ci]
-            base = s["best_single"] if key == "best_of_n" else s["best_single_16"]
+            base = s["best_single"] if key == "best_of_n" else s["best_single_all_prompts"]
             assert lo - 1e-9 <= s[key] - base <= hi + 1e-9
         leak = s["cross_dataset_leakage"]
         # MAWPS and SVAMP share questions: they are counted, dropped from training, and none is left in it

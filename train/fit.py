@@ -3,7 +3,9 @@
 ``fit_reward_model(table, protocol, config, embedder)`` -> :class:`FittedModel`;
 ``write_artifact(fitted, out_dir)`` -> :class:`~oirl_fast.train.artifact.Artifact`;
 ``train_artifact`` does both. The split comes from :func:`oirl_fast.splits.split_log`,
-so training and evaluation cut a log the same way.
+so training and evaluation cut a log the same way. A caller that must refuse a bad log
+before slow work (building an embedder) splits it once with :func:`trainable_split` and
+passes the result on as ``split=``, so the log is not cut a second time.
 """
 from __future__ import annotations
 
@@ -90,15 +92,24 @@ def check_trainable(split: SplitLog, source=None) -> None:
                         "both right and wrong answers to learn from", source)
 
 
+def trainable_split(table: pa.Table, protocol: Protocol, source=None) -> SplitLog:
+    """The log cut by ``protocol``, refused (OirlError naming ``source``) if no model can learn from its training side."""
+    split = split_log(table, protocol, source)
+    check_trainable(split, source)
+    return split
+
+
 def train_question_hashes(split: SplitLog) -> np.ndarray:
     """uint64 (Q,) sorted hashes of the questions on the training side (see ``schema.question_hashes``)."""
     return np.unique(question_hashes(pc.unique(split.train.column("query")).to_pylist()))
 
 
-def training_set(table: pa.Table, protocol: Protocol, embedder: Embedder, source=None) -> TrainingSet:
-    """``source``: the log's file, named in errors."""
-    split = split_log(table, protocol, source)
-    check_trainable(split, source)
+def training_set(table: pa.Table, protocol: Protocol, embedder: Embedder, source=None,
+                 split: SplitLog | None = None) -> TrainingSet:
+    """``source``: the log's file, named in errors; ``split``: ``trainable_split(table, protocol)`` when the
+    caller has it already."""
+    if split is None:
+        split = trainable_split(table, protocol, source)
     train = pool(split.train, unit="group", prompt_ids=split.train_prompt_ids)
     all_ids = [p for p, _ in split.prompts]
     prompt_emb = embedder.embed([t for _, t in split.prompts])
@@ -130,10 +141,12 @@ def training_metadata(ts: TrainingSet, config: TrainConfig, model: RewardModel, 
 
 
 def fit_reward_model(
-    table: pa.Table, protocol: Protocol, config: TrainConfig, embedder: Embedder, log=print, source=None
+    table: pa.Table, protocol: Protocol, config: TrainConfig, embedder: Embedder, log=print, source=None,
+    split: SplitLog | None = None,
 ) -> FittedModel:
-    """Fit a reward model on the protocol's train rows (held-out prompts excluded); ``source`` names the log in errors."""
-    ts = training_set(table, protocol, embedder, source)
+    """Fit a reward model on the protocol's train rows (held-out prompts excluded); ``source`` names the log in
+    errors; ``split``: the log already cut by :func:`trainable_split` (saves a second cut)."""
+    ts = training_set(table, protocol, embedder, source, split)
     query_emb = embedder.embed(ts.train.texts)
     X, y, w, groups = training_examples(ts.train, query_emb, ts.train_prompt_emb)
     t0 = time.perf_counter()
@@ -164,6 +177,8 @@ def train_artifact(
     compile_library: bool = True,
     log=print,
     source=None,
+    split: SplitLog | None = None,
 ) -> Artifact:
     """Fit a reward model on the protocol's train rows and write the artifact to ``out_dir``."""
-    return write_artifact(fit_reward_model(table, protocol, config, embedder, log, source), out_dir, compile_library)
+    return write_artifact(fit_reward_model(table, protocol, config, embedder, log, source, split), out_dir,
+                          compile_library)

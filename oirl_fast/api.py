@@ -1,0 +1,345 @@
+"""The public Python API: load or train a reward model, pick prompts for queries, evaluate.
+
+>>> import oirl_fast as oirl
+>>> model = oirl.load("oirl-demo/gsm8k/model")          # doctest: +SKIP
+>>> picks = model.pick(["question 1", "question 2"], top_k=3)   # doctest: +SKIP
+>>> picks.ids.shape, picks.scores.dtype                   # doctest: +SKIP
+((2, 3), dtype('float32'))
+
+:func:`load` reads and checks a model artifact and nothing else: it embeds, compiles and
+writes nothing. The embedder the model was trained with is built on the first
+:meth:`Model.embed` or :meth:`Model.pick` of texts, the scorer on the first
+:meth:`Model.scores` or :meth:`Model.pick`. Every mistake a caller can make (an empty
+list, embeddings of the wrong shape or dtype, ``top_k`` larger than the prompt set) raises
+:class:`~oirl_fast.errors.OirlError` with one line saying what is wrong.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .embed import Embedder, embedder_for_artifact
+from .encoders import make_encoder
+from .errors import OirlError
+from .evaluation import check_evaluable, evaluate_per_dataset
+from .evaluation import evaluate as evaluate_artifact
+from .multilog import read_log_set
+from .paths import Output, check_paths
+from .splits import Protocol
+from .train.artifact import Artifact, load_artifact
+from .train.fit import check_trainable, fit_reward_model, trainable_split, write_artifact
+from .train.reward_model import TrainConfig
+
+__all__ = ["Model", "Picks", "load", "fit", "evaluate", "read_log"]
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------------------
+# The one place the API touches the scoring core.
+
+
+class _Scorer:
+    """Scores of every (query, prompt) pair of an artifact's prompt set.
+
+    The contract is the one of ``oirl_fast.scoring.scorer.Scorer``: ``scores(Q float32 (n, d))
+    -> float32 (n, P)`` and ``top(Q, k) -> (int64 (n, k) prompt indices best first, float32 (n, k)
+    scores)``. Today it adapts :func:`oirl_fast.score.make_scorer`'s ``PairScorer`` (the fastest
+    route that runs the model: numba kernel, compiled library, native predict)."""
+
+    def __init__(self, artifact: Artifact, device: str = "auto"):
+        from .score import make_scorer, model_candidates
+
+        self._pairs = make_scorer(artifact, model_candidates(artifact), device=device)
+
+    def scores(self, query_emb: np.ndarray) -> np.ndarray:
+        return np.asarray(self._pairs.all(query_emb), dtype=np.float32)
+
+    def top(self, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        idx, sc = self._pairs.top(query_emb, k)
+        return np.asarray(idx, dtype=np.int64), np.asarray(sc, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class Picks:
+    """The ``k`` best prompts of each of ``n`` queries, best first.
+
+    ``indices`` int64 (n, k): rows of the model's prompt set (:attr:`Model.prompt_ids`);
+    ``ids`` and ``texts`` object (n, k) of str: those prompts' ids and texts;
+    ``scores`` float32 (n, k): the reward model's probability that the prompt's answer is right;
+    ``queries``: the n query texts, or None when the queries came as embeddings.
+    """
+
+    indices: np.ndarray
+    ids: np.ndarray
+    texts: np.ndarray
+    scores: np.ndarray
+    queries: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def top_k(self) -> int:
+        return self.indices.shape[1]
+
+    def to_arrow(self) -> pa.Table:
+        """One row per (query, rank), n * k rows: ``query_index`` int64, ``query`` string (when the queries
+        were texts), ``rank`` int32 (1 = best), ``prompt_index`` int64, ``prompt_id`` string, ``prompt``
+        string, ``score`` float32."""
+        n, k = self.indices.shape
+        columns = {"query_index": pa.array(np.repeat(np.arange(n, dtype=np.int64), k))}
+        if self.queries is not None:
+            columns["query"] = pa.array(np.repeat(np.asarray(self.queries, dtype=object), k), pa.string())
+        columns.update(
+            rank=pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), n)),
+            prompt_index=pa.array(self.indices.ravel()),
+            prompt_id=pa.array(self.ids.ravel(), pa.string()),
+            prompt=pa.array(self.texts.ravel(), pa.string()),
+            score=pa.array(self.scores.ravel()),
+        )
+        return pa.table(columns)
+
+    def to_pandas(self):
+        """:meth:`to_arrow` as a pandas DataFrame (needs pandas)."""
+        return self.to_arrow().to_pandas()
+
+
+# --------------------------------------------------------------------------------------
+# The model
+
+
+class Model:
+    """A trained reward model r(query, prompt) over its prompt set; get one with :func:`load` or :func:`fit`.
+
+    ``cache_dir``: embedding cache (default ``$OIRL_CACHE_DIR`` or ``~/.cache/oirl-fast``);
+    ``device``: where to embed and score (auto, cpu or cuda); ``progress``: progress bars while embedding;
+    ``log_fn``: receives one-line messages (e.g. that the static embedder is being built).
+    """
+
+    def __init__(self, artifact: Artifact, *, cache_dir: str | Path | None = None, device: str = "auto",
+                 batch_size: int = 128, progress: bool = False, log_fn: Callable[[str], None] | None = None):
+        self.artifact = artifact
+        self.cache_dir = cache_dir
+        self.device = device
+        self.batch_size = batch_size
+        self.progress = progress
+        self.log_fn = log_fn or _quiet
+        self._embedder: Embedder | None = None
+        self._scorer: _Scorer | None = None
+
+    def __repr__(self) -> str:
+        meta = self.artifact.metadata
+        return (f"Model({str(self.path)!r}, dataset={meta.dataset!r}, backend={meta.backend!r}, "
+                f"prompts={self.n_prompts}, embedding_dim={self.embedding_dim})")
+
+    @property
+    def path(self) -> Path:
+        """The artifact folder."""
+        return self.artifact.path
+
+    @property
+    def prompt_ids(self) -> list[str]:
+        """The P prompt ids, in the order of the columns of :meth:`scores`."""
+        return self.artifact.metadata.prompt_ids
+
+    @property
+    def prompt_texts(self) -> list[str]:
+        """The P prompt texts, same order as :attr:`prompt_ids`."""
+        return [str(p["text"]) for p in self.artifact.metadata.prompts]
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.artifact.metadata.prompts)
+
+    @property
+    def embedding_dim(self) -> int:
+        """d, the width of a query embedding."""
+        return int(self.artifact.metadata.feature_layout["query_dim"])
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder the model was trained with, built on first use (a first static build takes a while)."""
+        if self._embedder is None:
+            self._embedder = embedder_for_artifact(self.artifact.metadata, self.cache_dir, self.device,
+                                                   self.batch_size, progress=self.progress,
+                                                   where=self.path / "metadata.json", log=self.log_fn)
+        return self._embedder
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 (n, d) embeddings of ``texts`` (a list of n strings) with the model's embedder, through the
+        embedding cache."""
+        return self.embedder.embed(_texts(texts, "texts"))
+
+    def scores(self, query_embeddings: np.ndarray) -> np.ndarray:
+        """float32 (n, P): the probability that each of the P prompts answers each query right.
+
+        ``query_embeddings``: float32 (n, d), n >= 1, d = :attr:`embedding_dim`, from :meth:`embed`
+        (or the same embedder). Columns follow :attr:`prompt_ids`."""
+        return self._get_scorer().scores(self._check_embeddings(query_embeddings))
+
+    def pick(self, queries: Sequence[str] | np.ndarray, top_k: int = 1) -> Picks:
+        """The ``top_k`` best prompts for each query, best first (ties go to the earlier prompt).
+
+        ``queries``: a list of n query texts (embedded with the model's embedder), or their float32
+        (n, d) embeddings. ``top_k``: 1 <= top_k <= P. Returns :class:`Picks` with (n, top_k) arrays."""
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+            raise OirlError(f"top_k must be an integer, got {type(top_k).__name__}")
+        if not 1 <= top_k <= self.n_prompts:
+            raise OirlError(f"top_k must be between 1 and the model's {self.n_prompts} prompts, got {top_k}")
+        if isinstance(queries, np.ndarray):
+            texts, emb = None, self._check_embeddings(queries)
+        else:
+            texts = _texts(queries, "queries")
+            emb = self.embed(texts)
+        idx, sc = self._get_scorer().top(emb, int(top_k))
+        ids = np.asarray(self.prompt_ids, dtype=object)
+        prompts = np.asarray(self.prompt_texts, dtype=object)
+        return Picks(indices=idx, ids=ids[idx], texts=prompts[idx], scores=sc, queries=texts)
+
+    def _get_scorer(self) -> _Scorer:
+        if self._scorer is None:
+            self._scorer = _Scorer(self.artifact, self.device)
+        return self._scorer
+
+    def _check_embeddings(self, emb) -> np.ndarray:
+        if not isinstance(emb, np.ndarray):
+            raise OirlError(f"query embeddings must be a numpy array, float32 (n, {self.embedding_dim}); "
+                            f"got {type(emb).__name__}")
+        if emb.dtype != np.float32:
+            raise OirlError(f"query embeddings must be float32, got {emb.dtype} (convert with .astype(np.float32))")
+        if emb.ndim != 2 or emb.shape[1] != self.embedding_dim:
+            raise OirlError(f"query embeddings have shape {emb.shape}, the model expects (n, {self.embedding_dim})")
+        if emb.shape[0] == 0:
+            raise OirlError("no query embeddings (shape (0, d)); give at least one query")
+        if not np.isfinite(emb).all():
+            raise OirlError("query embeddings contain NaN or inf")
+        return np.ascontiguousarray(emb)
+
+
+def _texts(texts, what: str) -> list[str]:
+    """``texts`` as a non-empty list of str, or an OirlError saying what is wrong."""
+    if isinstance(texts, str):
+        raise OirlError(f"{what} must be a list of strings, got one string; wrap it in a list: [text]")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise OirlError(f"{what} must be a list of strings, got {type(texts).__name__}") from None
+    if not texts:
+        raise OirlError(f"{what} is empty; give at least one text")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise OirlError(f"{what}[{i}] is {type(t).__name__}, not a string")
+    return texts
+
+
+# --------------------------------------------------------------------------------------
+# Entry points
+
+
+def load(path: str | Path, *, cache_dir: str | Path | None = None, device: str = "auto",
+         batch_size: int = 128, progress: bool = False, log_fn: Callable[[str], None] | None = None) -> Model:
+    """Load the model artifact at ``path`` (a folder written by :func:`fit` or ``oirl train``).
+
+    Checks the artifact's checksums and schema (OirlError naming the file otherwise); embeds,
+    compiles and writes nothing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise OirlError("model artifact folder not found", path)
+    return Model(load_artifact(path), cache_dir=cache_dir, device=device, batch_size=batch_size, progress=progress,
+                 log_fn=log_fn)
+
+
+def read_log(log) -> tuple[pa.Table, str | None]:
+    """(log table, its name for error messages) from a table, a log file or folder, or a list of them."""
+    if isinstance(log, pa.Table):
+        return log, None
+    paths = [log] if isinstance(log, (str, Path)) else list(log)
+    if not paths:
+        raise OirlError("no log given")
+    return read_log_set(paths), ", ".join(str(p) for p in paths)
+
+
+def fit(
+    log,
+    out: str | Path,
+    *,
+    protocol: str = "grouped",
+    heldout_dataset: str | None = None,
+    test_fraction: float = 0.25,
+    backend: str = "lightgbm",
+    n_estimators: int = 300,
+    learning_rate: float = 0.05,
+    seed: int = 0,
+    embedder: str = "static",
+    compile: bool = True,
+    cache_dir: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    log_fn: Callable[[str], None] | None = None,
+) -> Model:
+    """Fit a reward model on a log's training side and write it as a model artifact at ``out`` (``oirl train``).
+
+    (Named ``fit``, not ``train``: ``oirl_fast.train`` is the training subpackage.)
+
+    ``log``: a log table, a log file (.parquet or .jsonl) or folder, or a list of them (one model over
+    several logs). ``protocol``: grouped, published or leave-one-dataset-out (with ``heldout_dataset``).
+    ``embedder``: static, minilm or a sentence-transformers folder. ``compile``: also build the native
+    library (treelite + tl2cgen). ``out`` is replaced atomically; it must be new, empty or a model artifact.
+    A log no model can learn from is refused before the embedder is built. ``log_fn`` receives one-line
+    progress messages. Returns the written model, loaded."""
+    say = log_fn or _quiet
+    config = TrainConfig(backend=backend, n_estimators=n_estimators, learning_rate=learning_rate, seed=seed)
+    proto = Protocol(protocol, test_fraction=test_fraction, seed=seed, heldout_dataset=heldout_dataset)
+    inputs = {} if isinstance(log, pa.Table) else {"log": log}
+    check_paths({**inputs, "cache_dir": cache_dir}, [Output(Path(out), "out", kind="artifact")])
+    table, source = read_log(log)
+    # Cut and checked before the embedder is built: a first static build takes a while.
+    split = trainable_split(table, proto, source)
+    encoder = make_encoder(embedder, cache_dir, device, log=say)
+    emb = Embedder(cache_dir=cache_dir, progress=progress, encoder=encoder)
+    fitted = fit_reward_model(table, proto, config, emb, say, source, split=split)
+    artifact = write_artifact(fitted, out, compile_library=compile)
+    model = Model(artifact, cache_dir=cache_dir, device=device, progress=progress, log_fn=log_fn)
+    model._embedder = emb  # the same encoder the artifact records
+    return model
+
+
+def evaluate(model: Model | str | Path, log, *, seeds: int = 1, knn_k: int = 50, per_dataset: bool = True,
+             progress: bool = True) -> dict:
+    """Offline evaluation of ``model`` on the held-out queries of ``log`` (the log(s) it was trained from;
+    the split is rebuilt with the model's protocol).
+
+    Returns the JSON-ready report of :func:`oirl_fast.evaluation.evaluate`: reward-model metrics, best-of-N
+    against the best single prompt, random, oracle and kNN with paired-bootstrap CIs, leakage counts. ``seeds``
+    > 1 refits the model with seeds 1..K-1 on the same split for the seed mean and spread. A model trained on
+    several datasets also gets ``per_dataset``: the report of each dataset's test queries."""
+    if not isinstance(model, Model):
+        model = load(model, progress=progress)
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
+        raise OirlError(f"seeds must be an integer >= 1, got {seeds!r}")
+    artifact = model.artifact
+    table, source = read_log(log)
+    protocol, split, _, _ = check_evaluable(artifact, table, source)  # before the embedder and the seed fits
+    embedder = model.embedder
+    if seeds > 1:
+        check_trainable(split, source)
+    others = [fit_reward_model(table, protocol, replace(artifact.model.config, seed=s), embedder, _quiet, source,
+                               split=split).model
+              for s in range(1, seeds)]
+    report = evaluate_artifact(artifact, table, embedder, knn_k=knn_k, seed_models=others, source=source)
+    if per_dataset:
+        by_dataset = evaluate_per_dataset(artifact, table, embedder, knn_k=knn_k, seed_models=others)
+        if by_dataset:
+            report["per_dataset"] = by_dataset
+    return report
+
