@@ -24,8 +24,9 @@ DEPTH = 2  # finished chunks waiting for the writer
 def run_pipeline(chunks: Iterator[list], score: Callable[[list], list[str]],
                  write: Callable[[list[str], int], None], summary) -> None:
     """``chunks`` read and ``score(chunk) -> lines`` run in this thread, ``write(lines, n)`` in
-    another.  ``summary.read_seconds`` gets the reading time.  An exception in either stops
-    both and is raised here; what was written is a prefix of the output."""
+    another.  ``summary.read_seconds`` gets the reading time.  An exception in the loop lets
+    the writer finish the chunks already scored, one in the writer stops both; either is raised
+    here, and what was written is a prefix of the output."""
     to_write: queue.Queue = queue.Queue(DEPTH)
     stop = threading.Event()
     failures: list[BaseException] = []
@@ -65,12 +66,11 @@ def run_pipeline(chunks: Iterator[list], score: Callable[[list], list[str]],
             lines = score(chunk)
             if not put((lines, len(chunk))):
                 break
-    except BaseException:
-        stop.set()
-        raise
     finally:
+        # Also after an interrupt or an error in this loop: the queued chunks are complete,
+        # so the writer finishes them, in order, and what is on disk does not depend on timing.
         if not stop.is_set():
-            put(_DONE)  # the writer finishes what is queued, in order
+            put(_DONE)
         thread.join()
         stop.set()
     if failures:
