@@ -76,7 +76,8 @@ def run_dask(model: Path, emb: Path, ids: Path, out: Path, workers: int, partiti
     """Two jobs on one fresh LocalCluster: cold (workers load the model) and warm (already loaded)."""
     from distributed import Client
 
-    from oirl_fast.distributed import _local_threads, local_cluster, score_distributed
+    from oirl_fast.cluster import local_cluster, local_threads as _local_threads
+    from oirl_fast.scoring.dask import score_distributed
 
     t0 = time.perf_counter()
     with local_cluster(workers) as cluster, Client(cluster) as client:
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
-    from oirl_fast.score import score_file
+    from oirl_fast.scoring.stream import score_file
 
     model = args.model or bench_model(args.trees, args.prompts, log)
     meta = json.loads((model / "metadata.json").read_text())

@@ -136,7 +136,7 @@ def train_cmd(
     config = TrainConfig(backend=backend, n_estimators=n_estimators, learning_rate=learning_rate, seed=seed)
     proto = Protocol(protocol, test_fraction=test_fraction, seed=seed, heldout_dataset=heldout_dataset)
     if engine == "dask":
-        from .distributed import train_distributed
+        from .train.dask_fit import train_distributed
 
         # One argument keeps the engine's own reading (a folder or glob of shards of one log).
         log = logs[0] if len(logs) == 1 else read_log_set(logs)

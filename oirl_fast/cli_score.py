@@ -87,7 +87,8 @@ def register(app: typer.Typer) -> None:
         """
         from .atomic import write_text
         from .paths import JSON_SUFFIXES, Output, check_paths, is_stdio, is_stream
-        from .score import score_file, score_io
+        from .scoring.inputs import score_io
+        from .scoring.stream import score_file
 
         if engine not in ("local", "dask"):
             raise OirlError(f"unknown engine {engine!r}; use local or dask")
@@ -105,7 +106,7 @@ def register(app: typer.Typer) -> None:
         check_paths(inputs, [*outputs, Output(summary_json, "--summary", JSON_SUFFIXES)])
         try:
             if engine == "dask":
-                from .distributed import score_distributed
+                from .scoring.dask import score_distributed
 
                 summary = score_distributed(
                     model, in_path, out, prompts=prompts, embeddings=embeddings, ids=ids, top_k=top_k,

@@ -266,7 +266,7 @@ def factory(embedder):
 
 
 def _interrupted(monkeypatch, after_chunks: int = 1):
-    from oirl_fast import score as score_mod
+    from oirl_fast.scoring import job as score_mod
 
     real = score_mod._score_chunk
     calls = {"n": 0}
@@ -282,7 +282,7 @@ def _interrupted(monkeypatch, after_chunks: int = 1):
 
 
 def test_resume_refuses_the_partial_of_another_job(scoring_setup, factory, tmp_path, monkeypatch):
-    from oirl_fast.score import score_file
+    from oirl_fast.scoring.stream import score_file
 
     model, other, q = scoring_setup
     inp = tmp_path / "q.jsonl"
@@ -325,7 +325,8 @@ def test_resume_refuses_the_partial_of_another_job(scoring_setup, factory, tmp_p
 
 
 def test_input_fields_named_like_output_fields_become_error_records(scoring_setup, factory, tmp_path):
-    from oirl_fast.score import RESERVED_INPUT_KEYS, score_file
+    from oirl_fast.scoring.records import RESERVED_INPUT_KEYS
+    from oirl_fast.scoring.stream import score_file
 
     model, _, _ = scoring_setup
     inp, out = tmp_path / "q.jsonl", tmp_path / "o.jsonl"
@@ -343,7 +344,7 @@ def test_input_fields_named_like_output_fields_become_error_records(scoring_setu
 
 
 def test_score_reads_stdin_and_writes_stdout(scoring_setup, factory, tmp_path, cache_dir):
-    from oirl_fast.score import score_file
+    from oirl_fast.scoring.stream import score_file
 
     model, _, q = scoring_setup
     ref = tmp_path / "ref.jsonl"
@@ -363,7 +364,7 @@ def test_score_reads_stdin_and_writes_stdout(scoring_setup, factory, tmp_path, c
 
 
 def test_score_reads_a_fifo(scoring_setup, factory, tmp_path):
-    from oirl_fast.score import score_file
+    from oirl_fast.scoring.stream import score_file
 
     model, _, q = scoring_setup
     fifo = tmp_path / "q.fifo"

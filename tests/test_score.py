@@ -10,10 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from oirl_fast import score as score_mod
+from oirl_fast.scoring import job as score_mod
 from oirl_fast.errors import OirlError
 from oirl_fast.features import FeatureLayout, grid_features
-from oirl_fast.score import score_file
+from oirl_fast.scoring.stream import score_file
 from oirl_fast.train import artifact as art
 from oirl_fast.train.reward_model import RewardModel, TrainConfig
 
@@ -318,7 +318,7 @@ def test_cli_score_and_exit_codes(model_dir, texts, tmp_path, cache_dir):
 
 
 def test_npy_rows_reads_only_what_is_asked(tmp_path):
-    from oirl_fast.score import NpyRows
+    from oirl_fast.scoring.inputs import NpyRows
 
     a = np.arange(5 * 3, dtype=np.float32).reshape(5, 3)
     np.save(tmp_path / "a.npy", a)
@@ -380,7 +380,7 @@ def test_pipelined_output_is_byte_identical_to_the_serial_loop(model_dir, texts,
 
 def test_pipeline_stops_on_a_failing_stage_and_keeps_a_prefix(tmp_path):
     from oirl_fast.pipelined import run_pipeline
-    from oirl_fast.score import ScoreSummary
+    from oirl_fast.scoring.summary import ScoreSummary
 
     written = []
 

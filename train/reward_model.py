@@ -169,7 +169,7 @@ class RewardModel:
     def finish(self, y_valid: np.ndarray, w_valid: np.ndarray, prob_valid: np.ndarray) -> "RewardModel":
         """Validation metrics and the calibrator, from the fitted trees' predictions on the validation cells.
 
-        Shared by the single-machine fit and the Dask one (``oirl_fast.distributed``)."""
+        Shared by the single-machine fit and the Dask one (:mod:`oirl_fast.train.dask_fit`)."""
         self.validation = _validation_metrics(y_valid, w_valid, prob_valid)
         # Fitted on the validation questions, which the trees never trained on.
         self.calibrator = IsotonicCalibrator.fit(prob_valid, y_valid, w_valid)

@@ -1,0 +1,300 @@
+"""A model loaded and ready to score lines (``Scoring``), shared by the local stream and the Dask workers,
+and the job signature a resumed run is checked against."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..embed import Embedder, text_key
+from ..encoders import artifact_record, encoder_for_record
+from ..errors import OirlError
+from ..pipelined import run_pipeline
+from ..train.artifact import file_sha256, load_artifact
+from .candidates import Candidates, candidates_sha256, model_candidates, read_prompts_file
+from .records import Item, chunks, dumps, error_record, record
+from .scorer import PairScorer, _top_k, make_scorer
+from .summary import ScoreSummary
+
+DEFAULT_CHUNK = 2048
+JOB_FORMAT = "oirl-score-job"
+
+
+class Scoring:
+    """A model loaded and ready to score lines: artifact, candidates, scorer, embedders.
+
+    Built once per process: by ``score_file`` for a local run, and once per Dask worker
+    process (:mod:`oirl_fast.scoring.dask`), so the numba kernel compiles once per worker.
+    ``write`` turns parsed input lines into output records; it is the only place the
+    record format is produced, for the local stream and the distributed partitions alike.
+    """
+
+    def __init__(self, artifact, cands: Candidates, scorer: PairScorer, top_k: int, with_scores: bool,
+                 min_confidence: float | None, get_embedder: Callable):
+        self.artifact, self.cands, self.scorer = artifact, cands, scorer
+        self.k = min(top_k, len(cands))
+        self.with_scores, self.min_confidence = with_scores, min_confidence
+        self.calibrator = artifact.model.calibrator
+        self.get_embedder = get_embedder
+
+    def annotate(self, rec: dict, confidence: float | None, summary: "ScoreSummary") -> dict:
+        """Add the pick's calibrated success probability and, with a threshold, whether it is too low."""
+        if confidence is not None and rec.get("score") is not None:
+            rec["confidence"] = float(confidence)
+            if self.min_confidence is not None:
+                rec["low_confidence"] = rec["confidence"] < self.min_confidence
+                summary.low_confidence += rec["low_confidence"]
+        return rec
+
+    def write(self, items: Iterator[Item], fh, summary: "ScoreSummary", chunk_size: int = DEFAULT_CHUNK,
+              emb_matrix=None, strict: bool = False, src: Path | None = None,
+              on_chunk: Callable[[int], None] | None = None, pipeline: bool = True) -> None:
+        """Score ``items`` chunk by chunk and write one record a line to the binary file ``fh``.
+
+        ``pipeline``: read and parse the next chunks in one thread and write finished ones in
+        another while this thread embeds and scores, so the tokenizer, the kernel and the file
+        writes (which release the GIL) overlap with the Python work; the output is the same
+        bytes in the same order as the serial loop (``pipeline=False``)."""
+        score = lambda chunk: _score_chunk(chunk, self.cands, self.scorer, self.k, self.with_scores, emb_matrix,
+                                           self.get_embedder, summary, strict, src,
+                                           lambda rec, conf: self.annotate(rec, conf, summary), self.calibrator)
+        if pipeline:
+            run_pipeline(chunks(items, chunk_size), score, lambda lines, n: _write_lines(fh, lines, n, summary, on_chunk),
+                         summary)
+            return
+        pending = chunks(items, chunk_size)
+        while True:
+            t0 = time.perf_counter()
+            chunk = next(pending, None)
+            summary.read_seconds += time.perf_counter() - t0
+            if chunk is None:
+                break
+            _write_lines(fh, score(chunk), len(chunk), summary, on_chunk)
+
+
+def _write_lines(fh, lines: list[str], n: int, summary: "ScoreSummary", on_chunk) -> None:
+    t0 = time.perf_counter()
+    # A lone surrogate can only sit inside a JSON string, where backslashreplace
+    # writes it as the valid escape \udcXX, exactly what ensure_ascii would.
+    fh.write("".join(lines).encode("utf-8", "backslashreplace"))
+    fh.flush()
+    summary.write_seconds += time.perf_counter() - t0
+    if on_chunk is not None:
+        on_chunk(n)
+
+
+def load_scoring(
+    model_dir: str | Path,
+    prompts: str | Path | None = None,
+    candidates: Candidates | None = None,
+    query_dim: int | None = None,
+    needs_text_embedder: bool = True,
+    top_k: int = 1,
+    with_scores: bool = False,
+    min_confidence: float | None = None,
+    device: str = "auto",
+    batch_size: int = 128,
+    precision: str = "fp32",
+    cache_dir: str | Path | None = None,
+    path: str = "auto",
+    embedder_factory: Callable | None = None,
+    embeddings_label: str | Path | None = None,
+    log: Callable[[str], None] = lambda s: None,
+    build_scorer: bool = True,
+    embedder: str | None = None,
+) -> Scoring:
+    """Load the artifact, check it against the input (``query_dim`` of precomputed embeddings),
+    resolve the candidates (the model's, a ``prompts`` file, or ready ``candidates``) and pick
+    the fastest scorer (unless ``build_scorer`` is False: a client that only checks the job).
+    Text is embedded with the embedder recorded in the artifact (``embedder``: the path of a
+    moved folder encoder, checked to give the same vectors)."""
+    if precision not in ("fp32", "fp16"):
+        raise OirlError(f"--precision must be fp32 or fp16, got {precision!r}")
+    artifact = load_artifact(model_dir)
+    layout = artifact.metadata.feature_layout
+    qdim, pdim = int(layout["query_dim"]), int(layout["prompt_dim"])
+    if query_dim is not None and query_dim != qdim:
+        raise OirlError(f"embeddings have dimension {query_dim}, the model expects {qdim}", embeddings_label)
+
+    embedders: dict[bool, object] = {}
+    encoder = None
+    if needs_text_embedder and embedder_factory is None:
+        # the encoder the model was trained with, refused if this machine's build would give other vectors
+        where = Path(model_dir) / "metadata.json"
+        encoder = encoder_for_record(artifact_record(artifact.metadata, where), cache_dir, device, batch_size, precision,
+                                     override=embedder, where=where, log=log)
+
+    def get_embedder(cached: bool):
+        if cached not in embedders:
+            if embedder_factory is not None:
+                embedders[cached] = embedder_factory(cached=cached)
+            else:
+                if encoder is None:
+                    raise OirlError("text queries need the model's embedder")
+                embedders[cached] = Embedder(cache_dir=cache_dir, progress=False, use_cache=cached, encoder=encoder)
+        return embedders[cached]
+
+    if min_confidence is not None:
+        if not 0.0 <= min_confidence <= 1.0:
+            raise OirlError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+        if artifact.model.calibrator is None:
+            raise OirlError("the model has no calibrator (trained by an older oirl-fast); retrain it to use --min-confidence",
+                            Path(model_dir) / "metadata.json")
+
+    if candidates is not None:
+        cands = candidates
+    elif prompts is not None:
+        cands = read_prompts_file(
+            prompts, artifact.metadata.embedding_model, pdim,
+            get_embedder if embedder_factory is not None else _candidate_embedder(artifact.path, encoder),
+        )
+    else:
+        cands = model_candidates(artifact)
+    scorer = make_scorer(artifact, cands, device=device, path=path, log=log) if build_scorer else None
+    return Scoring(artifact, cands, scorer, top_k, with_scores, min_confidence, get_embedder)
+
+
+def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder, summary, strict, src,
+                 annotate=lambda rec, conf: rec, calibrate=None) -> list[str]:
+    ok = [it for it in chunk if it.error is None]
+    Q = None
+    if ok:
+        t0 = time.perf_counter()
+        if emb_matrix is None:
+            Q = _embed_queries([it.query for it in ok], get_embedder)
+        else:
+            rows = np.asarray([it.row for it in ok], dtype=np.int64)
+            with np.errstate(over="ignore"):  # a float64 beyond float32's range: inf, an error record below
+                Q = np.asarray(emb_matrix[rows], dtype=np.float32)
+        bad = ~np.isfinite(Q).all(axis=1)
+        if bad.any():
+            for i in np.flatnonzero(bad):
+                ok[i].error = "query embedding contains NaN or infinity"
+                if strict:
+                    raise OirlError(ok[i].error, src, ok[i].line)
+            keep = ~bad
+            Q = Q[keep]
+            ok = [it for it, kk in zip(ok, keep) if kk]
+        summary.embed_seconds += time.perf_counter() - t0
+    results = {}
+    if ok:
+        t0 = time.perf_counter()
+        full = None
+        if with_scores:
+            full = scorer.all(Q)
+            idx, sc = _top_k(full, k)
+        else:
+            idx, sc = scorer.top(Q, k)
+        summary.score_seconds += time.perf_counter() - t0
+        summary.pairs += len(ok) * len(cands)
+        # one vectorized call per chunk: calibrating pick by pick cost more than scoring
+        conf = calibrate(sc[:, 0]) if calibrate is not None else None
+        for j, it in enumerate(ok):
+            results[it.line] = (idx[j], sc[j], None if full is None else full[j], None if conf is None else conf[j])
+    t_format = time.perf_counter()
+    lines = []
+    for it in chunk:
+        if it.error is not None:
+            summary.errors += 1
+            if len(summary.first_errors) < 5:
+                summary.first_errors.append({"line": it.line, "error": it.error})
+            lines.append(dumps(error_record(it)) + "\n")
+        else:
+            i, s, f, c = results[it.line]
+            summary.scored += 1
+            lines.append(dumps(annotate(record(it, cands, i, s, k, f), c)) + "\n")
+    summary.format_seconds += time.perf_counter() - t_format
+    return lines
+
+
+def _candidate_embedder(model_dir: Path, encoder):
+    """Candidate prompts are embedded once and cached beside the model (``MODEL_DIR/embeddings/``,
+    keyed by encoder and text hash); a read-only model folder falls back to the user cache."""
+    def factory(cached: bool = True):
+        if encoder is None:
+            raise OirlError("prompts without embeddings need the model's embedder")
+        root = model_dir if os.access(model_dir, os.W_OK) else None
+        return Embedder(cache_dir=root, progress=False, encoder=encoder)
+
+    return factory
+
+
+def _embed_queries(texts: list[str], get_embedder) -> np.ndarray:
+    """Queries already in the embedding cache come from it; the others are embedded without
+    being added (a stream of queries would grow the cache without end).
+
+    The static embedder skips the cache: it embeds about 10,000 texts a second, faster than
+    hashing the texts and reading their rows back from disk."""
+    plain = get_embedder(False)
+    if getattr(getattr(plain, "encoder", None), "kind", None) == "static":
+        return plain.embed(texts)
+    cache = getattr(get_embedder(True), "cache", None)
+    if cache is None:
+        return plain.embed(texts)
+    found, vectors = cache.lookup([text_key(t) for t in texts])
+    if found.all():
+        return vectors
+    fresh = plain.embed([t for t, f in zip(texts, found) if not f])
+    out = np.empty((len(texts), fresh.shape[1]), dtype=np.float32)
+    out[~found] = fresh
+    if found.any():
+        out[found] = vectors
+    return out
+
+
+def embedder_identity(artifact, precision: str) -> dict:
+    """What turns a query text into the model's input vector, as recorded for --resume: the
+    artifact's embedder record (kind, identity, weights hash) and the precision the queries are embedded in."""
+    return {"embedding_model": artifact.metadata.embedding_model, "embedder": artifact.metadata.embedder_record,
+            "precision": precision}
+
+
+def job_signature(scoring: "Scoring", files: Sequence[str | Path], embeddings: str | Path | None, *, top_k: int,
+                  with_scores: bool, min_confidence: float | None, precision: str, path: str) -> dict:
+    """Everything an output line depends on, for a resumed run to check it continues the same job:
+    the input files (identity, size, modification time), the model (SHA-256 of its metadata.json,
+    which holds the checksums of its other files), the candidates, the options and the embedder.
+    Shared by the local stream (``OUT.partial.job.json``) and the Dask manifest."""
+    def stat(p) -> dict:
+        st = os.stat(p)
+        return {"file": str(Path(p).resolve()), "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns}
+
+    artifact = scoring.artifact
+    return {
+        "model": str(Path(artifact.path).resolve()),
+        "model_sha256": file_sha256(Path(artifact.path) / "metadata.json"),
+        "inputs": [stat(f) for f in files],
+        "embeddings": None if embeddings is None else stat(embeddings),
+        "candidates_sha256": candidates_sha256(scoring.cands),
+        "options": {"top_k": top_k, "with_scores": with_scores, "min_confidence": min_confidence, "path": path},
+        "embedder": embedder_identity(artifact, precision),
+    }
+
+
+def differences(old: dict, new: dict) -> str:
+    names = {"inputs": "input file", "embeddings": "--embeddings file", "model": "model folder",
+             "model_sha256": "model", "candidates_sha256": "candidate prompts", "embedder": "embedder"}
+    diff = []
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) == new.get(k):
+            continue
+        if k == "options" and isinstance(old.get(k), dict):
+            flags = {"with_scores": "--scores", "path": "scoring path"}
+            diff += [flags.get(o, f"--{o.replace('_', '-')}") for o in sorted(set(old[k]) | set(new[k]))
+                     if old[k].get(o) != new[k].get(o)]
+        else:
+            diff.append(names.get(k, k))
+    return ", ".join(dict.fromkeys(diff)) or "format"
+
+
+def read_job(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == JOB_FORMAT else None
