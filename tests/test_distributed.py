@@ -331,7 +331,7 @@ def test_distributed_training_auc_matches_single_machine(backend, client, tmp_pa
     from oirl_fast.train.fit import fit_reward_model, write_artifact
     from oirl_fast.schema import conform
     from oirl_fast.scoring.candidates import model_candidates
-    from oirl_fast.scoring.scorer import make_scorer
+    from oirl_fast.scoring.scorer import Scorer
     from oirl_fast.splits import Protocol
 
     log = conform(_synthetic_log(cache_dir))
@@ -356,7 +356,7 @@ def test_distributed_training_auc_matches_single_machine(backend, client, tmp_pa
     assert loaded.metadata.prompt_embeddings_sha256 == single.metadata.prompt_embeddings_sha256
     assert loaded.model.calibrator is not None and 1 <= loaded.metadata.best_iteration <= 150
     assert loaded.library_path.is_file() if compile_library else loaded.library_path is None
-    assert make_scorer(loaded, model_candidates(loaded), device="cpu").path == "kernel (numba CPU)"
+    assert Scorer.for_artifact(loaded, model_candidates(loaded), device="cpu").route == "kernel"
     auc_single = evaluate(single, log, embedder)["classification"]["train_prompts"]["auc"]
     auc_dask = evaluate(loaded, log, embedder)["classification"]["train_prompts"]["auc"]
     print(f"AUC {backend}: single {auc_single:.4f} dask {auc_dask:.4f} trees {single.metadata.best_iteration} / {loaded.metadata.best_iteration}")

@@ -335,21 +335,29 @@ def test_npy_rows_reads_only_what_is_asked(tmp_path):
         NpyRows(tmp_path / "o.npy")
 
 
-def test_candidate_prompts_are_cached_beside_the_model(model_dir, texts, tmp_path):
+def _snapshot(folder):
+    """Every file and folder under ``folder``: bytes (files) and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in sorted([folder, *folder.rglob("*")])}
+
+
+def test_candidate_prompts_are_cached_in_the_cache_not_the_model(model_dir, texts, tmp_path):
     import shutil
 
     queries, prompts, q_emb, p_emb = texts
     local = tmp_path / "model"
     shutil.copytree(model_dir, local)
+    before = _snapshot(local)
     pf = tmp_path / "prompts.jsonl"
     pf.write_text("".join(json.dumps({"id": pid, "text": t}) + "\n" for pid, t in prompts[:4]))
     inp = tmp_path / "q.jsonl"
     _write_queries(inp, queries[:3], bad=False)
     for run in range(2):
         score_file(local, inp, tmp_path / f"picks{run}.jsonl", prompts=pf, progress=False, cache_dir=tmp_path / "c")
-        shards = list((local / "embeddings").rglob("shard-*.npz"))
+        shards = list((tmp_path / "c").rglob("shard-*.npz"))
         assert len(shards) == 1  # embedded on the first run, read back on the second
     assert _read(tmp_path / "picks0.jsonl") == _read(tmp_path / "picks1.jsonl")
+    assert _snapshot(local) == before  # scoring never writes to the model folder
 
 
 def test_fp16_query_embeddings_are_opt_in_and_checked(model_dir, texts, cache_dir, tmp_path):

@@ -17,9 +17,7 @@ import numpy as np
 
 from ..calibration import IsotonicCalibrator
 from ..errors import OirlError
-
-BACKENDS = ("lightgbm", "xgboost")
-MODEL_FILES = {"lightgbm": "model.lgb.txt", "xgboost": "model.xgb.json"}
+from .model_format import BACKENDS, MODEL_FILES
 
 
 @dataclass

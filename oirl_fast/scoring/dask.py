@@ -99,8 +99,8 @@ def score_partition(scoring: Scoring, src: str | Path, start: int, stop: int, fi
     """
     t0 = time.perf_counter()
     out = Path(out)
-    summary = ScoreSummary(input=str(src), output=str(out), candidates=len(scoring.cands), path=scoring.scorer.path,
-                           fallback_reason=scoring.scorer.reason or None)
+    summary = ScoreSummary(input=str(src), output=str(out), candidates=len(scoring.cands), path=scoring.scorer.description,
+                           fallback_reason=scoring.scorer.fallback_reason)
     items = iter_range_items(Path(src), start, stop, first_line, embeddings=emb_matrix is not None)
     with atomic_path(out) as tmp:
         with tmp.open("wb") as fh:

@@ -17,7 +17,7 @@ from ..pipelined import run_pipeline
 from ..train.artifact import file_sha256, load_artifact
 from .candidates import Candidates, candidates_sha256, model_candidates, read_prompts_file
 from .records import Item, chunks, dumps, error_record, record
-from .scorer import PairScorer, _top_k, make_scorer
+from .scorer import Scorer, top_k as top_of
 from .summary import ScoreSummary
 
 DEFAULT_CHUNK = 2048
@@ -33,7 +33,7 @@ class Scoring:
     record format is produced, for the local stream and the distributed partitions alike.
     """
 
-    def __init__(self, artifact, cands: Candidates, scorer: PairScorer, top_k: int, with_scores: bool,
+    def __init__(self, artifact, cands: Candidates, scorer: Scorer | None, top_k: int, with_scores: bool,
                  min_confidence: float | None, get_embedder: Callable):
         self.artifact, self.cands, self.scorer = artifact, cands, scorer
         self.k = min(top_k, len(cands))
@@ -150,11 +150,11 @@ def load_scoring(
     elif prompts is not None:
         cands = read_prompts_file(
             prompts, artifact.metadata.embedding_model, pdim,
-            get_embedder if embedder_factory is not None else _candidate_embedder(artifact.path, encoder),
+            get_embedder if embedder_factory is not None else _candidate_embedder(cache_dir, encoder),
         )
     else:
         cands = model_candidates(artifact)
-    scorer = make_scorer(artifact, cands, device=device, path=path, log=log) if build_scorer else None
+    scorer = Scorer.for_artifact(artifact, cands, route=path, device=device, log=log) if build_scorer else None
     return Scoring(artifact, cands, scorer, top_k, with_scores, min_confidence, get_embedder)
 
 
@@ -185,10 +185,11 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
         t0 = time.perf_counter()
         full = None
         if with_scores:
-            full = scorer.all(Q)
-            idx, sc = _top_k(full, k)
+            # float64: the precision the routes compute in, and what the records print
+            full = scorer.scores(Q, dtype=np.float64)
+            idx, sc = top_of(full, k)
         else:
-            idx, sc = scorer.top(Q, k)
+            idx, sc = scorer.top(Q, k, dtype=np.float64)
         summary.score_seconds += time.perf_counter() - t0
         summary.pairs += len(ok) * len(cands)
         # one vectorized call per chunk: calibrating pick by pick cost more than scoring
@@ -211,14 +212,13 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
     return lines
 
 
-def _candidate_embedder(model_dir: Path, encoder):
-    """Candidate prompts are embedded once and cached beside the model (``MODEL_DIR/embeddings/``,
-    keyed by encoder and text hash); a read-only model folder falls back to the user cache."""
+def _candidate_embedder(cache_dir: str | Path | None, encoder):
+    """Candidate prompts are embedded once and kept in the embedding cache (keyed by encoder and
+    text hash), never in the model folder, which scoring does not write to."""
     def factory(cached: bool = True):
         if encoder is None:
             raise OirlError("prompts without embeddings need the model's embedder")
-        root = model_dir if os.access(model_dir, os.W_OK) else None
-        return Embedder(cache_dir=root, progress=False, encoder=encoder)
+        return Embedder(cache_dir=cache_dir, progress=False, encoder=encoder)
 
     return factory
 

@@ -134,9 +134,10 @@ def score_file(
             raise OirlError(f"cannot resume: the output has {skip} lines, the input only {total_lines}", partial)
 
         summary = ScoreSummary(input=label, output="<stdout>" if is_stdio(out_path) else str(out_path), resumed=skip,
-                               candidates=len(cands), path=scorer.path, fallback_reason=scorer.reason or None)
+                               candidates=len(cands), path=scorer.description,
+                               fallback_reason=scorer.fallback_reason)
         log(f"scoring {'the' if total_lines is None else total_lines - skip} lines against {len(cands)} candidates "
-            f"with the {scorer.path}" + (f"; resuming after line {skip}" if skip else ""))
+            f"with the {scorer.description}" + (f"; resuming after line {skip}" if skip else ""))
 
         items = iter_jsonl_items(src, skip) if emb_matrix is None else iter_embedding_items(src, skip)
         bar = ProgressBar("scoring", None if total_lines is None else total_lines - skip, enabled=progress)
