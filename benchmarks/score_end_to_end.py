@@ -91,7 +91,7 @@ def run(model, inp, out, cache_dir, prompts, pipeline=True):
     wall = time.perf_counter() - t0
     stages = {"read": s.read_seconds, "embed": s.embed_seconds, "kernel": s.score_seconds,
               "write": s.format_seconds + s.write_seconds}
-    return {"wall": wall, "lines": s.scored + s.errors, "pairs": s.pairs, "stages": stages, "path": s.path}
+    return {"wall": wall, "lines": s.scored + s.errors, "pairs": s.pairs, "stages": stages, "route": s.route}
 
 
 def show(name, r):

@@ -29,9 +29,22 @@ seeds on the same split.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from .atomic import atomic_path
+from .collect.graders import last_number
+from .collect.published import import_published, load_gsm8k_answers, load_prompts
+from .encoders import check_same_encoder
+from .errors import OirlError
+from .metrics import paired_bootstrap_ci
+from .schema import read_logs
+from .scoring.candidates import Candidates
+from .scoring.scorer import Scorer
+from .splits import Protocol, split_log
+from .train.artifact import load_artifact
+from .train.fit import fit_reward_model
 
 
 def vote(values: np.ndarray, order: np.ndarray) -> float:
@@ -163,25 +176,13 @@ def policy_outcomes(
     return out, references
 
 
-def simulate(
-    values: np.ndarray,
-    gold: np.ndarray,
-    scores: np.ndarray,
-    confidence: np.ndarray,
-    best_single: int,
-    ks: tuple[int, ...] = (3, 5),
-    thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5),
-    seed: int = 0,
-    train_accuracy: np.ndarray | None = None,
-) -> list[dict]:
-    """Points ``{policy, kind, calls_per_query, accuracy}`` of :func:`policy_outcomes`'s policies."""
-    policies, _ = policy_outcomes(values, gold, scores, confidence, best_single, ks, thresholds, seed, train_accuracy)
+def policy_points(policies: list[PolicyOutcome]) -> list[dict]:
+    """Points ``{policy, kind, calls_per_query, accuracy}`` of policies (e.g. :func:`policy_outcomes`'s)."""
     return [{"policy": p.policy, "kind": p.kind, "calls_per_query": p.calls_per_query, "accuracy": p.accuracy}
             for p in policies]
 
 
 def _diff(a: np.ndarray, b: np.ndarray, n_boot: int) -> dict:
-    from .metrics import paired_bootstrap_ci
 
     lo, hi = paired_bootstrap_ci(a, b, n_boot=n_boot)
     return {"diff": float(np.mean(a - b)), "ci95": [lo, hi]}
@@ -264,7 +265,6 @@ class AnswerTable:
 
 
 def _number(text) -> float:
-    from .collect.graders import last_number
 
     x = None if text is None else last_number(str(text))
     return np.nan if x is None else x
@@ -272,8 +272,6 @@ def _number(text) -> float:
 
 def _published_answers(source, limit: int | None) -> AnswerTable:
     import pyarrow.compute as pc
-
-    from .collect.published import import_published, load_gsm8k_answers, load_prompts
 
     prompts = load_prompts(source)
     ids = [p.id for p in prompts]
@@ -298,10 +296,6 @@ def _published_answers(source, limit: int | None) -> AnswerTable:
 def _log_answers(log_path, protocol: dict, prompt_ids: list, limit: int | None) -> AnswerTable:
     """Answers from a log with a ``response`` column (e.g. collected with oirl collect), on the
     test queries of the model's own protocol, so the model never saw them."""
-    from .errors import OirlError
-    from .splits import split_log
-    from .schema import read_logs
-    from .splits import Protocol
 
     table = read_logs(log_path)
     responses = table.column("response")
@@ -334,11 +328,6 @@ def _log_answers(log_path, protocol: dict, prompt_ids: list, limit: int | None) 
 
 def _seed_models(artifact, table, embedder, seeds: int) -> list:
     """The artifact's model and the same model refitted with seeds 1..seeds-1 on the same split."""
-    from dataclasses import replace
-
-    from .errors import OirlError
-    from .train.fit import fit_reward_model
-    from .splits import Protocol
 
     models = [artifact.model]
     if seeds > 1:
@@ -363,15 +352,10 @@ def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit
     with seeds 1..seeds-1 on the same split (the split itself is not re-drawn) and reports
     every policy's mean and spread over the seeds; CIs are over the per-query seed means.
     """
-    from .errors import OirlError
-    from .features import grid_features
-    from .train.artifact import load_artifact
-
     if seeds < 1:
         raise OirlError(f"--seeds must be at least 1, got {seeds}")
     artifact = load_artifact(model_dir, embedding_model=embedder.model_id)
     if getattr(embedder, "encoder", None) is not None:
-        from .encoders import check_same_encoder
 
         check_same_encoder(artifact.metadata.embedder_record, embedder.encoder, artifact.path / "metadata.json")
     if log is not None:
@@ -386,9 +370,7 @@ def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit
             raise OirlError(f"model was built for prompts {artifact.metadata.prompt_ids}, the answers cover "
                             f"{answers.prompt_ids}", artifact.path / "metadata.json")
     if seeds > 1:
-        from .collect.published import import_published
-        from .schema import read_logs
-
+    
         progress(f"refitting the model with seeds 1..{seeds - 1} on its own split")
         table = read_logs(log) if log is not None else import_published("gsm8k", source)
         models = _seed_models(artifact, table, embedder, seeds)
@@ -396,10 +378,16 @@ def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit
         models = [artifact.model]
     ours = np.isclose(answers.values, answers.gold[:, None]) & ~np.isnan(answers.values)
     order = [artifact.metadata.prompt_ids.index(i) for i in answers.prompt_ids]
-    grid = grid_features(embedder.embed(answers.queries), artifact.prompt_embeddings[order])
+    texts = {p["id"]: p["text"] for p in artifact.metadata.prompts}
+    cands = Candidates(list(answers.prompt_ids), [texts[i] for i in answers.prompt_ids],
+                       np.ascontiguousarray(artifact.prompt_embeddings[order], dtype=np.float32), "model")
+    queries = embedder.embed(answers.queries)
     runs, first_scores = [], None
     for s, model in enumerate(models):
-        scores = model.predict(grid).reshape(len(answers.queries), len(answers.prompt_ids))
+        # the artifact's model through its fastest route, the refitted seeds (in memory) through theirs
+        scorer = (Scorer.for_artifact(artifact, cands) if model is artifact.model
+                  else Scorer.for_model(model, queries.shape[1], cands))
+        scores = scorer.scores(queries, dtype=np.float64)
         first_scores = scores if first_scores is None else first_scores
         top = scores.max(axis=1)
         confidence = model.calibrator(top) if model.calibrator is not None else top
@@ -429,8 +417,6 @@ def plot_tradeoff(result: dict, path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .atomic import atomic_path
 
     pts = result["points"]
     front = pareto_front(pts)

@@ -150,7 +150,7 @@ def test_dask_scoring_equals_local_stream(synth_model, client, tmp_path):
     assert out.read_bytes() == local.read_bytes()
     assert s.partitions == 7 and s.lines == 3000 and s.errors == 1 and s.scored == 2999 and s.pairs == 2999 * 16
     assert s.merged and not Path(str(out) + ".parts").exists()
-    assert s.path == "kernel (numba CPU)"
+    assert s.route == "kernel (numba CPU)"
     assert s.first_errors == [{"line": 6, "error": "empty id"}]
 
 

@@ -282,6 +282,7 @@ def _interrupted(monkeypatch, after_chunks: int = 1):
 
 
 def test_resume_refuses_the_partial_of_another_job(scoring_setup, factory, tmp_path, monkeypatch):
+    from oirl_fast.scoring.options import ScoreOptions
     from oirl_fast.scoring.stream import score_file
 
     model, other, q = scoring_setup
@@ -299,11 +300,11 @@ def test_resume_refuses_the_partial_of_another_job(scoring_setup, factory, tmp_p
     job = json.loads((tmp_path / "picks.jsonl.partial.job.json").read_text())
     assert job["options"]["top_k"] == 2 and job["embedder"]["embedding_model"].endswith("all-MiniLM-L6-v2")
     # (this artifact has no calibrator, so --min-confidence cannot be asked for; it is signed all the same)
-    assert set(job["options"]) == {"top_k", "with_scores", "min_confidence", "path"}
+    assert set(job["options"]) == set(ScoreOptions.signature_fields())
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": "z", "text": "Answer briefly."}) + "\n")
     for change, expect in (({"top_k": 1}, "--top-k"), ({"top_k": 2, "with_scores": True}, "--scores"),
-                           ({"top_k": 2, "precision": "fp16"}, "embedder"),
+                           ({"top_k": 2, "precision": "fp16"}, "--precision"),
                            ({"top_k": 2, "prompts": prompts}, "candidate prompts"),
                            ({"top_k": 2, "model": other}, "model")):
         args = {"model": model, **change}

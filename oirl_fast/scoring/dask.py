@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,7 +36,8 @@ from ..paths import Output, check_paths
 from ..progress import ProgressBar
 from .candidates import Candidates
 from .inputs import NpyRows, open_input, score_io, strict_check
-from .job import DEFAULT_CHUNK, Scoring, job_signature, load_scoring
+from .job import Scoring, job_signature, load_scoring
+from .options import ScoreOptions, options_from
 from .partitions import (MANIFEST, Partition, _cuts, _Manifest, _part_intact, clear_parts, expand_inputs, merge_parts,
                          plan_partitions)
 from .records import iter_range_items
@@ -46,37 +46,43 @@ from .summary import DistributedScoreSummary, ScoreSummary
 _WORKER_CACHE: dict = {}
 
 
+@dataclass(frozen=True)
+class DaskJob:
+    """What every partition task of one job shares: shipped to the workers as is."""
+
+    model_dir: str
+    model_sha256: str  # of metadata.json: a model replaced under the same folder is loaded afresh
+    options: ScoreOptions
+    embeddings: str | None  # the --embeddings .npy, or None for JSONL queries
+    candidates: str | None  # candidates.npz of a --prompts file, or None for the model's own prompts
+    threads: int | None  # kernel threads per task
+
+
 def _load_candidates(path: str):
     with np.load(path, allow_pickle=False) as data:
         return Candidates([str(x) for x in data["ids"]], [str(x) for x in data["texts"]],
                           np.ascontiguousarray(data["embeddings"], dtype=np.float32), str(data["source"]))
 
 
-def _worker_scoring(job: dict):
-    """The worker process's Scoring for this model and these options, loaded on first use."""
-    key = (job["model_dir"], job["model_key"], json.dumps(job["options"], sort_keys=True), job.get("candidates"))
-    hit = _WORKER_CACHE.get(key)
+def _worker_scoring(job: DaskJob):
+    """The worker process's Scoring for this job, loaded on first use (the kernel compiles once per worker)."""
+    hit = _WORKER_CACHE.get(job)
     if hit is None:
         _WORKER_CACHE.clear()  # one model at a time per worker
-        o = job["options"]
-        cands = _load_candidates(job["candidates"]) if job.get("candidates") else None
-        emb = NpyRows(job["embeddings"]) if job.get("embeddings") else None
-        scoring = load_scoring(
-            job["model_dir"], candidates=cands, query_dim=None if emb is None else emb.shape[1],
-            needs_text_embedder=emb is None, top_k=o["top_k"], with_scores=o["with_scores"],
-            min_confidence=o["min_confidence"], device=o["device"], batch_size=o["batch_size"],
-            precision=o.get("precision", "fp32"), cache_dir=o["cache_dir"], path=o["path"],
-        )
-        hit = _WORKER_CACHE[key] = (scoring, emb)
+        cands = _load_candidates(job.candidates) if job.candidates else None
+        emb = NpyRows(job.embeddings) if job.embeddings else None
+        scoring = load_scoring(job.model_dir, job.options, candidates=cands,
+                               query_dim=None if emb is None else emb.shape[1], needs_text_embedder=emb is None)
+        hit = _WORKER_CACHE[job] = (scoring, emb)
     return hit
 
 
-def _score_task(job: dict, part: dict, out: str) -> dict:
+def _score_task(job: DaskJob, part: dict, out: str) -> dict:
     """One partition, on a worker: score its byte range into ``out`` (atomic); return its record."""
-    set_threads(job.get("threads"))
+    set_threads(job.threads)
     scoring, emb = _worker_scoring(job)
     summary, sha, size = score_partition(scoring, part["file"], part["start"], part["stop"], part["first_line"], out,
-                                         emb_matrix=emb, chunk_size=job["options"]["chunk_size"])
+                                         emb_matrix=emb)
     if summary.lines != part["lines"]:  # the input changed under us
         raise OirlError(f"partition {part['index']} has {summary.lines} lines, {part['lines']} when planned",
                         part["file"], part["first_line"])
@@ -85,13 +91,13 @@ def _score_task(job: dict, part: dict, out: str) -> dict:
         "scored": summary.scored, "errors": summary.errors, "pairs": summary.pairs,
         "low_confidence": summary.low_confidence, "first_errors": summary.first_errors,
         "score_seconds": round(summary.score_seconds, 4), "embed_seconds": round(summary.embed_seconds, 4),
-        "seconds": round(summary.seconds, 4), "path": summary.path, "fallback_reason": summary.fallback_reason,
+        "seconds": round(summary.seconds, 4), "route": summary.route, "fallback_reason": summary.fallback_reason,
         "worker_pid": os.getpid(),
     }
 
 
 def score_partition(scoring: Scoring, src: str | Path, start: int, stop: int, first_line: int, out: str | Path,
-                    emb_matrix=None, chunk_size: int = DEFAULT_CHUNK) -> tuple["ScoreSummary", str, int]:
+                    emb_matrix=None) -> tuple["ScoreSummary", str, int]:
     """Score the lines in bytes [start, stop) of ``src`` into ``out``, written atomically.
 
     Returns (summary, SHA-256 of the file, its size).  Running it twice gives the same
@@ -99,12 +105,13 @@ def score_partition(scoring: Scoring, src: str | Path, start: int, stop: int, fi
     """
     t0 = time.perf_counter()
     out = Path(out)
-    summary = ScoreSummary(input=str(src), output=str(out), candidates=len(scoring.cands), path=scoring.scorer.description,
+    summary = ScoreSummary(input=str(src), output=str(out), candidates=len(scoring.cands),
+                           route=scoring.scorer.description,
                            fallback_reason=scoring.scorer.fallback_reason)
     items = iter_range_items(Path(src), start, stop, first_line, embeddings=emb_matrix is not None)
     with atomic_path(out) as tmp:
         with tmp.open("wb") as fh:
-            scoring.write(items, fh, summary, chunk_size, emb_matrix=emb_matrix, src=Path(src))
+            scoring.write(items, fh, summary, emb_matrix=emb_matrix, src=Path(src))
             fh.flush()
             os.fsync(fh.fileno())
         digest, size = hashlib.sha256(), 0
@@ -122,21 +129,12 @@ def score_distributed(
     model_dir: str | Path,
     inputs: str | Path | Sequence[str | Path] | None,
     out: str | Path,
+    options: ScoreOptions | None = None,
     *,
     prompts: str | Path | None = None,
     embeddings: str | Path | None = None,
     ids: str | Path | None = None,
-    top_k: int = 1,
-    with_scores: bool = False,
-    min_confidence: float | None = None,
-    strict: bool = False,
     resume: bool = False,
-    device: str = "auto",
-    batch_size: int = 128,
-    precision: str = "fp32",
-    chunk_size: int | None = None,
-    cache_dir: str | Path | None = None,
-    path: str = "auto",
     scheduler: str | None = None,
     workers: int | None = None,
     partitions: int | None = None,
@@ -146,8 +144,11 @@ def score_distributed(
     client=None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    **option_fields,
 ) -> DistributedScoreSummary:
     """Score ``inputs`` on a Dask cluster into ``out``; see the module doc.
+
+    ``options``: a :class:`ScoreOptions`, or its fields as keywords, as for ``score_file``.
 
     ``merge`` (default: True unless ``out`` is an existing folder or ends with a slash)
     writes one file in input order, the parts going to ``OUT.parts/`` and being removed
@@ -157,18 +158,14 @@ def score_distributed(
     """
     t_start = time.perf_counter()
     log = log or (lambda s: None)
-    chunk_size = chunk_size or DEFAULT_CHUNK
-    if top_k < 1:
-        raise OirlError(f"--top-k must be at least 1, got {top_k}")
-    if chunk_size < 1:
-        raise OirlError(f"chunk size must be at least 1, got {chunk_size}")
+    options = options_from(options, option_fields)
     if partitions is not None and partitions < 1:
         raise OirlError(f"--partitions must be at least 1, got {partitions}")
     model_dir = Path(model_dir)
     out_str = str(out)
     if merge is None:
         merge = not (Path(out).is_dir() or out_str.endswith(("/", os.sep)))
-    inputs_, outputs_ = score_io(model_dir, inputs, out, prompts, embeddings, ids, cache_dir,
+    inputs_, outputs_ = score_io(model_dir, inputs, out, prompts, embeddings, ids, options.cache_dir,
                                  out_kind="file" if merge else "folder")
     if merge:  # OUT.partial is the local stream's; a merged job stages its parts in OUT.parts/
         outputs_ = [outputs_[0], Output(f"{out}.parts", "--out (its .parts folder)", kind="folder")]
@@ -202,24 +199,19 @@ def score_distributed(
 
     # -- the model, checked once here (workers load it again, once each)
     scoring = load_scoring(
-        model_dir, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
-        needs_text_embedder=emb_matrix is None or prompts is not None, top_k=top_k, with_scores=with_scores,
-        min_confidence=min_confidence, device=device, batch_size=batch_size, precision=precision,
-        cache_dir=cache_dir, path=path, embeddings_label=embeddings, build_scorer=False,
+        model_dir, options, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
+        needs_text_embedder=emb_matrix is None or prompts is not None, embeddings_label=embeddings,
+        build_scorer=False,
     )
-    if strict:
+    if options.strict:
         line0 = 1
         for f in files:
             items = iter_range_items(f, 0, f.stat().st_size, line0, embeddings=emb_matrix is not None)
             strict_check(items, f, emb_matrix)
             line0 += _cuts(f, 1)[2]
 
-    options = {"top_k": top_k, "with_scores": with_scores, "min_confidence": min_confidence, "device": device,
-               "batch_size": batch_size, "precision": precision, "chunk_size": chunk_size,
-               "cache_dir": None if cache_dir is None else str(Path(cache_dir).resolve()), "path": path}
     # the same signature as the local stream's OUT.partial.job.json
-    signature = job_signature(scoring, files, emb_path, top_k=top_k, with_scores=with_scores,
-                              min_confidence=min_confidence, precision=precision, path=path)
+    signature = job_signature(scoring, files, emb_path)
 
     # -- the parts folder: resume, or start clean
     manifest_path = parts_dir / MANIFEST
@@ -249,8 +241,7 @@ def score_distributed(
             manifest.update(r)
         manifest.save(force=True)
 
-        job = {"model_dir": str(model_dir.resolve()), "model_key": signature["model_sha256"], "options": options,
-               "embeddings": None if emb_path is None else str(emb_path), "threads": threads, "candidates": None}
+        cpath = None
         if prompts is not None:
             cpath = parts_dir / "candidates.npz"
             c = scoring.cands
@@ -258,7 +249,8 @@ def score_distributed(
                 with tmp.open("wb") as fh:
                     np.savez(fh, ids=np.array(c.ids), texts=np.array(c.texts), embeddings=c.embeddings,
                              source=np.array(c.source))
-            job["candidates"] = str(cpath)
+        job = DaskJob(str(model_dir.resolve()), signature["model_sha256"], options,
+                      None if emb_path is None else str(emb_path), None if cpath is None else str(cpath), threads)
         todo = [p for p in plan if p.index not in kept]
         log(f"scoring {sum(p.lines for p in todo)} lines in {len(todo)} partitions on {n_workers} Dask workers"
             + (f"; {len(kept)} partitions kept from an earlier run" if kept else ""))
@@ -293,7 +285,7 @@ def score_distributed(
     summary = DistributedScoreSummary(
         input=[str(f) for f in files], output=str(out), parts_dir=str(parts_dir), merged=bool(merge),
         partitions=len(plan), partitions_resumed=len(kept), workers=n_workers, candidates=len(scoring.cands),
-        path=records[0].get("path", ""), fallback_reason=records[0].get("fallback_reason"),
+        route=records[0].get("route", ""), fallback_reason=records[0].get("fallback_reason"),
     )
     for r in records:
         summary.lines += r["lines"]

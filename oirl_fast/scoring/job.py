@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -18,9 +19,9 @@ from ..train.artifact import file_sha256, load_artifact
 from .candidates import Candidates, candidates_sha256, model_candidates, read_prompts_file
 from .records import Item, chunks, dumps, error_record, record
 from .scorer import Scorer, top_k as top_of
+from .options import ScoreOptions
 from .summary import ScoreSummary
 
-DEFAULT_CHUNK = 2048
 JOB_FORMAT = "oirl-score-job"
 
 
@@ -33,11 +34,10 @@ class Scoring:
     record format is produced, for the local stream and the distributed partitions alike.
     """
 
-    def __init__(self, artifact, cands: Candidates, scorer: Scorer | None, top_k: int, with_scores: bool,
-                 min_confidence: float | None, get_embedder: Callable):
-        self.artifact, self.cands, self.scorer = artifact, cands, scorer
-        self.k = min(top_k, len(cands))
-        self.with_scores, self.min_confidence = with_scores, min_confidence
+    def __init__(self, artifact, cands: Candidates, scorer: Scorer | None, options: ScoreOptions,
+                 get_embedder: Callable):
+        self.artifact, self.cands, self.scorer, self.options = artifact, cands, scorer, options
+        self.k = min(options.top_k, len(cands))
         self.calibrator = artifact.model.calibrator
         self.get_embedder = get_embedder
 
@@ -45,22 +45,23 @@ class Scoring:
         """Add the pick's calibrated success probability and, with a threshold, whether it is too low."""
         if confidence is not None and rec.get("score") is not None:
             rec["confidence"] = float(confidence)
-            if self.min_confidence is not None:
-                rec["low_confidence"] = rec["confidence"] < self.min_confidence
+            if self.options.min_confidence is not None:
+                rec["low_confidence"] = rec["confidence"] < self.options.min_confidence
                 summary.low_confidence += rec["low_confidence"]
         return rec
 
-    def write(self, items: Iterator[Item], fh, summary: "ScoreSummary", chunk_size: int = DEFAULT_CHUNK,
-              emb_matrix=None, strict: bool = False, src: Path | None = None,
+    def write(self, items: Iterator[Item], fh, summary: "ScoreSummary", emb_matrix=None, src: Path | None = None,
               on_chunk: Callable[[int], None] | None = None, pipeline: bool = True) -> None:
-        """Score ``items`` chunk by chunk and write one record a line to the binary file ``fh``.
+        """Score ``items`` chunk by chunk (``options.chunk_size`` lines) and write one record a line
+        to the binary file ``fh``; with ``options.strict`` a non-finite query embedding stops the run.
 
         ``pipeline``: read and parse the next chunks in one thread and write finished ones in
         another while this thread embeds and scores, so the tokenizer, the kernel and the file
         writes (which release the GIL) overlap with the Python work; the output is the same
         bytes in the same order as the serial loop (``pipeline=False``)."""
-        score = lambda chunk: _score_chunk(chunk, self.cands, self.scorer, self.k, self.with_scores, emb_matrix,
-                                           self.get_embedder, summary, strict, src,
+        chunk_size = self.options.chunk_size
+        score = lambda chunk: _score_chunk(chunk, self.cands, self.scorer, self.k, self.options.with_scores, emb_matrix,
+                                           self.get_embedder, summary, self.options.strict, src,
                                            lambda rec, conf: self.annotate(rec, conf, summary), self.calibrator)
         if pipeline:
             run_pipeline(chunks(items, chunk_size), score, lambda lines, n: _write_lines(fh, lines, n, summary, on_chunk),
@@ -89,18 +90,11 @@ def _write_lines(fh, lines: list[str], n: int, summary: "ScoreSummary", on_chunk
 
 def load_scoring(
     model_dir: str | Path,
+    options: ScoreOptions,
     prompts: str | Path | None = None,
     candidates: Candidates | None = None,
     query_dim: int | None = None,
     needs_text_embedder: bool = True,
-    top_k: int = 1,
-    with_scores: bool = False,
-    min_confidence: float | None = None,
-    device: str = "auto",
-    batch_size: int = 128,
-    precision: str = "fp32",
-    cache_dir: str | Path | None = None,
-    path: str = "auto",
     embedder_factory: Callable | None = None,
     embeddings_label: str | Path | None = None,
     log: Callable[[str], None] = lambda s: None,
@@ -112,8 +106,7 @@ def load_scoring(
     the fastest scorer (unless ``build_scorer`` is False: a client that only checks the job).
     Text is embedded with the embedder recorded in the artifact (``embedder``: the path of a
     moved folder encoder, checked to give the same vectors)."""
-    if precision not in ("fp32", "fp16"):
-        raise OirlError(f"--precision must be fp32 or fp16, got {precision!r}")
+    o = options
     artifact = load_artifact(model_dir)
     layout = artifact.metadata.feature_layout
     qdim, pdim = int(layout["query_dim"]), int(layout["prompt_dim"])
@@ -125,7 +118,7 @@ def load_scoring(
     if needs_text_embedder and embedder_factory is None:
         # the encoder the model was trained with, refused if this machine's build would give other vectors
         where = Path(model_dir) / "metadata.json"
-        encoder = encoder_for_record(artifact_record(artifact.metadata, where), cache_dir, device, batch_size, precision,
+        encoder = encoder_for_record(artifact_record(artifact.metadata, where), o.cache_dir, o.device, o.batch_size, o.precision,
                                      override=embedder, where=where, log=log)
 
     def get_embedder(cached: bool):
@@ -135,27 +128,24 @@ def load_scoring(
             else:
                 if encoder is None:
                     raise OirlError("text queries need the model's embedder")
-                embedders[cached] = Embedder(cache_dir=cache_dir, progress=False, use_cache=cached, encoder=encoder)
+                embedders[cached] = Embedder(cache_dir=o.cache_dir, progress=False, use_cache=cached, encoder=encoder)
         return embedders[cached]
 
-    if min_confidence is not None:
-        if not 0.0 <= min_confidence <= 1.0:
-            raise OirlError(f"--min-confidence must be in [0, 1], got {min_confidence}")
-        if artifact.model.calibrator is None:
-            raise OirlError("the model has no calibrator (trained by an older oirl-fast); retrain it to use --min-confidence",
-                            Path(model_dir) / "metadata.json")
+    if o.min_confidence is not None and artifact.model.calibrator is None:
+        raise OirlError("the model has no calibrator (trained by an older oirl-fast); retrain it to use --min-confidence",
+                        Path(model_dir) / "metadata.json")
 
     if candidates is not None:
         cands = candidates
     elif prompts is not None:
         cands = read_prompts_file(
             prompts, artifact.metadata.embedding_model, pdim,
-            get_embedder if embedder_factory is not None else _candidate_embedder(cache_dir, encoder),
+            get_embedder if embedder_factory is not None else _candidate_embedder(o.cache_dir, encoder),
         )
     else:
         cands = model_candidates(artifact)
-    scorer = Scorer.for_artifact(artifact, cands, route=path, device=device, log=log) if build_scorer else None
-    return Scoring(artifact, cands, scorer, top_k, with_scores, min_confidence, get_embedder)
+    scorer = Scorer.for_artifact(artifact, cands, route=o.route, device=o.device, log=log) if build_scorer else None
+    return Scoring(artifact, cands, scorer, o, get_embedder)
 
 
 def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder, summary, strict, src,
@@ -246,15 +236,13 @@ def _embed_queries(texts: list[str], get_embedder) -> np.ndarray:
     return out
 
 
-def embedder_identity(artifact, precision: str) -> dict:
+def embedder_identity(artifact) -> dict:
     """What turns a query text into the model's input vector, as recorded for --resume: the
-    artifact's embedder record (kind, identity, weights hash) and the precision the queries are embedded in."""
-    return {"embedding_model": artifact.metadata.embedding_model, "embedder": artifact.metadata.embedder_record,
-            "precision": precision}
+    artifact's embedder record (kind, identity, weights hash); the precision is among the options."""
+    return {"embedding_model": artifact.metadata.embedding_model, "embedder": artifact.metadata.embedder_record}
 
 
-def job_signature(scoring: "Scoring", files: Sequence[str | Path], embeddings: str | Path | None, *, top_k: int,
-                  with_scores: bool, min_confidence: float | None, precision: str, path: str) -> dict:
+def job_signature(scoring: "Scoring", files: Sequence[str | Path], embeddings: str | Path | None) -> dict:
     """Everything an output line depends on, for a resumed run to check it continues the same job:
     the input files (identity, size, modification time), the model (SHA-256 of its metadata.json,
     which holds the checksums of its other files), the candidates, the options and the embedder.
@@ -271,8 +259,8 @@ def job_signature(scoring: "Scoring", files: Sequence[str | Path], embeddings: s
         "inputs": [stat(f) for f in files],
         "embeddings": None if embeddings is None else stat(embeddings),
         "candidates_sha256": candidates_sha256(scoring.cands),
-        "options": {"top_k": top_k, "with_scores": with_scores, "min_confidence": min_confidence, "path": path},
-        "embedder": embedder_identity(artifact, precision),
+        "options": scoring.options.signature(),
+        "embedder": embedder_identity(artifact),
     }
 
 
@@ -284,9 +272,8 @@ def differences(old: dict, new: dict) -> str:
         if old.get(k) == new.get(k):
             continue
         if k == "options" and isinstance(old.get(k), dict):
-            flags = {"with_scores": "--scores", "path": "scoring path"}
-            diff += [flags.get(o, f"--{o.replace('_', '-')}") for o in sorted(set(old[k]) | set(new[k]))
-                     if old[k].get(o) != new[k].get(o)]
+            flags = {f.name: f.metadata["cli"] for f in fields(ScoreOptions)}
+            diff += [flags.get(o, o) for o in sorted(set(old[k]) | set(new[k])) if old[k].get(o) != new[k].get(o)]
         else:
             diff.append(names.get(k, k))
     return ", ".join(dict.fromkeys(diff)) or "format"

@@ -41,7 +41,8 @@ from ..jsonl import count_lines
 from ..paths import check_paths, is_stdio, is_stream
 from ..progress import ProgressBar
 from .inputs import JOB_SUFFIX, PARTIAL_SUFFIX, open_input, score_io, spool, strict_check
-from .job import DEFAULT_CHUNK, JOB_FORMAT, differences, job_signature, load_scoring, read_job
+from .job import JOB_FORMAT, differences, job_signature, load_scoring, read_job
+from .options import ScoreOptions, options_from
 from .records import iter_embedding_items, iter_jsonl_items, resume_point
 from .summary import ScoreSummary
 
@@ -50,27 +51,22 @@ def score_file(
     model_dir: str | Path,
     in_path: str | Path | None,
     out_path: str | Path,
+    options: ScoreOptions | None = None,
+    *,
     prompts: str | Path | None = None,
     embeddings: str | Path | None = None,
     ids: str | Path | None = None,
-    top_k: int = 1,
-    with_scores: bool = False,
-    min_confidence: float | None = None,
-    strict: bool = False,
     resume: bool = False,
-    device: str = "auto",
-    batch_size: int = 128,
-    precision: str = "fp32",
-    chunk_size: int = DEFAULT_CHUNK,
-    cache_dir: str | Path | None = None,
-    path: str = "auto",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     embedder_factory: Callable | None = None,
     embedder: str | None = None,
     pipeline: bool = True,
+    **option_fields,
 ) -> ScoreSummary:
     """Score ``in_path`` (JSONL queries) or ``embeddings`` + ``ids`` into ``out_path``; see the module doc.
+
+    ``options``: a :class:`ScoreOptions`, or its fields as keywords (``top_k=3, with_scores=True``).
 
     ``in_path`` / ``out_path`` may be ``-`` (standard input / output) or a FIFO, streamed
     through. A file output is written as ``OUT.partial`` (with ``OUT.partial.job.json``,
@@ -81,13 +77,10 @@ def score_file(
     t_start = time.perf_counter()
     log = log or (lambda s: None)
     out_path = Path(out_path)
-    if top_k < 1:
-        raise OirlError(f"--top-k must be at least 1, got {top_k}")
-    if chunk_size < 1:
-        raise OirlError(f"chunk size must be at least 1, got {chunk_size}")
+    options = options_from(options, option_fields)
 
     # -- input and output checks that stop the run, before anything is written or loaded
-    check_paths(*score_io(model_dir, in_path, out_path, prompts, embeddings, ids, cache_dir))
+    check_paths(*score_io(model_dir, in_path, out_path, prompts, embeddings, ids, options.cache_dir))
     src, emb_matrix = open_input(in_path, embeddings, ids)
     in_stream, out_stream = is_stream(src), is_stream(out_path)
     if resume and (in_stream or out_stream):
@@ -96,18 +89,17 @@ def score_file(
     label = "<stdin>" if is_stdio(src) else str(src)
 
     scoring = load_scoring(
-        model_dir, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
-        needs_text_embedder=emb_matrix is None or prompts is not None, top_k=top_k, with_scores=with_scores,
-        min_confidence=min_confidence, device=device, batch_size=batch_size, precision=precision, cache_dir=cache_dir,
-        path=path, embedder_factory=embedder_factory, embeddings_label=embeddings, log=log, embedder=embedder,
+        model_dir, options, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
+        needs_text_embedder=emb_matrix is None or prompts is not None, embedder_factory=embedder_factory,
+        embeddings_label=embeddings, log=log, embedder=embedder,
     )
     cands, scorer = scoring.cands, scoring.scorer
 
     spooled = None
     try:
-        if strict and in_stream:
+        if options.strict and in_stream:
             src = spooled = spool(src)  # --strict reads the input twice
-        if strict:
+        if options.strict:
             items = iter_jsonl_items(src, 0) if emb_matrix is None else iter_embedding_items(src, 0)
             strict_check(items, Path(label), emb_matrix)
 
@@ -115,9 +107,8 @@ def score_file(
         job_path = out_path.with_name(out_path.name + JOB_SUFFIX)
         skip, signature = 0, None
         if not out_stream:
-            signature = {"format": JOB_FORMAT, "version": 1,
-                         **job_signature(scoring, [src], embeddings, top_k=top_k, with_scores=with_scores,
-                                         min_confidence=min_confidence, precision=precision, path=path)}
+            signature = {"format": JOB_FORMAT, "version": 2,
+                         **job_signature(scoring, [src], embeddings)}
             old = read_job(job_path) if job_path.exists() else None
             if partial.exists() and old is None:
                 raise OirlError("exists without the job record oirl score writes beside it, so it is not ours; "
@@ -134,7 +125,7 @@ def score_file(
             raise OirlError(f"cannot resume: the output has {skip} lines, the input only {total_lines}", partial)
 
         summary = ScoreSummary(input=label, output="<stdout>" if is_stdio(out_path) else str(out_path), resumed=skip,
-                               candidates=len(cands), path=scorer.description,
+                               candidates=len(cands), route=scorer.description,
                                fallback_reason=scorer.fallback_reason)
         log(f"scoring {'the' if total_lines is None else total_lines - skip} lines against {len(cands)} candidates "
             f"with the {scorer.description}" + (f"; resuming after line {skip}" if skip else ""))
@@ -149,17 +140,17 @@ def score_file(
         try:
             if is_stdio(out_path):
                 with write_errors("<stdout>"), bar:
-                    scoring.write(items, sys.stdout.buffer, summary, chunk_size, emb_matrix=emb_matrix, strict=strict,
-                                  src=Path(label), on_chunk=advance, pipeline=pipeline)
+                    scoring.write(items, sys.stdout.buffer, summary, emb_matrix=emb_matrix, src=Path(label),
+                                  on_chunk=advance, pipeline=pipeline)
             elif out_stream:  # a FIFO or a device: written through
                 with write_errors(out_path), out_path.open("wb") as fh, bar:
-                    scoring.write(items, fh, summary, chunk_size, emb_matrix=emb_matrix, strict=strict,
-                                  src=Path(label), on_chunk=advance, pipeline=pipeline)
+                    scoring.write(items, fh, summary, emb_matrix=emb_matrix, src=Path(label),
+                                  on_chunk=advance, pipeline=pipeline)
             else:
                 write_text(job_path, json.dumps(signature, indent=1, ensure_ascii=False))  # before the .partial
                 with write_errors(partial), partial.open("ab" if skip else "wb") as fh, bar:
-                    scoring.write(items, fh, summary, chunk_size, emb_matrix=emb_matrix, strict=strict,
-                                  src=Path(label), on_chunk=advance, pipeline=pipeline)
+                    scoring.write(items, fh, summary, emb_matrix=emb_matrix, src=Path(label),
+                                  on_chunk=advance, pipeline=pipeline)
                     fh.flush()
                     os.fsync(fh.fileno())
                 with write_errors(out_path, partial):

@@ -5,6 +5,24 @@ from dataclasses import asdict, dataclass, field
 
 from .partitions import MANIFEST
 
+
+def summary_lines(s, where: str, kept: str, runner: str | None, timing: str) -> list[str]:
+    """The text summary of a run, local or Dask: counts, the route that ran, low-confidence picks,
+    throughput (``timing``) and the first error records.  ``kept``: what an earlier run left, if
+    anything; ``runner``: a line about the runner, if any."""
+    out = [
+        f"{s.lines} lines in {where}: {s.scored} scored, {s.errors} errors" + (f", {kept}" if kept else ""),
+        *([runner] if runner else []),
+        f"scoring route: {s.route}" + (f" (fallback: {s.fallback_reason})" if s.fallback_reason else ""),
+        *([f"{s.low_confidence} picks below --min-confidence (field low_confidence)"] if s.low_confidence else []),
+        f"{s.pairs} pairs over {s.candidates} candidates in {s.seconds:.1f}s{timing}",
+    ]
+    out += [f"  line {e['line']}: {e['error']}" for e in s.first_errors]
+    if s.errors > len(s.first_errors):
+        out.append(f"  ... and {s.errors - len(s.first_errors)} more error records")
+    return out
+
+
 @dataclass
 class ScoreSummary:
     input: str
@@ -15,7 +33,7 @@ class ScoreSummary:
     errors: int = 0
     pairs: int = 0
     candidates: int = 0
-    path: str = ""
+    route: str = ""  # the Scorer route that ran, e.g. "kernel (numba CPU)"
     fallback_reason: str | None = None
     seconds: float = 0.0
     score_seconds: float = 0.0
@@ -32,20 +50,11 @@ class ScoreSummary:
         return asdict(self)
 
     def lines_text(self) -> list[str]:
-        out = [
-            f"{self.lines} lines in {self.output}: {self.scored} scored, {self.errors} errors"
-            + (f", {self.resumed} kept from an earlier run" if self.resumed else ""),
-            f"scoring path: {self.path}" + (f" (fallback: {self.fallback_reason})" if self.fallback_reason else ""),
-            *([f"{self.low_confidence} picks below --min-confidence (field low_confidence)"] if self.low_confidence else []),
-            f"{self.pairs} pairs over {self.candidates} candidates in {self.seconds:.1f}s "
-            f"(scoring {self.score_seconds:.2f}s = {self.pairs_per_s:,.0f} pairs/s; embedding {self.embed_seconds:.1f}s; "
-            f"reading {self.read_seconds:.1f}s; writing {self.format_seconds + self.write_seconds:.1f}s)",
-        ]
-        for e in self.first_errors:
-            out.append(f"  line {e['line']}: {e['error']}")
-        if self.errors > len(self.first_errors):
-            out.append(f"  ... and {self.errors - len(self.first_errors)} more error records")
-        return out
+        kept = f"{self.resumed} kept from an earlier run" if self.resumed else ""
+        return summary_lines(self, self.output, kept, None,
+                             f" (scoring {self.score_seconds:.2f}s = {self.pairs_per_s:,.0f} pairs/s; embedding "
+                             f"{self.embed_seconds:.1f}s; reading {self.read_seconds:.1f}s; writing "
+                             f"{self.format_seconds + self.write_seconds:.1f}s)")
 
 
 @dataclass
@@ -62,7 +71,7 @@ class DistributedScoreSummary:
     errors: int = 0
     pairs: int = 0
     candidates: int = 0
-    path: str = ""
+    route: str = ""  # the Scorer route that ran, e.g. "kernel (numba CPU)"
     fallback_reason: str | None = None
     seconds: float = 0.0
     score_seconds: float = 0.0  # summed over workers
@@ -76,17 +85,8 @@ class DistributedScoreSummary:
 
     def lines_text(self) -> list[str]:
         where = self.output if self.merged else f"{self.output} ({self.partitions} part files + {MANIFEST})"
-        out = [
-            f"{self.lines} lines in {where}: {self.scored} scored, {self.errors} errors",
-            f"dask: {self.partitions} partitions on {self.workers} workers"
-            + (f", {self.partitions_resumed} kept from an earlier run" if self.partitions_resumed else ""),
-            f"scoring path: {self.path}" + (f" (fallback: {self.fallback_reason})" if self.fallback_reason else ""),
-            *([f"{self.low_confidence} picks below --min-confidence (field low_confidence)"] if self.low_confidence else []),
-            f"{self.pairs} pairs over {self.candidates} candidates in {self.seconds:.1f}s wall = {self.pairs_per_s:,.0f} pairs/s "
-            f"(worker time: scoring {self.score_seconds:.2f}s, embedding {self.embed_seconds:.1f}s)",
-        ]
-        for e in self.first_errors:
-            out.append(f"  line {e['line']}: {e['error']}")
-        if self.errors > len(self.first_errors):
-            out.append(f"  ... and {self.errors - len(self.first_errors)} more error records")
-        return out
+        runner = (f"dask: {self.partitions} partitions on {self.workers} workers"
+                  + (f", {self.partitions_resumed} kept from an earlier run" if self.partitions_resumed else ""))
+        return summary_lines(self, where, "", runner,
+                             f" wall = {self.pairs_per_s:,.0f} pairs/s (worker time: scoring {self.score_seconds:.2f}s, "
+                             f"embedding {self.embed_seconds:.1f}s)")
