@@ -69,7 +69,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def n_workers(client) -> int:
+def worker_count(client) -> int:
     return max(1, len(client.nthreads()))
 
 

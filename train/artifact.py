@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_dir, write_text
+from ..atomic import atomic_dir
 from ..calibration import IsotonicCalibrator
+from ..embed import default_cache_dir
 from ..errors import OirlError
 from ..features import FeatureLayout
-from ..embed import default_cache_dir
 from . import compile as compile_step
 from .model_format import LIBRARY_FILE, MODEL_FILES, library_identity, library_record, load_treelite_model
 from .reward_model import RewardModel, TrainConfig

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from ..cluster import dask_client, local_threads, n_workers as count_workers, set_threads
+from ..cluster import dask_client, local_threads, set_threads, worker_count
 from ..embed import Embedder
 from ..encoders import encoder_for_record, encoder_record, legacy_record
 from ..errors import OirlError
@@ -160,7 +160,7 @@ def train_distributed(
     texts = ts.train.texts
 
     with dask_client(scheduler, workers, client=client, log=log_fn) as cl:
-        n_workers = count_workers(cl)
+        n_workers = worker_count(cl)
         if threads is None and scheduler is None and client is None:
             threads = local_threads(workers)
         n_parts = partitions or max(2 * n_workers, -(-len(y) // 50_000))
@@ -197,8 +197,6 @@ def train_distributed(
             bad[0].result()  # raises the worker's error here
         log_fn(f"  dask: {len(y)} cells in {X_tr.numblocks[0]} + {X_va.numblocks[0]} blocks on {n_workers} workers")
 
-        model = RewardModel(config)
-        model.n_features = dim
         t0 = time.perf_counter()
         if config.backend == "lightgbm":
             import lightgbm as lgb
@@ -221,8 +219,8 @@ def train_distributed(
                                      dtype=np.float64)
                      for xb, yb, wb in zip(X_va.to_delayed().ravel(), y_va.to_delayed().ravel(), w_va.to_delayed().ravel())]
             curve = cl.compute(da.concatenate(parts, axis=0).sum(axis=0)).result() / float(w[valid].sum())
-            model.best_iteration = early_stopping_point(curve, config.early_stopping_rounds)
-            model.booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=model.best_iteration))
+            best_iteration = early_stopping_point(curve, config.early_stopping_rounds)
+            booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best_iteration))
         else:
             import xgboost.dask as dxgb
 
@@ -233,10 +231,9 @@ def train_distributed(
             dvalid = dxgb.DaskDMatrix(cl, X_va, y_va, weight=w_va)
             res = dxgb.train(cl, params, dtrain, num_boost_round=config.n_estimators, evals=[(dvalid, "valid")],
                              early_stopping_rounds=config.early_stopping_rounds, verbose_eval=False)
-            booster = res["booster"]
-            model.best_iteration = int(booster.best_iteration) + 1
-            model.booster = booster[: model.best_iteration]
-            model.booster.set_param({"nthread": config.nthread})
+            best_iteration = int(res["booster"].best_iteration) + 1
+            booster = res["booster"][:best_iteration]
+        model = RewardModel.from_booster(config, booster, dim, best_iteration)
         fit_seconds = time.perf_counter() - t0
         prob_valid = cl.compute(X_va.map_blocks(_predict_block, model, drop_axis=1, dtype=np.float64)).result()
         model.finish(y[valid], w[valid], prob_valid)

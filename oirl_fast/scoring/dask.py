@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..atomic import atomic_path
-from ..cluster import dask_client, local_threads, n_workers as count_workers, set_threads
+from ..cluster import dask_client, local_threads, set_threads, worker_count
 from ..errors import OirlError
 from ..paths import Output, check_paths
 from ..progress import ProgressBar
@@ -38,8 +38,8 @@ from .candidates import Candidates
 from .inputs import NpyRows, open_input, score_io, strict_check
 from .job import Scoring, job_signature, load_scoring
 from .options import ScoreOptions, options_from
-from .partitions import (MANIFEST, Partition, _cuts, _Manifest, _part_intact, clear_parts, expand_inputs, merge_parts,
-                         plan_partitions)
+from .partitions import (MANIFEST, Partition, PartsManifest, clear_parts, expand_inputs, line_cuts, merge_parts,
+                         part_intact, plan_partitions)
 from .records import iter_range_items
 from .summary import DistributedScoreSummary, ScoreSummary
 
@@ -208,19 +208,19 @@ def score_distributed(
         for f in files:
             items = iter_range_items(f, 0, f.stat().st_size, line0, embeddings=emb_matrix is not None)
             strict_check(items, f, emb_matrix)
-            line0 += _cuts(f, 1)[2]
+            line0 += line_cuts(f, 1)[2]
 
     # the same signature as the local stream's OUT.partial.job.json
     signature = job_signature(scoring, files, emb_path)
 
     # -- the parts folder: resume, or start clean
     manifest_path = parts_dir / MANIFEST
-    old = _Manifest.read(manifest_path) if parts_dir.is_dir() else None
+    old = PartsManifest.read(manifest_path) if parts_dir.is_dir() else None
     if parts_dir.is_dir() and old is None and any(parts_dir.iterdir()):
         raise OirlError("output folder exists and is not an `oirl score` parts folder", parts_dir)
 
     with dask_client(scheduler, workers, client=client, log=log) as cl:
-        n_workers = count_workers(cl)
+        n_workers = worker_count(cl)
         if threads is None and scheduler is None and client is None:
             threads = local_threads(workers)
         kept: dict[int, dict] = {}
@@ -230,13 +230,13 @@ def score_distributed(
                                 "remove it or run without --resume", manifest_path)
             plan = [Partition(**{k: r[k] for k in ("index", "file", "start", "stop", "first_line", "lines")})
                     for r in old["partitions"]]
-            kept = {r["index"]: r for r in old["partitions"] if _part_intact(parts_dir, r)}
+            kept = {r["index"]: r for r in old["partitions"] if part_intact(parts_dir, r)}
         else:
             if parts_dir.is_dir():
                 clear_parts(parts_dir)
             plan = plan_partitions(files, partitions, n_workers)
         parts_dir.mkdir(parents=True, exist_ok=True)
-        manifest = _Manifest(manifest_path, signature, plan)
+        manifest = PartsManifest(manifest_path, signature, plan)
         for r in kept.values():
             manifest.update(r)
         manifest.save(force=True)
@@ -255,7 +255,8 @@ def score_distributed(
         log(f"scoring {sum(p.lines for p in todo)} lines in {len(todo)} partitions on {n_workers} Dask workers"
             + (f"; {len(kept)} partitions kept from an earlier run" if kept else ""))
 
-        from distributed import as_completed  # distributed is imported only once a job runs
+        # here, not at the top: distributed is imported only once a job runs
+        from distributed import as_completed
 
         token = signature["model_sha256"][:8] + hashlib.sha256(str(parts_dir).encode()).hexdigest()[:8]
         futures = [cl.submit(_score_task, job, {**asdict(p)}, str(parts_dir / p.part), pure=False,

@@ -17,9 +17,9 @@ from ..errors import OirlError
 from ..pipelined import run_pipeline
 from ..train.artifact import file_sha256, load_artifact
 from .candidates import Candidates, candidates_sha256, model_candidates, read_prompts_file
-from .records import Item, chunks, dumps, error_record, record
-from .scorer import Scorer, top_k as top_of
 from .options import ScoreOptions
+from .records import Item, chunks, dumps, error_record, record
+from .scorer import Scorer, top_k
 from .summary import ScoreSummary
 
 JOB_FORMAT = "oirl-score-job"
@@ -177,7 +177,7 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
         if with_scores:
             # float64: the precision the routes compute in, and what the records print
             full = scorer.scores(Q, dtype=np.float64)
-            idx, sc = top_of(full, k)
+            idx, sc = top_k(full, k)
         else:
             idx, sc = scorer.top(Q, k, dtype=np.float64)
         summary.score_seconds += time.perf_counter() - t0

@@ -66,7 +66,7 @@ def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _cuts(path: Path, parts: int) -> tuple[list[int], list[int], int]:
+def line_cuts(path: Path, parts: int) -> tuple[list[int], list[int], int]:
     """Cut ``path`` into about ``parts`` byte ranges at line starts.
 
     Returns (cut offsets starting with 0, lines before each cut, total lines); one
@@ -115,7 +115,7 @@ def plan_partitions(files: Sequence[Path], partitions: int | None, workers: int 
         if size == 0:
             continue
         k = max(1, round(partitions * size / total)) if total else 1
-        cuts, before, n_lines = _cuts(f, k)
+        cuts, before, n_lines = line_cuts(f, k)
         bounds = cuts + [size]
         counts = [b - a for a, b in zip(before, before[1:] + [n_lines])]
         for i in range(len(cuts)):
@@ -126,7 +126,7 @@ def plan_partitions(files: Sequence[Path], partitions: int | None, workers: int 
     return out
 
 
-class _Manifest:
+class PartsManifest:
     def __init__(self, path: Path, signature: dict, partitions: list[Partition]):
         self.path = path
         self.data = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "complete": False,
@@ -156,7 +156,7 @@ class _Manifest:
             self._last = now
 
 
-def _part_intact(parts_dir: Path, rec: dict) -> bool:
+def part_intact(parts_dir: Path, rec: dict) -> bool:
     p = parts_dir / rec["part"]
     return (rec.get("status") == "done" and p.is_file() and p.stat().st_size == rec.get("bytes")
             and file_sha256(p) == rec.get("sha256"))

@@ -182,7 +182,8 @@ class Scorer:
 
 def _kernel_class(device: str):
     if resolve_kernel_device(device) == "cuda":
-        from ..kernels.cuda import CudaFactorizedScorer  # imports numba.cuda: only where a GPU is used
+        # here, not at the top: it imports numba.cuda, only where a GPU is used
+        from ..kernels.cuda import CudaFactorizedScorer
 
         return CudaFactorizedScorer
     return FactorizedScorer
