@@ -151,7 +151,6 @@ def load_scoring(
 def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder, summary, strict, src,
                  annotate=lambda rec, conf: rec, calibrate=None) -> list[str]:
     ok = [it for it in chunk if it.error is None]
-    Q = None
     if ok:
         t0 = time.perf_counter()
         if emb_matrix is None:
@@ -173,12 +172,12 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
     results = {}
     if ok:
         t0 = time.perf_counter()
-        full = None
+        # float64: the precision the routes compute in, and what the records print
         if with_scores:
-            # float64: the precision the routes compute in, and what the records print
             full = scorer.scores(Q, dtype=np.float64)
             idx, sc = top_k(full, k)
         else:
+            full = None
             idx, sc = scorer.top(Q, k, dtype=np.float64)
         summary.score_seconds += time.perf_counter() - t0
         summary.pairs += len(ok) * len(cands)
