@@ -35,8 +35,10 @@ import numpy as np
 from ..atomic import atomic_dir
 from ..calibration import IsotonicCalibrator
 from ..embed import default_cache_dir
+from ..encoders import legacy_record
 from ..errors import OirlError
 from ..features import FeatureLayout
+from ..schema import QUESTION_HASH_KEY
 from . import compile as compile_step
 from .model_format import LIBRARY_FILE, MODEL_FILES, library_identity, library_record, load_treelite_model
 from .reward_model import RewardModel, TrainConfig
@@ -86,8 +88,6 @@ class ModelMetadata:
     @property
     def embedder_record(self) -> dict:
         """The embedder the model was trained with (an artifact without the record: MiniLM)."""
-        from ..encoders import legacy_record
-
         return self.embedder if self.embedder is not None else legacy_record()
 
     @property
@@ -182,8 +182,6 @@ def save_artifact(
     ``train_questions``: uint64 (Q,) :func:`oirl_fast.schema.question_hashes` of the training
     questions (stored sorted and unique). A model with a non-finite leaf value is refused
     before anything is written."""
-    from ..schema import QUESTION_HASH_KEY
-
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         model_file = model.save(tmp)
