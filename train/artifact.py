@@ -38,7 +38,6 @@ from ..embed import default_cache_dir
 from ..encoders import legacy_record
 from ..errors import OirlError
 from ..features import FeatureLayout
-from ..schema import QUESTION_HASH_KEY
 from . import compile as compile_step
 from .model_format import LIBRARY_FILE, MODEL_FILES, library_identity, library_record, load_treelite_model
 from .reward_model import RewardModel, TrainConfig
@@ -182,6 +181,9 @@ def save_artifact(
     ``train_questions``: uint64 (Q,) :func:`oirl_fast.schema.question_hashes` of the training
     questions (stored sorted and unique). A model with a non-finite leaf value is refused
     before anything is written."""
+    # here, not at the top: schema imports pyarrow, which loading a model for scoring does not need
+    from ..schema import QUESTION_HASH_KEY
+
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         model_file = model.save(tmp)
