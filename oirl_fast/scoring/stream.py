@@ -22,9 +22,9 @@ line without duplicates, if it belongs to the same job (``job_signature``).
 ``strict=True`` checks the whole input first and raises on the first bad line before
 the output is touched.  ``-`` (standard input / output) and FIFOs are streamed through.
 
-Scoring paths, best first: the factorized QuickScorer kernel (numba, CPU or
-CUDA), the compiled tl2cgen library on materialized pairs, native ``predict`` on
-materialized pairs.  The summary names the path that ran and why.
+Scoring routes (:class:`~oirl_fast.scoring.scorer.Scorer`), best first: the factorized QuickScorer
+kernel (numba, CPU or CUDA), the compiled tl2cgen library on materialized pairs, native
+``predict`` on materialized pairs.  The summary names the route that ran and why.
 """
 from __future__ import annotations
 
