@@ -424,7 +424,7 @@ def test_fp16_query_embeddings_are_opt_in_and_checked(model_dir, texts, cache_di
                    device="cpu")
     recs = _read(tmp_path / "o16.jsonl")
     assert s.scored == 6 and all("prompt_id" in r for r in recs)
-    with pytest.raises(OirlError, match="--precision must be fp32 or fp16"):
+    with pytest.raises(OirlError, match="--precision must be one of fp32, fp16"):
         score_file(model_dir, inp, tmp_path / "bad.jsonl", precision="bf16", progress=False)
     assert not (tmp_path / "bad.jsonl").exists()
 
