@@ -40,12 +40,12 @@ def main(argv=None) -> int:
 
     from oirl_fast.collect.published import load_questions
     from oirl_fast.embed import Embedder
-    from oirl_fast.kernels.quickscorer import FactorizedScorer
+    from oirl_fast.scoring.scorer import Scorer
     from oirl_fast.train.artifact import load_artifact
 
     artifact = load_artifact(args.model)
-    scorer = FactorizedScorer.from_artifact(artifact)
-    prompts = scorer.prepare(artifact.prompt_embeddings)
+    scorer = Scorer.for_artifact(artifact, route="kernel", device="cpu")
+    prompts = scorer.candidates.ids
     queries = [q.query for q in load_questions(args.dataset)[: args.limit]]
 
     emb, secs = {}, {}
@@ -58,8 +58,8 @@ def main(argv=None) -> int:
         secs[precision] = time.perf_counter() - t0
     device = e.device
 
-    full32 = scorer.score(emb["fp32"], prompts)
-    full16 = scorer.score(emb["fp16"], prompts)
+    full32 = scorer.scores(emb["fp32"], dtype=np.float64)
+    full16 = scorer.scores(emb["fp16"], dtype=np.float64)
     pick32, pick16 = full32.argmax(1), full16.argmax(1)
     top32 = full32.max(1)
     tied = (np.isclose(full32, top32[:, None], rtol=0, atol=1e-12).sum(1) > 1)

@@ -35,7 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from random_queries import write_inputs  # noqa: E402
 
-MODEL_VERSION = 1
+# 2: artifact schema 3 (manifest.json); a cached model of an older schema is not loadable
+MODEL_VERSION = 2
 
 
 def bench_model(n_trees: int, n_prompts: int, log) -> Path:
@@ -48,7 +49,7 @@ def bench_model(n_trees: int, n_prompts: int, log) -> Path:
     from oirl_fast.train.reward_model import RewardModel, TrainConfig
 
     out = cache_root() / f"dask-model-{n_trees}-{n_prompts}-v{MODEL_VERSION}"
-    if (out / "metadata.json").is_file():
+    if (out / art.MANIFEST_FILE).is_file():
         return out
     t0 = time.perf_counter()
     X, y = World(0).training_set(n_q=160, n_p=16, seed=1)
@@ -56,9 +57,8 @@ def bench_model(n_trees: int, n_prompts: int, log) -> Path:
     params = {"objective": "binary", "num_leaves": 63, "min_data_in_leaf": 5, "learning_rate": 0.05,
               "feature_fraction": 0.5, "bagging_fraction": 0.8, "bagging_freq": 1, "max_bin": 63,
               "num_threads": 2, "verbosity": -1, "seed": 0, "force_row_wise": True}
-    model = RewardModel(config)
-    model.booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=n_trees)
-    model.best_iteration, model.n_features = n_trees, X.shape[1]
+    booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=n_trees)
+    model = RewardModel.from_booster(config, booster, X.shape[1], n_trees)
     p_emb = World(0).embed(n_prompts, np.random.default_rng(7))
     meta = art.ModelMetadata(
         dataset="synthetic", backend="lightgbm", embedding_model="sentence-transformers/all-MiniLM-L6-v2",
@@ -76,7 +76,8 @@ def run_dask(model: Path, emb: Path, ids: Path, out: Path, workers: int, partiti
     """Two jobs on one fresh LocalCluster: cold (workers load the model) and warm (already loaded)."""
     from distributed import Client
 
-    from oirl_fast.distributed import _local_threads, local_cluster, score_distributed
+    from oirl_fast.cluster import local_cluster, local_threads
+    from oirl_fast.scoring.dask import score_distributed
 
     t0 = time.perf_counter()
     with local_cluster(workers) as cluster, Client(cluster) as client:
@@ -85,7 +86,7 @@ def run_dask(model: Path, emb: Path, ids: Path, out: Path, workers: int, partiti
         for _ in range(2):
             t1 = time.perf_counter()
             s = score_distributed(model, None, out, embeddings=emb, ids=ids, client=client, partitions=partitions,
-                                  threads=_local_threads(workers), progress=False)
+                                  threads=local_threads(workers), progress=False)
             walls.append(time.perf_counter() - t1)
             if out.read_bytes() != reference:
                 raise SystemExit(f"ERROR: dask with {workers} workers wrote other lines than the local run")
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
-    from oirl_fast.score import score_file
+    from oirl_fast.scoring.stream import score_file
 
     model = args.model or bench_model(args.trees, args.prompts, log)
     meta = json.loads((model / "metadata.json").read_text())

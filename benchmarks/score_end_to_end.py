@@ -3,7 +3,7 @@
 Trains two small GSM8K reward models (static and MiniLM embedder; or takes --model-static
 / --model-minilm), writes GSM8K questions as JSONL, takes all 16 published prompts as
 candidates (``--prompts``, embedded once with the model's embedder), and runs
-``oirl_fast.score.score_file`` (what `oirl score` calls) with a cold embedding cache (a
+``oirl_fast.scoring.stream.score_file`` (what `oirl score` calls) with a cold embedding cache (a
 fresh temporary cache folder; the static embedder's one-time build is reused from the
 user cache, or built there first, and not counted). Prints each stage's busy seconds
 and share of the wall time (read+parse, embed, kernel, format+write), the serial loop
@@ -84,14 +84,14 @@ def write_prompts(path, log):
 
 
 def run(model, inp, out, cache_dir, prompts, pipeline=True):
-    from oirl_fast.score import score_file
+    from oirl_fast.scoring.stream import score_file
 
     t0 = time.perf_counter()
     s = score_file(model, inp, out, prompts=prompts, cache_dir=cache_dir, progress=False, pipeline=pipeline)
     wall = time.perf_counter() - t0
     stages = {"read": s.read_seconds, "embed": s.embed_seconds, "kernel": s.score_seconds,
               "write": s.format_seconds + s.write_seconds}
-    return {"wall": wall, "lines": s.scored + s.errors, "pairs": s.pairs, "stages": stages, "path": s.path}
+    return {"wall": wall, "lines": s.scored + s.errors, "pairs": s.pairs, "stages": stages, "route": s.route}
 
 
 def encoder_rates(static_dir, questions, n=20_000):

@@ -94,8 +94,6 @@ def _blocks(n: int) -> int:
 class CudaFactorizedScorer(FactorizedScorer):
     """:class:`FactorizedScorer` with ``score`` / ``best_of_n`` on the GPU."""
 
-    path = "kernel-cuda"
-
     def __init__(self, forest: ForestDescription, query_dim: int, prompt_dim: int | None = None):
         super().__init__(forest, query_dim, prompt_dim)
         ptr, feat, thr, msk = self._q

@@ -29,14 +29,14 @@ The trees are read from one model description, treelite's, for either library.
 """
 from __future__ import annotations
 
-import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import OirlError
+from ..train.model_format import LIGHTGBM_ZERO_THRESHOLD, read_treelite, zero_tiny
 
 try:  # numba is a hard dependency, but keep import errors readable
     import numba
@@ -48,7 +48,6 @@ except ImportError as _exc:  # pragma: no cover
 
 MAX_LEAVES = 64
 ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
-LIGHTGBM_ZERO_THRESHOLD = float(np.float32(1e-35))
 # Queries scored together in the mask step (one SIMD block, feature-major).
 LANES = 16
 
@@ -106,21 +105,16 @@ class ForestDescription:
     # -- loaders -------------------------------------------------------------------
     @classmethod
     def from_file(cls, path: str | Path, backend: str) -> "ForestDescription":
-        import treelite
-
         path = Path(path)
+        model = read_treelite(path, backend)
         if backend == "lightgbm":
-            model = treelite.frontend.load_lightgbm_model(str(path))
             desc = cls.from_treelite(model, source="lightgbm")
             desc.zero_threshold = LIGHTGBM_ZERO_THRESHOLD
             zero = _lightgbm_zero_missing(path.read_text(encoding="utf-8", errors="replace"))
             if zero and desc.unsupported is None:
                 desc.unsupported = "LightGBM nodes treat zero as missing"
             return desc
-        if backend == "xgboost":
-            model = treelite.frontend.load_xgboost_model(str(path))
-            return cls.from_treelite(model, source="xgboost")
-        raise OirlError(f"unknown backend {backend!r}")
+        return cls.from_treelite(model, source="xgboost")
 
     @classmethod
     def from_booster(cls, booster) -> "ForestDescription":
@@ -217,19 +211,6 @@ class ForestDescription:
             low = _lowest_bit_np(acc)
             out += self.leaf_values[t, low]
         return out
-
-
-def zero_tiny(X: np.ndarray, threshold: float) -> np.ndarray:
-    """Replace 0 < |x| <= threshold by 0.0 (LightGBM's input rule); returns X itself when nothing changes."""
-    if threshold <= 0:
-        return X
-    tiny = np.abs(X) <= threshold
-    if not tiny.any():
-        return X
-    tiny &= X != 0
-    if not tiny.any():
-        return X
-    return np.where(tiny, np.float32(0), X).astype(X.dtype, copy=False)
 
 
 def _postprocessor(model, header) -> tuple[str, float]:
@@ -574,7 +555,6 @@ class KernelInfo:
     source: str
     comparison: str
     threshold_type: str
-    extra: dict = field(default_factory=dict)
 
 
 class FactorizedScorer:
@@ -584,8 +564,6 @@ class FactorizedScorer:
     score float64 (n_q, k)), best first, ties to the lower prompt index.  Scores are
     probabilities (the native ``predict``), or margins with ``raw=True``.
     """
-
-    path = "kernel"
 
     def __init__(self, forest: ForestDescription, query_dim: int, prompt_dim: int | None = None):
         if forest.unsupported:
@@ -628,14 +606,10 @@ class FactorizedScorer:
 
     # -- constructors ----------------------------------------------------------------
     @classmethod
-    def from_artifact(cls, artifact) -> "FactorizedScorer":
-        from ..train.reward_model import MODEL_FILES
-
-        layout = artifact.metadata.feature_layout
-        if layout.get("kind", "concat") != "concat":
-            raise UnsupportedModel(f"feature layout {layout.get('kind')!r} is not a plain concatenation")
-        forest = ForestDescription.from_file(artifact.path / MODEL_FILES[artifact.model.backend], artifact.model.backend)
-        return cls(forest, int(layout["query_dim"]), int(layout["prompt_dim"]))
+    def from_file(cls, model_file: str | Path, backend: str, query_dim: int,
+                  prompt_dim: int | None = None) -> "FactorizedScorer":
+        """From a native model file (``backend``: lightgbm or xgboost) over [query ‖ prompt] features."""
+        return cls(ForestDescription.from_file(model_file, backend), query_dim, prompt_dim)
 
     @classmethod
     def from_booster(cls, booster, query_dim: int, prompt_dim: int | None = None) -> "FactorizedScorer":

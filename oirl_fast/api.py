@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -34,35 +34,13 @@ from .train.artifact import Artifact, load_artifact
 from .train.fit import check_trainable, fit_reward_model, trainable_split, write_artifact
 from .train.reward_model import TrainConfig
 
+if TYPE_CHECKING:  # the scorer's import brings numba; it is built on first use
+    from .scoring.scorer import Scorer
+
 __all__ = ["Model", "Picks", "load", "fit", "evaluate", "read_log"]
 
 def _quiet(_message: str) -> None:
     pass
-
-
-# --------------------------------------------------------------------------------------
-# The one place the API touches the scoring core.
-
-
-class _Scorer:
-    """Scores of every (query, prompt) pair of an artifact's prompt set.
-
-    The contract is the one of ``oirl_fast.scoring.scorer.Scorer``: ``scores(Q float32 (n, d))
-    -> float32 (n, P)`` and ``top(Q, k) -> (int64 (n, k) prompt indices best first, float32 (n, k)
-    scores)``. Today it adapts :func:`oirl_fast.score.make_scorer`'s ``PairScorer`` (the fastest
-    route that runs the model: numba kernel, compiled library, native predict)."""
-
-    def __init__(self, artifact: Artifact, device: str = "auto"):
-        from .score import make_scorer, model_candidates
-
-        self._pairs = make_scorer(artifact, model_candidates(artifact), device=device)
-
-    def scores(self, query_emb: np.ndarray) -> np.ndarray:
-        return np.asarray(self._pairs.all(query_emb), dtype=np.float32)
-
-    def top(self, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        idx, sc = self._pairs.top(query_emb, k)
-        return np.asarray(idx, dtype=np.int64), np.asarray(sc, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------
@@ -135,7 +113,7 @@ class Model:
         self.progress = progress
         self.log_fn = log_fn or _quiet
         self._embedder: Embedder | None = None
-        self._scorer: _Scorer | None = None
+        self._scorer = None
 
     def __repr__(self) -> str:
         meta = self.artifact.metadata
@@ -202,13 +180,18 @@ class Model:
             texts = _texts(queries, "queries")
             emb = self.embed(texts)
         idx, sc = self._get_scorer().top(emb, int(top_k))
+        idx = idx.astype(np.int64, copy=False)
         ids = np.asarray(self.prompt_ids, dtype=object)
         prompts = np.asarray(self.prompt_texts, dtype=object)
         return Picks(indices=idx, ids=ids[idx], texts=prompts[idx], scores=sc, queries=texts)
 
-    def _get_scorer(self) -> _Scorer:
+    def _get_scorer(self) -> "Scorer":
+        """The scoring core (:class:`oirl_fast.scoring.scorer.Scorer`), built on first use: its
+        import brings numba, which ``load`` does not need."""
         if self._scorer is None:
-            self._scorer = _Scorer(self.artifact, self.device)
+            from .scoring.scorer import Scorer
+
+            self._scorer = Scorer.for_artifact(self.artifact, device=self.device)
         return self._scorer
 
     def _check_embeddings(self, emb) -> np.ndarray:

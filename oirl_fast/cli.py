@@ -133,7 +133,7 @@ def train_cmd(
     # before the log is read or a tree fitted: --out must be new, empty or a model to replace, and writable
     check_paths({"LOG": logs, "--cache-dir": cache_dir}, [Output(out, "--out", kind="artifact")])
     if engine == "dask":
-        from .distributed import train_distributed
+        from .train.dask_fit import train_distributed
         from .multilog import read_log_set
         from .splits import Protocol
         from .train.reward_model import TrainConfig

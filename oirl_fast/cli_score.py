@@ -1,14 +1,19 @@
 """`oirl score`: best-of-N prompt selection for a stream of queries (registered by oirl_fast.cli)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from .atomic import write_text
 from .cli_common import SchedulerOpt, WorkersOpt, cli_errors, err
 from .errors import OirlError
+from .paths import JSON_SUFFIXES, Output, check_paths, is_stdio, is_stream
 
 
 def register(app: typer.Typer) -> None:
@@ -51,7 +56,9 @@ def register(app: typer.Typer) -> None:
                  "float32 (a value beyond float32's range makes its row an error record); integer arrays are refused."
         ),
         ids: Optional[Path] = typer.Option(None, "--ids", help="With --embeddings: one query id a line, in row order."),
-        path: str = typer.Option("auto", "--path", help="Scoring path: auto, kernel, compiled or native.", hidden=True),
+        route: str = typer.Option("auto", "--route", "--path",
+                                  help="Scoring route: auto, kernel, compiled or native (for tests and benchmarks).",
+                                  hidden=True),
         summary_json: Optional[Path] = typer.Option(None, "--summary", help="Also write the run summary as JSON here."),
         cache_dir: Optional[Path] = typer.Option(
             None, "--cache-dir", help="Embedding cache folder \\[default: $OIRL_CACHE_DIR or ~/.cache/oirl-fast]."
@@ -85,9 +92,11 @@ def register(app: typer.Typer) -> None:
         with its line number. Interrupted runs continue with --resume (with --engine dask:
         the partitions already written are kept).
         """
-        from .atomic import write_text
-        from .paths import JSON_SUFFIXES, Output, check_paths, is_stdio, is_stream
-        from .score import score_file, score_io
+        # here, not at the top: the scoring modules import numba and the kernel, which `oirl --help` does not need
+        from .scoring.dask import score_distributed
+        from .scoring.inputs import score_io
+        from .scoring.options import ScoreOptions
+        from .scoring.stream import score_file
 
         if engine not in ("local", "dask"):
             raise OirlError(f"unknown engine {engine!r}; use local or dask")
@@ -100,33 +109,24 @@ def register(app: typer.Typer) -> None:
                             "standard input/output (-) need --engine local")
         # every path argument, --summary included, before the model is loaded or a line scored
         folder_out = engine == "dask" and (merge is False or (merge is None and (out.is_dir() or str(out).endswith("/"))))
+        options = ScoreOptions(top_k=top_k, with_scores=scores, min_confidence=min_confidence, route=route,
+                               precision=precision, device=device, batch_size=batch_size, chunk_size=chunk_size,
+                               cache_dir=cache_dir, strict=strict)
         inputs, outputs = score_io(model, in_path, out, prompts, embeddings, ids, cache_dir,
                                    out_kind="folder" if folder_out else "file")
         check_paths(inputs, [*outputs, Output(summary_json, "--summary", JSON_SUFFIXES)])
         try:
+            log = lambda s: err.print(s, highlight=False, soft_wrap=True)  # noqa: E731
             if engine == "dask":
-                from .distributed import score_distributed
-
                 summary = score_distributed(
-                    model, in_path, out, prompts=prompts, embeddings=embeddings, ids=ids, top_k=top_k,
-                    min_confidence=min_confidence, with_scores=scores, strict=strict, resume=resume, device=device,
-                    batch_size=batch_size, precision=precision, chunk_size=chunk_size, cache_dir=cache_dir, path=path,
-                    scheduler=scheduler,
-                    workers=workers, partitions=partitions, merge=merge, keep_parts=keep_parts, progress=True,
-                    log=lambda s: err.print(s, highlight=False, soft_wrap=True),
+                    model, in_path, out, options, prompts=prompts, embeddings=embeddings, ids=ids, resume=resume,
+                    scheduler=scheduler, workers=workers, partitions=partitions, merge=merge, keep_parts=keep_parts,
+                    progress=True, log=log,
                 )
             else:
-                summary = score_file(
-                    model, in_path, out, prompts=prompts, embeddings=embeddings, ids=ids, top_k=top_k, min_confidence=min_confidence,
-                    with_scores=scores, strict=strict, resume=resume, device=device, batch_size=batch_size,
-                    precision=precision, chunk_size=chunk_size, cache_dir=cache_dir, path=path, progress=True,
-                    log=lambda s: err.print(s, highlight=False, soft_wrap=True), embedder=embedder,
-                )
+                summary = score_file(model, in_path, out, options, prompts=prompts, embeddings=embeddings, ids=ids,
+                                     resume=resume, progress=True, log=log, embedder=embedder)
         except BrokenPipeError:  # `oirl score ... --out - | head`: the reader has had enough
-            import contextlib
-            import os
-            import sys
-
             with contextlib.suppress(OSError, ValueError, AttributeError):  # no second error at exit
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             err.print("standard output was closed; stopped", highlight=False)

@@ -29,9 +29,22 @@ seeds on the same split.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from .atomic import atomic_path
+from .collect.published import import_published
+from .encoders import check_same_encoder
+from .errors import OirlError
+from .metrics import paired_bootstrap_ci
+from .schema import read_logs
+from .scoring.candidates import Candidates
+from .scoring.scorer import Scorer
+from .splits import Protocol
+from .tradeoff_answers import log_answers, published_answers
+from .train.artifact import load_artifact
+from .train.fit import fit_reward_model
 
 
 def vote(values: np.ndarray, order: np.ndarray) -> float:
@@ -163,25 +176,13 @@ def policy_outcomes(
     return out, references
 
 
-def simulate(
-    values: np.ndarray,
-    gold: np.ndarray,
-    scores: np.ndarray,
-    confidence: np.ndarray,
-    best_single: int,
-    ks: tuple[int, ...] = (3, 5),
-    thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5),
-    seed: int = 0,
-    train_accuracy: np.ndarray | None = None,
-) -> list[dict]:
-    """Points ``{policy, kind, calls_per_query, accuracy}`` of :func:`policy_outcomes`'s policies."""
-    policies, _ = policy_outcomes(values, gold, scores, confidence, best_single, ks, thresholds, seed, train_accuracy)
+def policy_points(policies: list[PolicyOutcome]) -> list[dict]:
+    """Points ``{policy, kind, calls_per_query, accuracy}`` of policies (e.g. :func:`policy_outcomes`'s)."""
     return [{"policy": p.policy, "kind": p.kind, "calls_per_query": p.calls_per_query, "accuracy": p.accuracy}
             for p in policies]
 
 
 def _diff(a: np.ndarray, b: np.ndarray, n_boot: int) -> dict:
-    from .metrics import paired_bootstrap_ci
 
     lo, hi = paired_bootstrap_ci(a, b, n_boot=n_boot)
     return {"diff": float(np.mean(a - b)), "ci95": [lo, hi]}
@@ -242,103 +243,8 @@ def pareto_front(points: list[dict]) -> list[dict]:
     return front
 
 
-@dataclass
-class AnswerTable:
-    """Logged answers of every prompt on a set of test queries.
-
-    queries (U,), gold float (U,), values float (U, P) numeric answers (NaN if none),
-    verdicts bool (U, P) the log's own grading, prompt_ids (P,), train_accuracy float (P,)
-    each prompt's accuracy on the training rows (NaN where it has none); best_single its argmax.
-    """
-
-    queries: list
-    gold: np.ndarray
-    values: np.ndarray
-    verdicts: np.ndarray
-    prompt_ids: list
-    train_accuracy: np.ndarray
-
-    @property
-    def best_single(self) -> int:
-        return int(np.nanargmax(self.train_accuracy))
-
-
-def _number(text) -> float:
-    from .collect.graders import last_number
-
-    x = None if text is None else last_number(str(text))
-    return np.nan if x is None else x
-
-
-def _published_answers(source, limit: int | None) -> AnswerTable:
-    import pyarrow.compute as pc
-
-    from .collect.published import import_published, load_gsm8k_answers, load_prompts
-
-    prompts = load_prompts(source)
-    ids = [p.id for p in prompts]
-    log = import_published("gsm8k", source)
-    test = log.filter(pc.equal(log.column("split"), "test"))
-    first = test.filter(pc.equal(test.column("prompt_id"), ids[0]))
-    U = first.num_rows if limit is None else max(1, min(limit, first.num_rows))
-    values = np.full((U, len(ids)), np.nan)
-    verdicts = np.zeros((U, len(ids)), bool)
-    for j, p in enumerate(prompts):
-        values[:, j] = [_number(a) for a in load_gsm8k_answers(p, source)[:U]]
-        verdicts[:, j] = test.filter(pc.equal(test.column("prompt_id"), p.id)).column("correct").to_pylist()[:U]
-    train = log.filter(pc.equal(log.column("split"), "train"))
-    acc = np.full(len(ids), np.nan)
-    for j, p in enumerate(prompts):
-        if p.role == "train":
-            acc[j] = np.mean(train.filter(pc.equal(train.column("prompt_id"), p.id)).column("correct").to_numpy())
-    return AnswerTable(first.column("query").to_pylist()[:U], np.array([float(g) for g in first.column("gold").to_pylist()[:U]]),
-                       values, verdicts, ids, acc)
-
-
-def _log_answers(log_path, protocol: dict, prompt_ids: list, limit: int | None) -> AnswerTable:
-    """Answers from a log with a ``response`` column (e.g. collected with oirl collect), on the
-    test queries of the model's own protocol, so the model never saw them."""
-    from .errors import OirlError
-    from .splits import split_log
-    from .schema import read_logs
-    from .splits import Protocol
-
-    table = read_logs(log_path)
-    responses = table.column("response")
-    if responses.null_count == table.num_rows:
-        raise OirlError("the log keeps no responses (column 'response' is empty), so answers cannot be voted over; "
-                        "collect with responses kept", log_path)
-    split = split_log(table, Protocol(**protocol))
-    rows = split.test.to_pylist()
-    cells: dict = {}
-    for r in rows:
-        if r["response"] is not None and r["prompt_id"] in prompt_ids:
-            cells.setdefault(r["query_id"], {}).setdefault(r["prompt_id"], r)
-    complete = [q for q, per in cells.items() if len(per) == len(prompt_ids)]
-    if not complete:
-        raise OirlError("no test query has a logged response for every prompt of the model", log_path)
-    complete = complete[:limit] if limit else complete
-    first = [cells[q][prompt_ids[0]] for q in complete]
-    try:
-        gold = np.array([float(str(r["gold"]).replace(",", "")) for r in first])
-    except ValueError:
-        raise OirlError("votes compare numbers, but some gold answers are not numeric", log_path) from None
-    values = np.array([[_number(cells[q][p]["response"]) for p in prompt_ids] for q in complete])
-    verdicts = np.array([[cells[q][p]["correct"] for p in prompt_ids] for q in complete])
-    correct = np.array(split.train.column("correct").to_pylist(), dtype=float)
-    pids = split.train.column("prompt_id").to_pylist()
-    acc = np.array([correct[[x == p for x in pids]].mean() if p in split.train_prompt_ids else np.nan
-                    for p in prompt_ids])
-    return AnswerTable([r["query"] for r in first], gold, values, verdicts, list(prompt_ids), acc)
-
-
 def _seed_models(artifact, table, embedder, seeds: int) -> list:
     """The artifact's model and the same model refitted with seeds 1..seeds-1 on the same split."""
-    from dataclasses import replace
-
-    from .errors import OirlError
-    from .train.fit import fit_reward_model
-    from .splits import Protocol
 
     models = [artifact.model]
     if seeds > 1:
@@ -363,32 +269,25 @@ def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit
     with seeds 1..seeds-1 on the same split (the split itself is not re-drawn) and reports
     every policy's mean and spread over the seeds; CIs are over the per-query seed means.
     """
-    from .errors import OirlError
-    from .features import grid_features
-    from .train.artifact import load_artifact
-
     if seeds < 1:
         raise OirlError(f"--seeds must be at least 1, got {seeds}")
     artifact = load_artifact(model_dir, embedding_model=embedder.model_id)
     if getattr(embedder, "encoder", None) is not None:
-        from .encoders import check_same_encoder
 
         check_same_encoder(artifact.metadata.embedder_record, embedder.encoder, artifact.path / "metadata.json")
     if log is not None:
-        answers = _log_answers(log, artifact.metadata.protocol, artifact.metadata.prompt_ids, limit)
+        answers = log_answers(log, artifact.metadata.protocol, artifact.metadata.prompt_ids, limit)
         dataset = artifact.metadata.dataset
     else:
         if dataset != "gsm8k":
             raise OirlError(f"the {dataset} logs hold verdicts but no answer texts, so votes cannot be simulated; "
                             "only gsm8k has logged answers (or pass --log with a log that keeps responses)")
-        answers = _published_answers(source, limit)
+        answers = published_answers(source, limit)
         if sorted(answers.prompt_ids) != sorted(artifact.metadata.prompt_ids):
             raise OirlError(f"model was built for prompts {artifact.metadata.prompt_ids}, the answers cover "
                             f"{answers.prompt_ids}", artifact.path / "metadata.json")
     if seeds > 1:
-        from .collect.published import import_published
-        from .schema import read_logs
-
+    
         progress(f"refitting the model with seeds 1..{seeds - 1} on its own split")
         table = read_logs(log) if log is not None else import_published("gsm8k", source)
         models = _seed_models(artifact, table, embedder, seeds)
@@ -396,10 +295,16 @@ def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit
         models = [artifact.model]
     ours = np.isclose(answers.values, answers.gold[:, None]) & ~np.isnan(answers.values)
     order = [artifact.metadata.prompt_ids.index(i) for i in answers.prompt_ids]
-    grid = grid_features(embedder.embed(answers.queries), artifact.prompt_embeddings[order])
+    texts = {p["id"]: p["text"] for p in artifact.metadata.prompts}
+    cands = Candidates(list(answers.prompt_ids), [texts[i] for i in answers.prompt_ids],
+                       np.ascontiguousarray(artifact.prompt_embeddings[order], dtype=np.float32), "model")
+    queries = embedder.embed(answers.queries)
     runs, first_scores = [], None
     for s, model in enumerate(models):
-        scores = model.predict(grid).reshape(len(answers.queries), len(answers.prompt_ids))
+        # the artifact's model through its fastest route, the refitted seeds (in memory) through theirs
+        scorer = (Scorer.for_artifact(artifact, cands) if model is artifact.model
+                  else Scorer.for_model(model, queries.shape[1], cands))
+        scores = scorer.scores(queries, dtype=np.float64)
         first_scores = scores if first_scores is None else first_scores
         top = scores.max(axis=1)
         confidence = model.calibrator(top) if model.calibrator is not None else top
@@ -429,8 +334,6 @@ def plot_tradeoff(result: dict, path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .atomic import atomic_path
 
     pts = result["points"]
     front = pareto_front(pts)

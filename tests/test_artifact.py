@@ -173,21 +173,30 @@ def test_model_with_non_finite_leaves_is_never_written(tmp_path, small_model):
     assert {f.name: f.read_bytes() for f in target.iterdir()} == before  # the old artifact is untouched
 
 
+def _snapshot(folder):
+    """Every file and folder under ``folder``: bytes (files) and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in sorted([folder, *folder.rglob("*")])}
+
+
 @pytest.mark.slow
-def test_library_from_another_platform_is_rebuilt_not_loaded(tmp_path, small_model):
+def test_library_from_another_platform_is_rebuilt_in_the_cache_not_loaded(tmp_path, small_model, monkeypatch):
     from oirl_fast.train.compile import CompiledPredictor
 
+    monkeypatch.setenv("OIRL_CACHE_DIR", str(tmp_path / "cache"))
     path, X = _saved(tmp_path, small_model, compile_library=True)
     lib = path / art.LIBRARY_FILE
     meta = json.loads((path / "manifest.json").read_text())
     meta["compiled_library"]["platform"] = "Plan9-sparc64-py2.7"
     (path / "manifest.json").write_text(json.dumps(meta))
     lib.write_bytes(b"\x7fELF not really a library")  # would crash or fail if it were loaded
+    before = _snapshot(path)
     loaded = art.load_artifact(path)
     assert "platform" in art.library_mismatch(loaded)
     notes = []
     rebuilt = art.usable_library(loaded, notes.append)
-    assert rebuilt == lib and "rebuilding" in notes[0]
+    assert rebuilt == art.cached_library_path(loaded) and (tmp_path / "cache") in rebuilt.parents
+    assert len(notes) == 1 and "platform" in notes[0]
     np.testing.assert_allclose(CompiledPredictor(rebuilt).predict(X[:50]), loaded.model.predict(X[:50]), atol=1e-5)
-    again = art.load_artifact(path)  # manifest.json now describes the rebuilt library
-    assert art.library_mismatch(again) is None
+    assert art.usable_library(art.load_artifact(path), notes.append) == rebuilt and len(notes) == 1  # built once
+    assert _snapshot(path) == before  # the model folder is never written to

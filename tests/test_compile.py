@@ -9,7 +9,8 @@ import pytest
 
 from oirl_fast.errors import OirlError
 from oirl_fast.train import compile as comp
-from oirl_fast.train.compile import CompiledPredictor, compile_library, load_treelite_model
+from oirl_fast.train.compile import CompiledPredictor, compile_library
+from oirl_fast.train.model_format import load_treelite_model
 
 ATOL = 1e-5
 N_TEST = 2000

@@ -15,10 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from oirl_fast import distributed as dist
+from oirl_fast import cluster as dask_cluster
+from oirl_fast.scoring import dask as dask_scoring
+from oirl_fast.scoring import partitions
+from oirl_fast.train import dask_fit
 from oirl_fast.errors import OirlError
 from oirl_fast.features import FeatureLayout
-from oirl_fast.score import score_file
+from oirl_fast.scoring.stream import score_file
 from oirl_fast.train import artifact as art
 from oirl_fast.train.reward_model import RewardModel, TrainConfig
 
@@ -56,9 +59,9 @@ def test_partitions_cover_every_line_once(tmp_path_factory, lines, trailing, n_f
             all_lines.extend(pieces[:-1] if data.endswith(b"\n") else pieces)
     if not any(f.stat().st_size for f in files):
         with pytest.raises(OirlError):
-            dist.plan_partitions(files, parts)
+            partitions.plan_partitions(files, parts)
         return
-    plan = dist.plan_partitions(files, parts)
+    plan = partitions.plan_partitions(files, parts)
     got, line = [], 1
     for p in plan:
         data = Path(p.file).read_bytes()[p.start : p.stop]
@@ -122,7 +125,7 @@ def _write_embeddings(tmp_path, n, seed=1):
 def client():
     from distributed import Client
 
-    with dist.local_cluster(2) as cluster, Client(cluster) as c:
+    with dask_cluster.local_cluster(2) as cluster, Client(cluster) as c:
         yield c
 
 
@@ -142,12 +145,12 @@ def test_dask_scoring_equals_local_stream(synth_model, client, tmp_path):
     local = tmp_path / "local.jsonl"
     score_file(synth_model, None, local, embeddings=emb, ids=ids, top_k=3, min_confidence=0.5, progress=False)
     out = tmp_path / "picks.jsonl"
-    s = dist.score_distributed(synth_model, None, out, embeddings=emb, ids=ids, top_k=3, min_confidence=0.5,
+    s = dask_scoring.score_distributed(synth_model, None, out, embeddings=emb, ids=ids, top_k=3, min_confidence=0.5,
                                partitions=7, client=client, progress=False, chunk_size=100)
     assert out.read_bytes() == local.read_bytes()
     assert s.partitions == 7 and s.lines == 3000 and s.errors == 1 and s.scored == 2999 and s.pairs == 2999 * 16
     assert s.merged and not Path(str(out) + ".parts").exists()
-    assert s.path == "kernel (numba CPU)"
+    assert s.route == "kernel (numba CPU)"
     assert s.first_errors == [{"line": 6, "error": "empty id"}]
 
 
@@ -169,7 +172,7 @@ def test_text_shards_parts_manifest_and_resume(synth_model, client, tmp_path, em
     score_file(synth_model, whole, local, progress=False, cache_dir=cache_dir, with_scores=True)
 
     parts = tmp_path / "parts"
-    s = dist.score_distributed(synth_model, shards, parts, merge=False, partitions=6, client=client, progress=False,
+    s = dask_scoring.score_distributed(synth_model, shards, parts, merge=False, partitions=6, client=client, progress=False,
                                cache_dir=cache_dir, with_scores=True)
     manifest = json.loads((parts / "manifest.json").read_text())
     assert manifest["complete"] and len(manifest["partitions"]) == s.partitions >= 3
@@ -184,20 +187,20 @@ def test_text_shards_parts_manifest_and_resume(synth_model, client, tmp_path, em
     # resume: one part lost, one part corrupted -> only those two are scored again
     (parts / recs[1]["part"]).unlink()
     (parts / recs[2]["part"]).write_text("garbage\n")
-    s2 = dist.score_distributed(synth_model, shards, parts, merge=False, resume=True, client=client, progress=False,
+    s2 = dask_scoring.score_distributed(synth_model, shards, parts, merge=False, resume=True, client=client, progress=False,
                                 cache_dir=cache_dir, with_scores=True)
     assert s2.partitions_resumed == s.partitions - 2
     assert b"".join((parts / r["part"]).read_bytes() for r in recs) == local.read_bytes()
 
     # merge into one file from the same shards (glob form)
     out = tmp_path / "merged.jsonl"
-    dist.score_distributed(synth_model, str(shards / "shard-*.jsonl"), out, partitions=4, client=client,
+    dask_scoring.score_distributed(synth_model, str(shards / "shard-*.jsonl"), out, partitions=4, client=client,
                            progress=False, cache_dir=cache_dir, with_scores=True)
     assert out.read_bytes() == local.read_bytes()
 
     # a resume against other options is refused
     with pytest.raises(OirlError, match="another job"):
-        dist.score_distributed(synth_model, shards, parts, merge=False, resume=True, client=client, progress=False,
+        dask_scoring.score_distributed(synth_model, shards, parts, merge=False, resume=True, client=client, progress=False,
                                cache_dir=cache_dir, top_k=2)
 
 
@@ -211,13 +214,13 @@ def test_worker_killed_mid_run(synth_model, tmp_path):
     score_file(synth_model, None, local, embeddings=emb, ids=ids, progress=False)
     out = tmp_path / "picks.jsonl"
     parts_dir = Path(str(out) + ".parts")
-    with dist.local_cluster(2, silence_logs=50) as cluster, Client(cluster) as c:
-        c.run(lambda: __import__("oirl_fast.distributed"))  # warm imports so the kill lands mid-job
+    with dask_cluster.local_cluster(2, silence_logs=50) as cluster, Client(cluster) as c:
+        c.run(lambda: __import__("oirl_fast.scoring.dask"))  # warm imports so the kill lands mid-job
         result = {}
 
         def job():
             try:
-                result["summary"] = dist.score_distributed(synth_model, None, out, embeddings=emb, ids=ids,
+                result["summary"] = dask_scoring.score_distributed(synth_model, None, out, embeddings=emb, ids=ids,
                                                            partitions=200, client=c, progress=False, keep_parts=True,
                                                            chunk_size=50)
             except BaseException as exc:  # pragma: no cover - reported below
@@ -249,10 +252,10 @@ def test_worker_killed_mid_run(synth_model, tmp_path):
 
 
 def test_scheduler_unreachable_is_one_line_exit_2(synth_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(dist, "CONNECT_TIMEOUT", "2s")
+    monkeypatch.setattr(dask_cluster, "CONNECT_TIMEOUT", "2s")
     emb, ids = _write_embeddings(tmp_path, 20)
     with pytest.raises(OirlError, match="tcp://127.0.0.1:1"):
-        dist.score_distributed(synth_model, None, tmp_path / "o.jsonl", embeddings=emb, ids=ids,
+        dask_scoring.score_distributed(synth_model, None, tmp_path / "o.jsonl", embeddings=emb, ids=ids,
                                scheduler="tcp://127.0.0.1:1", progress=False)
     from oirl_fast.cli import app
 
@@ -327,7 +330,8 @@ def test_distributed_training_auc_matches_single_machine(backend, client, tmp_pa
     from oirl_fast.evaluation import evaluate
     from oirl_fast.train.fit import fit_reward_model, write_artifact
     from oirl_fast.schema import conform
-    from oirl_fast.score import make_scorer, model_candidates
+    from oirl_fast.scoring.candidates import model_candidates
+    from oirl_fast.scoring.scorer import Scorer
     from oirl_fast.splits import Protocol
 
     log = conform(_synthetic_log(cache_dir))
@@ -342,7 +346,7 @@ def test_distributed_training_auc_matches_single_machine(backend, client, tmp_pa
     for k in range(3):
         pq.write_table(log.slice(k * n // 3, (k + 1) * n // 3 - k * n // 3), shards / f"part-{k}.parquet")
     compile_library = backend == "lightgbm"
-    dist.train_distributed(shards, proto, config, tmp_path / "dask", cache_dir=cache_dir, client=client,
+    dask_fit.train_distributed(shards, proto, config, tmp_path / "dask", cache_dir=cache_dir, client=client,
                            compile_library=compile_library, log_fn=lambda s: None)
     loaded = art.load_artifact(tmp_path / "dask")
     engine = loaded.metadata.metrics["engine"]
@@ -352,7 +356,7 @@ def test_distributed_training_auc_matches_single_machine(backend, client, tmp_pa
     assert loaded.metadata.prompt_embeddings_sha256 == single.metadata.prompt_embeddings_sha256
     assert loaded.model.calibrator is not None and 1 <= loaded.metadata.best_iteration <= 150
     assert loaded.library_path.is_file() if compile_library else loaded.library_path is None
-    assert make_scorer(loaded, model_candidates(loaded), device="cpu").path == "kernel (numba CPU)"
+    assert Scorer.for_artifact(loaded, model_candidates(loaded), device="cpu").route == "kernel"
     auc_single = evaluate(single, log, embedder)["classification"]["train_prompts"]["auc"]
     auc_dask = evaluate(loaded, log, embedder)["classification"]["train_prompts"]["auc"]
     print(f"AUC {backend}: single {auc_single:.4f} dask {auc_dask:.4f} trees {single.metadata.best_iteration} / {loaded.metadata.best_iteration}")
@@ -370,8 +374,8 @@ def test_loss_curve_matches_lightgbm_predictions():
     w = rng.integers(1, 4, 400).astype(float)
     b = lgb.train({"objective": "cross_entropy", "num_leaves": 7, "verbosity": -1}, lgb.Dataset(X, y, weight=w),
                   num_boost_round=12)
-    table = dist._leaf_table(b)
-    curve = dist._loss_curve_block(X, y, w, b, table)[0]
+    table = dask_fit._leaf_table(b)
+    curve = dask_fit._loss_curve_block(X, y, w, b, table)[0]
     for k in (1, 5, 12):
         p = b.predict(X, num_iteration=k)
         expected = -(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum()
@@ -380,11 +384,11 @@ def test_loss_curve_matches_lightgbm_predictions():
 
 def test_early_stopping_point_follows_lightgbm_rule():
     curve = np.array([5, 4, 3, 3.5, 3.2, 3.1, 2.9, 3, 3, 3, 3])
-    assert dist.early_stopping_point(curve, 3) == 3  # stops at round 6, before the later 2.9
+    assert dask_fit.early_stopping_point(curve, 3) == 3  # stops at round 6, before the later 2.9
     curve = np.array([5, 4, 3, 3.5, 3.2, 2.9, 3, 3, 3, 2.0])
-    assert dist.early_stopping_point(curve, 3) == 6
-    assert dist.early_stopping_point(np.array([5, 4, 4.1, 4.2, 4.3, 1.0]), 3) == 2
-    assert dist.early_stopping_point(np.array([3.0, 2.0, 1.0]), 40) == 3
+    assert dask_fit.early_stopping_point(curve, 3) == 6
+    assert dask_fit.early_stopping_point(np.array([5, 4, 4.1, 4.2, 4.3, 1.0]), 3) == 2
+    assert dask_fit.early_stopping_point(np.array([3.0, 2.0, 1.0]), 40) == 3
 
 
 @pytest.mark.slow
@@ -423,12 +427,12 @@ def test_prompts_file_and_strict(synth_model, client, tmp_path):
     local = tmp_path / "local.jsonl"
     score_file(synth_model, None, local, embeddings=emb, ids=ids, prompts=prompts, top_k=2, progress=False)
     out = tmp_path / "picks.jsonl"
-    s = dist.score_distributed(synth_model, None, out, embeddings=emb, ids=ids, prompts=prompts, top_k=2,
+    s = dask_scoring.score_distributed(synth_model, None, out, embeddings=emb, ids=ids, prompts=prompts, top_k=2,
                                partitions=3, client=client, progress=False)
     assert out.read_bytes() == local.read_bytes() and s.candidates == 5
     assert {r.get("prompt_id") for r in _read(out)} <= {None, "c0", "c1", "c2", "c3", "c4"}
 
     with pytest.raises(OirlError, match=r"ids.txt:6: empty id"):
-        dist.score_distributed(synth_model, None, tmp_path / "strict.jsonl", embeddings=emb, ids=ids, strict=True,
+        dask_scoring.score_distributed(synth_model, None, tmp_path / "strict.jsonl", embeddings=emb, ids=ids, strict=True,
                                client=client, progress=False)
     assert not (tmp_path / "strict.jsonl").exists() and not (tmp_path / "strict.jsonl.parts").exists()

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from oirl_fast.errors import OirlError
 from oirl_fast.jsonl import count_lines, iter_lines, iter_objects
 from oirl_fast.schema import LOG_SCHEMA, read_logs
-from oirl_fast.score import NpyRows, parse_line
+from oirl_fast.scoring.inputs import NpyRows
+from oirl_fast.scoring.records import parse_line
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -280,7 +281,7 @@ def tiny_model(tmp_path_factory, make_artifact, real_pairs):
 @given(lines=st.lists(LINE, min_size=1, max_size=12))
 @example(lines=['{"id": {"\x85": null}}', '{"id": 2, "query": "a\u2028b\u2029c"}'])  # found by this test
 def test_score_file_answers_every_line_once_whatever_the_input(tmp_path_factory, tiny_model, embedder, lines):
-    from oirl_fast.score import score_file
+    from oirl_fast.scoring.stream import score_file
 
     model_dir, _ = tiny_model
     d = tmp_path_factory.mktemp("score")
@@ -302,7 +303,7 @@ def test_score_file_answers_every_line_once_whatever_the_input(tmp_path_factory,
 
 
 def test_score_embeddings_with_nan_inf_and_bad_dtypes(tmp_path, tiny_model):
-    from oirl_fast.score import score_file
+    from oirl_fast.scoring.stream import score_file
 
     model_dir, X = tiny_model
     emb = np.ascontiguousarray(X[:6, :384])

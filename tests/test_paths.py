@@ -266,7 +266,7 @@ def factory(embedder):
 
 
 def _interrupted(monkeypatch, after_chunks: int = 1):
-    from oirl_fast import score as score_mod
+    from oirl_fast.scoring import job as score_mod
 
     real = score_mod._score_chunk
     calls = {"n": 0}
@@ -282,7 +282,8 @@ def _interrupted(monkeypatch, after_chunks: int = 1):
 
 
 def test_resume_refuses_the_partial_of_another_job(scoring_setup, factory, tmp_path, monkeypatch):
-    from oirl_fast.score import score_file
+    from oirl_fast.scoring.options import ScoreOptions
+    from oirl_fast.scoring.stream import score_file
 
     model, other, q = scoring_setup
     inp = tmp_path / "q.jsonl"
@@ -299,11 +300,11 @@ def test_resume_refuses_the_partial_of_another_job(scoring_setup, factory, tmp_p
     job = json.loads((tmp_path / "picks.jsonl.partial.job.json").read_text())
     assert job["options"]["top_k"] == 2 and job["embedder"]["embedding_model"].endswith("all-MiniLM-L6-v2")
     # (this artifact has no calibrator, so --min-confidence cannot be asked for; it is signed all the same)
-    assert set(job["options"]) == {"top_k", "with_scores", "min_confidence", "path"}
+    assert set(job["options"]) == set(ScoreOptions.signature_fields())
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": "z", "text": "Answer briefly."}) + "\n")
     for change, expect in (({"top_k": 1}, "--top-k"), ({"top_k": 2, "with_scores": True}, "--scores"),
-                           ({"top_k": 2, "precision": "fp16"}, "embedder"),
+                           ({"top_k": 2, "precision": "fp16"}, "--precision"),
                            ({"top_k": 2, "prompts": prompts}, "candidate prompts"),
                            ({"top_k": 2, "model": other}, "model")):
         args = {"model": model, **change}
@@ -325,7 +326,8 @@ def test_resume_refuses_the_partial_of_another_job(scoring_setup, factory, tmp_p
 
 
 def test_input_fields_named_like_output_fields_become_error_records(scoring_setup, factory, tmp_path):
-    from oirl_fast.score import RESERVED_INPUT_KEYS, score_file
+    from oirl_fast.scoring.records import RESERVED_INPUT_KEYS
+    from oirl_fast.scoring.stream import score_file
 
     model, _, _ = scoring_setup
     inp, out = tmp_path / "q.jsonl", tmp_path / "o.jsonl"
@@ -343,7 +345,7 @@ def test_input_fields_named_like_output_fields_become_error_records(scoring_setu
 
 
 def test_score_reads_stdin_and_writes_stdout(scoring_setup, factory, tmp_path, cache_dir):
-    from oirl_fast.score import score_file
+    from oirl_fast.scoring.stream import score_file
 
     model, _, q = scoring_setup
     ref = tmp_path / "ref.jsonl"
@@ -363,7 +365,7 @@ def test_score_reads_stdin_and_writes_stdout(scoring_setup, factory, tmp_path, c
 
 
 def test_score_reads_a_fifo(scoring_setup, factory, tmp_path):
-    from oirl_fast.score import score_file
+    from oirl_fast.scoring.stream import score_file
 
     model, _, q = scoring_setup
     fifo = tmp_path / "q.fifo"

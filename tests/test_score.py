@@ -10,10 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from oirl_fast import score as score_mod
+from oirl_fast.scoring import job as score_mod
 from oirl_fast.errors import OirlError
 from oirl_fast.features import FeatureLayout, grid_features
-from oirl_fast.score import score_file
+from oirl_fast.scoring.stream import score_file
 from oirl_fast.train import artifact as art
 from oirl_fast.train.reward_model import RewardModel, TrainConfig
 
@@ -108,7 +108,7 @@ def test_picks_match_native_and_every_line_is_accounted_for(model_dir, texts, fa
     assert "JSON object" in errors[13]["error"]
     assert "string" in errors[16]["error"]
     assert summary.scored == 40 and summary.errors == 5 and summary.lines == 45
-    assert summary.path == "kernel (numba CPU)" and summary.pairs == 40 * 16
+    assert summary.route == "kernel (numba CPU)" and summary.pairs == 40 * 16
     native = _native_grid(model_dir, q_emb[:40], p_emb)
     good = [r for r in recs if "error" not in r]
     assert [r["id"] for r in good] == [qid for qid, _ in queries[:40]]
@@ -243,24 +243,86 @@ def test_fallback_for_big_trees(tmp_path_factory, real_pairs, texts, factory, tm
     inp, out = tmp_path / "q.jsonl", tmp_path / "picks.jsonl"
     _write_queries(inp, queries[:15], bad=False)
     s = score_file(big, inp, out, progress=False, embedder_factory=factory)
-    assert s.path == "native predict" and "leaves" in s.fallback_reason
+    assert s.route == "native predict" and "leaves" in s.fallback_reason
     native = _native_grid(big, q_emb[:15], p_emb)
     pids = [pid for pid, _ in prompts]
     assert [pids.index(r["prompt_id"]) for r in _read(out)] == native.argmax(axis=1).tolist()
     with pytest.raises(OirlError, match="kernel cannot score"):
-        score_file(big, inp, out, path="kernel", progress=False, embedder_factory=factory)
+        score_file(big, inp, out, route="kernel", progress=False, embedder_factory=factory)
 
 
-def test_compiled_library_path(tmp_path_factory, real_pairs, texts, factory, tmp_path):
+@pytest.fixture(scope="module")
+def compiled_dir(tmp_path_factory, real_pairs, texts):
     pytest.importorskip("tl2cgen")
+    return _save(tmp_path_factory, "compiled", real_pairs, texts, compile_library=True, n_estimators=3)
+
+
+def test_compiled_library_route(compiled_dir, texts, factory, tmp_path):
     queries, prompts, q_emb, p_emb = texts
-    d = _save(tmp_path_factory, "compiled", real_pairs, texts, compile_library=True, n_estimators=3)
     inp, out = tmp_path / "q.jsonl", tmp_path / "picks.jsonl"
     _write_queries(inp, queries[:10], bad=False)
-    s = score_file(d, inp, out, path="compiled", progress=False, embedder_factory=factory)
-    assert s.path == "compiled library (tl2cgen)"
-    native = _native_grid(d, q_emb[:10], p_emb)
+    s = score_file(compiled_dir, inp, out, route="compiled", progress=False, embedder_factory=factory)
+    assert s.route == "compiled library (tl2cgen)"
+    native = _native_grid(compiled_dir, q_emb[:10], p_emb)
     np.testing.assert_allclose([r["score"] for r in _read(out)], native.max(axis=1), atol=1e-9)
+
+
+@pytest.mark.parametrize("which", ["lightgbm", "xgboost"])
+def test_scorer_routes_agree(which, compiled_dir, xgb_dir, texts):
+    """kernel, compiled library and native predict: the same picks in the same order, scores within float
+    rounding, in the contract's shapes and dtypes."""
+    from oirl_fast.scoring.candidates import model_candidates
+    from oirl_fast.scoring.scorer import Scorer
+
+    queries, prompts, q_emb, p_emb = texts
+    artifact = art.load_artifact(compiled_dir if which == "lightgbm" else xgb_dir)
+    routes = ["kernel", "compiled", "native"] if artifact.compiled_library else ["kernel", "native"]
+    Q = q_emb[:60]
+    scorers = {r: Scorer.for_artifact(artifact, route=r, device="cpu") for r in routes}
+    assert Scorer.for_artifact(artifact, device="cpu").route == "kernel"  # auto: the fastest
+    P = len(model_candidates(artifact))
+    ref_idx, ref_sc = scorers["native"].top(Q, 3)
+    ref_full = scorers["native"].scores(Q)
+    for route, scorer in scorers.items():
+        assert scorer.route == route and scorer.candidates.ids == [pid for pid, _ in prompts]
+        full = scorer.scores(Q)
+        idx, sc = scorer.top(Q, 3)
+        assert full.shape == (60, P) and full.dtype == np.float32
+        assert idx.shape == sc.shape == (60, 3) and idx.dtype == np.int64 and sc.dtype == np.float32
+        np.testing.assert_allclose(full, ref_full, atol=1e-6)
+        np.testing.assert_allclose(sc, ref_sc, atol=1e-6)
+        np.testing.assert_array_equal(idx[:, 0], ref_idx[:, 0])
+        assert (np.diff(sc, axis=1) <= 0).all()  # best first
+    with pytest.raises(OirlError, match="query embeddings must have shape"):
+        scorers["native"].scores(Q[:, :10])
+
+
+def _snapshot(folder):
+    """Every file and folder under ``folder``: bytes (files) and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in sorted([folder, *folder.rglob("*")])}
+
+
+def test_scoring_never_writes_to_the_model_folder(compiled_dir, texts, factory, tmp_path):
+    """Loading a model and scoring with it, on every route and with a prompts file to embed, leaves every
+    file and folder of the artifact byte-identical with unchanged modification times."""
+    import shutil
+
+    from oirl_fast.scoring.scorer import Scorer
+
+    queries, prompts, q_emb, p_emb = texts
+    local = tmp_path / "model"
+    shutil.copytree(compiled_dir, local)
+    before = _snapshot(local)
+    inp = tmp_path / "q.jsonl"
+    _write_queries(inp, queries[:5], bad=False)
+    pf = tmp_path / "prompts.jsonl"
+    pf.write_text("".join(json.dumps({"id": pid, "text": t}) + "\n" for pid, t in prompts[:3]))
+    for route in ("kernel", "compiled", "native"):
+        Scorer.for_artifact(art.load_artifact(local), route=route, device="cpu").top(q_emb[:5], 2)
+        score_file(local, inp, tmp_path / f"{route}.jsonl", route=route, progress=False, embedder_factory=factory)
+    score_file(local, inp, tmp_path / "p.jsonl", prompts=pf, progress=False, cache_dir=tmp_path / "cache")
+    assert _snapshot(local) == before
 
 
 def test_bad_inputs_stop_the_run(model_dir, tmp_path, factory):
@@ -304,7 +366,7 @@ def test_cli_score_and_exit_codes(model_dir, texts, tmp_path, cache_dir):
                                  str(tmp_path / "ids.txt"), "--out", str(out), "--top-k", "2",
                                  "--summary", str(tmp_path / "s.json")])
     assert res.exit_code == 0, res.output
-    assert "scoring path: kernel (numba CPU)" in res.output
+    assert "scoring route: kernel (numba CPU)" in res.output
     assert len(_read(out)) == 25 and all(len(r["top_k"]) == 2 for r in _read(out))
     assert json.loads((tmp_path / "s.json").read_text())["scored"] == 25
     # a query file with a bad line: --strict exits 2 naming file and line, nothing written
@@ -318,7 +380,7 @@ def test_cli_score_and_exit_codes(model_dir, texts, tmp_path, cache_dir):
 
 
 def test_npy_rows_reads_only_what_is_asked(tmp_path):
-    from oirl_fast.score import NpyRows
+    from oirl_fast.scoring.inputs import NpyRows
 
     a = np.arange(5 * 3, dtype=np.float32).reshape(5, 3)
     np.save(tmp_path / "a.npy", a)
@@ -335,21 +397,23 @@ def test_npy_rows_reads_only_what_is_asked(tmp_path):
         NpyRows(tmp_path / "o.npy")
 
 
-def test_candidate_prompts_are_cached_beside_the_model(model_dir, texts, tmp_path):
+def test_candidate_prompts_are_cached_in_the_cache_not_the_model(model_dir, texts, tmp_path):
     import shutil
 
     queries, prompts, q_emb, p_emb = texts
     local = tmp_path / "model"
     shutil.copytree(model_dir, local)
+    before = _snapshot(local)
     pf = tmp_path / "prompts.jsonl"
     pf.write_text("".join(json.dumps({"id": pid, "text": t}) + "\n" for pid, t in prompts[:4]))
     inp = tmp_path / "q.jsonl"
     _write_queries(inp, queries[:3], bad=False)
     for run in range(2):
         score_file(local, inp, tmp_path / f"picks{run}.jsonl", prompts=pf, progress=False, cache_dir=tmp_path / "c")
-        shards = list((local / "embeddings").rglob("shard-*.npz"))
+        shards = list((tmp_path / "c").rglob("shard-*.npz"))
         assert len(shards) == 1  # embedded on the first run, read back on the second
     assert _read(tmp_path / "picks0.jsonl") == _read(tmp_path / "picks1.jsonl")
+    assert _snapshot(local) == before  # scoring never writes to the model folder
 
 
 def test_fp16_query_embeddings_are_opt_in_and_checked(model_dir, texts, cache_dir, tmp_path):
@@ -360,7 +424,7 @@ def test_fp16_query_embeddings_are_opt_in_and_checked(model_dir, texts, cache_di
                    device="cpu")
     recs = _read(tmp_path / "o16.jsonl")
     assert s.scored == 6 and all("prompt_id" in r for r in recs)
-    with pytest.raises(OirlError, match="--precision must be fp32 or fp16"):
+    with pytest.raises(OirlError, match="--precision must be one of fp32, fp16"):
         score_file(model_dir, inp, tmp_path / "bad.jsonl", precision="bf16", progress=False)
     assert not (tmp_path / "bad.jsonl").exists()
 
@@ -380,7 +444,7 @@ def test_pipelined_output_is_byte_identical_to_the_serial_loop(model_dir, texts,
 
 def test_pipeline_stops_on_a_failing_stage_and_keeps_a_prefix(tmp_path):
     from oirl_fast.pipelined import run_pipeline
-    from oirl_fast.score import ScoreSummary
+    from oirl_fast.scoring.summary import ScoreSummary
 
     written = []
 

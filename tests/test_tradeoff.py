@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from oirl_fast.collect.published import last_number, load_gsm8k_answers, load_prompts
-from oirl_fast.tradeoff import compare_policies, pareto_front, policy_outcomes, simulate, vote
+from oirl_fast.tradeoff import compare_policies, pareto_front, policy_outcomes, policy_points, vote
 
 nan = float("nan")
 
@@ -23,13 +23,14 @@ def test_vote_majority_and_documented_ties():
     assert np.isnan(vote(vals, np.array([3])))
 
 
-def test_simulate_small_hand_case():
+def test_policy_points_small_hand_case():
     # 2 queries, 3 prompts; gold 1 and 2
     values = np.array([[1.0, 9.0, 1.0], [5.0, 2.0, 2.0]])
     gold = np.array([1.0, 2.0])
     scores = np.array([[0.1, 0.9, 0.5], [0.9, 0.2, 0.1]])  # the model picks wrongly on both
     conf = np.array([0.9, 0.1])
-    pts = {p["policy"]: p for p in simulate(values, gold, scores, conf, best_single=2, ks=(2,), thresholds=(0.5,))}
+    policies, _ = policy_outcomes(values, gold, scores, conf, best_single=2, ks=(2,), thresholds=(0.5,))
+    pts = {p["policy"]: p for p in policy_points(policies)}
     assert pts["best single"]["accuracy"] == 1.0
     assert pts["reward model"]["accuracy"] == 0.0
     # vote over top-2 by score: q0 {9,1} tie -> 9 (rank 0); q1 {5,2} tie -> 5

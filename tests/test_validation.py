@@ -134,7 +134,7 @@ def test_train_refuses_a_single_prompt_and_too_few_rows(tmp_path, synth_cache):
 
 
 def test_distributed_training_gets_the_same_log_checks(tmp_path, synth_cache):
-    from oirl_fast.distributed import train_distributed
+    from oirl_fast.train.dask_fit import train_distributed
     from oirl_fast.splits import Protocol
 
     log = tmp_path / "one-outcome.parquet"
@@ -303,7 +303,7 @@ def _ids(tmp_path, n):
 
 
 def test_embeddings_dtype_rule(tmp_path, make_artifact, real_pairs):
-    from oirl_fast.score import score_file
+    from oirl_fast.scoring.stream import score_file
 
     model = make_artifact(tmp_path / "model")
     X, _ = real_pairs
@@ -332,7 +332,7 @@ def test_embeddings_dtype_rule(tmp_path, make_artifact, real_pairs):
 
 
 def test_empty_query_is_an_error_record(tmp_path, make_artifact, embedder):
-    from oirl_fast.score import score_file
+    from oirl_fast.scoring.stream import score_file
 
     model = make_artifact(tmp_path / "model")
     inp = tmp_path / "q.jsonl"

@@ -15,8 +15,8 @@ It is written to a temporary directory and renamed into place, so a crash never
 leaves a partial artifact that looks whole.  Loading checks the schema version, the
 checksums and what the caller asks for (embedding model, prompt set, feature layout);
 a compiled library built on another platform or with another treelite/tl2cgen is
-rebuilt rather than loaded (:func:`usable_library`), and only manifest.json is then
-rewritten (atomically).
+rebuilt in the user cache rather than loaded (:func:`usable_library`): loading never
+writes to the artifact.
 
 The manifest guards against edited or corrupted files, metadata.json included (an
 edited prompt text no longer passes), not against someone who deliberately recomputes
@@ -26,19 +26,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_dir, write_text
+from ..atomic import atomic_dir
 from ..calibration import IsotonicCalibrator
+from ..embed import default_cache_dir
+from ..encoders import legacy_record
 from ..errors import OirlError
 from ..features import FeatureLayout
-from .reward_model import MODEL_FILES, RewardModel, TrainConfig
+from . import compile as compile_step
+from .model_format import LIBRARY_FILE, MODEL_FILES, library_identity, library_record, load_treelite_model
+from .reward_model import RewardModel, TrainConfig
 
 # 2: per-file sha256 checksums in metadata.json.
 # 3: checksums (metadata.json's too) in manifest.json; the training questions' hashes.
@@ -47,7 +49,6 @@ MANIFEST_FILE = "manifest.json"
 METADATA_FILE = "metadata.json"
 PROMPT_EMB_FILE = "prompt_embeddings.npy"
 TRAIN_QUESTIONS_FILE = "train_questions.npy"
-LIBRARY_FILE = "compiled/model.so"
 
 
 def embeddings_hash(emb: np.ndarray) -> str:
@@ -60,10 +61,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def platform_tag() -> str:
-    return f"{platform.system()}-{platform.machine()}-py{platform.python_version()}"
 
 
 @dataclass
@@ -90,8 +87,6 @@ class ModelMetadata:
     @property
     def embedder_record(self) -> dict:
         """The embedder the model was trained with (an artifact without the record: MiniLM)."""
-        from ..encoders import legacy_record
-
         return self.embedder if self.embedder is not None else legacy_record()
 
     @property
@@ -151,8 +146,6 @@ def check_finite_model(model_file: Path, backend: str) -> None:
 
     Read back through treelite, the reader every scoring path uses, so LightGBM and XGBoost
     files are checked alike."""
-    from .compile import load_treelite_model
-
     try:
         model = load_treelite_model(Path(model_file), backend)
     except OirlError:
@@ -175,14 +168,6 @@ def check_finite_model(model_file: Path, backend: str) -> None:
                         "written (the boosting diverged: lower --learning-rate)")
 
 
-def _library_record(seconds: float) -> dict:
-    import tl2cgen
-    import treelite
-
-    return {"file": LIBRARY_FILE, "platform": platform_tag(), "tl2cgen": tl2cgen.__version__,
-            "treelite": treelite.__version__, "compile_seconds": round(seconds, 2)}
-
-
 def save_artifact(
     out_dir: str | Path,
     model: RewardModel,
@@ -196,6 +181,7 @@ def save_artifact(
     ``train_questions``: uint64 (Q,) :func:`oirl_fast.schema.question_hashes` of the training
     questions (stored sorted and unique). A model with a non-finite leaf value is refused
     before anything is written."""
+    # here, not at the top: schema imports pyarrow, which loading a model for scoring does not need
     from ..schema import QUESTION_HASH_KEY
 
     out_dir = Path(out_dir)
@@ -209,11 +195,9 @@ def save_artifact(
             metadata.train_questions = {"file": TRAIN_QUESTIONS_FILE, "count": int(len(hashes)), "key": QUESTION_HASH_KEY}
         library = None
         if compile_library:
-            from .compile import compile_library as _compile
-
             t0 = time.perf_counter()
-            _compile(model_file, model.backend, tmp / LIBRARY_FILE, nthread=model.config.nthread)
-            library = _library_record(time.perf_counter() - t0)
+            compile_step.compile_library(model_file, model.backend, tmp / LIBRARY_FILE, nthread=model.config.nthread)
+            library = library_record(time.perf_counter() - t0)
         (tmp / METADATA_FILE).write_text(metadata.to_json(), encoding="utf-8")
         files = {str(f.relative_to(tmp)): file_sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
         (tmp / MANIFEST_FILE).write_text(Manifest(files, library).to_json(), encoding="utf-8")
@@ -334,11 +318,7 @@ def library_mismatch(artifact: Artifact) -> str | None:
     lib = artifact.compiled_library
     if lib is None:
         return "the model has no compiled library"
-    import tl2cgen
-    import treelite
-
-    here = {"platform": platform_tag(), "tl2cgen": tl2cgen.__version__, "treelite": treelite.__version__}
-    for key, value in here.items():
+    for key, value in library_identity().items():
         if lib.get(key) != value:
             return f"built for {key} {lib.get(key)}, this is {value}"
     path = artifact.path / lib["file"]
@@ -349,37 +329,30 @@ def library_mismatch(artifact: Artifact) -> str | None:
     return None
 
 
+def cached_library_path(artifact: Artifact) -> Path:
+    """Where a library rebuilt for this machine lives: the user cache, keyed by the native model's
+    checksum and by what it is built with, never the model folder."""
+    ident = library_identity()
+    model_sum = artifact.manifest.files[MODEL_FILES[artifact.model.backend]]
+    tag = f"{model_sum[:16]}-{ident['platform']}-tl2cgen{ident['tl2cgen']}-treelite{ident['treelite']}"
+    return default_cache_dir() / "libraries" / tag / "model.so"
+
+
 def usable_library(artifact: Artifact, log=lambda s: None) -> Path:
     """Path of a compiled library that this platform and these library versions can load.
 
-    A library built elsewhere (another OS, CPU, Python, treelite or tl2cgen), missing or
-    corrupted is rebuilt from the native model file: in the model directory when it is
-    writable (manifest.json updated atomically; metadata.json is never rewritten), otherwise
-    in the user cache.
+    The artifact's own library when it fits; otherwise (built on another OS, CPU, Python,
+    treelite or tl2cgen; missing or corrupted) a library rebuilt from the native model file in
+    the user cache (:func:`cached_library_path`), once per machine.  The model folder is never
+    written to: loading a model for scoring leaves every file of it as it was.
     """
     reason = library_mismatch(artifact)
     if reason is None:
         return artifact.library_path
-    from .compile import compile_library
-
-    manifest = artifact.manifest
-    writable = os.access(artifact.path, os.W_OK)
-    if writable:
-        target = artifact.path / LIBRARY_FILE
-    else:
-        base = Path(os.environ.get("OIRL_CACHE_DIR") or Path.home() / ".cache" / "oirl-fast")
-        model_sum = manifest.files[MODEL_FILES[artifact.model.backend]]
-        target = base / "libraries" / f"{model_sum[:16]}-{platform_tag()}" / "model.so"
-        if target.is_file():
-            return target
-    log(f"rebuilding the compiled library ({reason})")
-    t0 = time.perf_counter()
-    compile_library(artifact.path / MODEL_FILES[artifact.model.backend], artifact.model.backend, target,
+    target = cached_library_path(artifact)
+    if target.is_file():
+        return target
+    log(f"building the compiled library in the cache ({reason}): {target}")
+    compile_step.compile_library(artifact.path / MODEL_FILES[artifact.model.backend], artifact.model.backend, target,
                     nthread=artifact.model.config.nthread)
-    if writable:
-        # The library is renamed into place first: a crash before the manifest is rewritten
-        # leaves a library that fails its checksum, so the next load rebuilds it again.
-        manifest.compiled_library = _library_record(time.perf_counter() - t0)
-        manifest.files[LIBRARY_FILE] = file_sha256(target)
-        write_text(artifact.path / MANIFEST_FILE, manifest.to_json())
     return target

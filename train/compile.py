@@ -50,8 +50,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import OirlError
-
-BACKENDS = ("lightgbm", "xgboost")
+from .model_format import import_treelite, load_treelite_model, zero_tiny
 
 # Each translation unit gets about this many trees. gcc -O3 slows down more than linearly
 # with function size, so many small units compile faster in total CPU time, not just in
@@ -66,18 +65,6 @@ _VERSION_NOISE = (
     "Currently running Treelite version",
     "The model checkpoint was generated from Treelite version",
 )
-
-
-def _import_tl():
-    """Import treelite and tl2cgen, turning an import failure into a user-facing error."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import tl2cgen
-            import treelite
-    except ImportError as exc:  # pragma: no cover - both are hard dependencies
-        raise OirlError(f"treelite/tl2cgen are not importable ({exc}); reinstall oirl-fast") from exc
-    return treelite, tl2cgen
 
 
 @contextlib.contextmanager
@@ -117,42 +104,6 @@ def _quiet_native(verbose: bool) -> Iterator[None]:
                 sys.stderr.flush()
 
 
-def load_treelite_model(model_file: Path, backend: str):
-    """Parse a saved reward model into a ``treelite.Model``.
-
-    ``backend`` is ``"lightgbm"`` (LightGBM text model file) or ``"xgboost"`` (XGBoost JSON
-    model file; UBJSON is detected and accepted too). The model must be a binary classifier
-    with a sigmoid output (LightGBM ``objective=binary``, XGBoost ``binary:logistic``), since
-    :class:`CompiledPredictor` promises probabilities.
-    """
-    treelite, _ = _import_tl()
-    model_file = Path(model_file)
-    if backend not in BACKENDS:
-        raise OirlError(f"unknown model backend {backend!r}; expected one of {', '.join(BACKENDS)}", model_file)
-    if not model_file.is_file():
-        raise OirlError(f"{backend} model file not found", model_file)
-    try:
-        if backend == "lightgbm":
-            model = treelite.frontend.load_lightgbm_model(model_file)
-        else:
-            model = treelite.frontend.load_xgboost_model(model_file, format_choice="inspect")
-    except Exception as exc:  # TreeliteError, ValueError from format detection, ...
-        raise OirlError(f"cannot read as a {backend} model: {exc}", model_file) from exc
-
-    header = model.get_header_accessor()
-    postprocessor = str(header.get_field("postprocessor"))
-    num_target = int(np.asarray(header.get_field("num_target")).reshape(-1)[0])
-    num_class = [int(c) for c in np.asarray(header.get_field("num_class")).reshape(-1)]
-    if postprocessor != "sigmoid" or num_target != 1 or num_class != [1]:
-        raise OirlError(
-            f"not a binary classifier with sigmoid output (postprocessor={postprocessor!r}, "
-            f"num_target={num_target}, num_class={num_class}); train with "
-            + ("objective=binary" if backend == "lightgbm" else "objective=binary:logistic"),
-            model_file,
-        )
-    return model
-
-
 def _parallel_units(num_tree: int) -> int:
     return max(1, min(MAX_UNITS, -(-num_tree // TREES_PER_UNIT)))
 
@@ -181,7 +132,7 @@ def compile_library(
       parallel_comp but predicted ~30% slower (2000 rows: ~80 ms vs ~62 ms, one thread);
       the .so is built once and then scores every query.
     """
-    _, tl2cgen = _import_tl()
+    _, tl2cgen = import_treelite()
     model_file, lib_path = Path(model_file), Path(lib_path)
     model = load_treelite_model(model_file, backend)
     params = {"parallel_comp": _parallel_units(model.num_tree)}
@@ -209,7 +160,7 @@ class CompiledPredictor:
     """
 
     def __init__(self, lib_path: Path, nthread: int = 2):
-        _, tl2cgen = _import_tl()
+        _, tl2cgen = import_treelite()
         self.lib_path = Path(lib_path)
         self.nthread = max(1, int(nthread))
         if not self.lib_path.is_file():
@@ -250,7 +201,7 @@ class CompiledPredictor:
         src_dtype = X.dtype
         X = np.ascontiguousarray(X, dtype=self._dtype)
         if self._dtype == np.float64:  # float64 thresholds: a LightGBM model
-            X = _zero_tiny_like_lightgbm(X)
+            X = zero_tiny(X)
             if src_dtype == np.float64:  # widened float32 can't look like the marker
                 X = _clear_missing_lookalikes(X)
         out = self._predictor.predict(self._dmatrix(X))
@@ -263,37 +214,20 @@ def _load_unshared(lib_path: Path, load):
     The dynamic loader caches libraries by path: while one predictor keeps ``model.so``
     loaded, a second ``dlopen("model.so")`` returns the *old* code even after
     :func:`compile_library` replaced the file. A unique name per load avoids that; the
-    mapping survives the unlink. Falls back to the path itself if the folder is read-only.
+    mapping survives the unlink. The link goes to a temporary folder, never beside the
+    library: loading a model does not write to its folder. Falls back to the path itself
+    if no temporary copy can be made.
     """
-    link = lib_path.parent / f".{lib_path.name}.load-{os.getpid()}-{uuid.uuid4().hex[:12]}.so"
-    try:
+    with tempfile.TemporaryDirectory(prefix="oirl-lib-") as tmp:
+        link = Path(tmp) / f"{lib_path.stem}-{os.getpid()}-{uuid.uuid4().hex[:12]}.so"
         try:
-            os.link(lib_path, link)
+            try:
+                os.link(lib_path, link)
+            except OSError:  # another file system
+                shutil.copyfile(lib_path, link)
         except OSError:
-            shutil.copyfile(lib_path, link)
-    except OSError:
-        return load(lib_path)
-    try:
+            return load(lib_path)
         return load(link)
-    finally:
-        with contextlib.suppress(OSError):
-            link.unlink()
-
-
-# LightGBM's kZeroThreshold (1e-35f widened to double): its C API drops input values with
-# |x| <= this, i.e. scores them as 0.0, and its trees often split exactly at -kZeroThreshold.
-_LGB_ZERO_THRESHOLD = float(np.float32(1e-35))
-
-
-def _zero_tiny_like_lightgbm(X: np.ndarray) -> np.ndarray:
-    """Replace 0 < |x| <= 1e-35 by 0.0, as LightGBM does to its input; copy only if needed."""
-    tiny = np.abs(X) <= _LGB_ZERO_THRESHOLD
-    if not tiny.any():  # fast path: no zeros at all (dense embeddings)
-        return X
-    tiny &= X != 0
-    if not tiny.any():
-        return X
-    return np.where(tiny, 0.0, X).astype(X.dtype, copy=False)
 
 
 def _clear_missing_lookalikes(X: np.ndarray) -> np.ndarray:

@@ -53,7 +53,7 @@ class TrainingSet:
     """What a reward model is fitted on: the split, the pooled training cells, the prompt embeddings.
 
     The single-machine fit builds the feature rows here; the Dask fit builds them on
-    the workers, one block of cells each (``oirl_fast.distributed``)."""
+    the workers, one block of cells each (:mod:`oirl_fast.train.dask_fit`)."""
 
     table: pa.Table
     protocol: Protocol

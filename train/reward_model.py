@@ -8,7 +8,6 @@ XGBoost depth 6) so the QuickScorer kernel can score them.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,9 +16,7 @@ import numpy as np
 
 from ..calibration import IsotonicCalibrator
 from ..errors import OirlError
-
-BACKENDS = ("lightgbm", "xgboost")
-MODEL_FILES = {"lightgbm": "model.lgb.txt", "xgboost": "model.xgb.json"}
+from .model_format import BACKENDS, MODEL_FILES
 
 
 @dataclass
@@ -169,7 +166,7 @@ class RewardModel:
     def finish(self, y_valid: np.ndarray, w_valid: np.ndarray, prob_valid: np.ndarray) -> "RewardModel":
         """Validation metrics and the calibrator, from the fitted trees' predictions on the validation cells.
 
-        Shared by the single-machine fit and the Dask one (``oirl_fast.distributed``)."""
+        Shared by the single-machine fit and the Dask one (:mod:`oirl_fast.train.dask_fit`)."""
         self.validation = _validation_metrics(y_valid, w_valid, prob_valid)
         # Fitted on the validation questions, which the trees never trained on.
         self.calibrator = IsotonicCalibrator.fit(prob_valid, y_valid, w_valid)
@@ -225,20 +222,26 @@ class RewardModel:
         return path
 
     @classmethod
+    def from_booster(cls, config: TrainConfig, booster, n_features: int, best_iteration: int | None) -> "RewardModel":
+        """A model around a booster trained elsewhere (the Dask fit) or read from a file, already cut
+        at ``best_iteration`` trees; ``finish`` then adds its validation metrics and calibrator."""
+        model = cls(config)
+        model.booster, model.n_features, model.best_iteration = booster, int(n_features), best_iteration
+        if config.backend == "xgboost":
+            booster.set_param({"nthread": config.nthread})
+        return model
+
+    @classmethod
     def load(cls, directory: Path, config: TrainConfig, n_features: int, best_iteration: int | None = None):
         path = Path(directory) / MODEL_FILES[config.backend]
         if not path.is_file():
             raise OirlError(f"native model file {path.name} missing", directory)
-        model = cls(config)
         if config.backend == "lightgbm":
             import lightgbm as lgb
 
-            model.booster = lgb.Booster(model_file=str(path))
+            booster = lgb.Booster(model_file=str(path))
         else:
             import xgboost as xgb
 
-            model.booster = xgb.Booster(model_file=str(path))
-            model.booster.set_param({"nthread": config.nthread})
-        model.n_features = n_features
-        model.best_iteration = best_iteration
-        return model
+            booster = xgb.Booster(model_file=str(path))
+        return cls.from_booster(config, booster, n_features, best_iteration)

@@ -1,0 +1,310 @@
+"""Scale-out scoring on Dask (``dask.distributed``).
+
+``score_distributed(model_dir, inputs, out, ...)`` splits the input JSONL (one file,
+a folder or a glob of shards; or an ``--ids`` file with its ``--embeddings``) into
+partitions of whole lines, byte ranges that keep their global line numbers.  Each
+worker process loads the model artifact once (``_worker_scoring``: the numba kernel
+compiles once per worker), scores its partitions with the same code as the local
+stream (``Scoring.write`` via ``score_partition``) and writes each
+partition to a temporary name renamed to ``part-00012.jsonl``.  The client records
+every finished partition (input range, line count, SHA-256) in ``manifest.json``
+(written atomically); a rerun with ``resume=True`` skips the partitions the manifest
+lists whose part file is intact.  A partition is a pure function of its input range,
+so when a worker dies Dask reruns its partition elsewhere and the part file is
+written whole, once.  With ``merge`` the parts are concatenated in input order into
+one file (atomically), the same lines ``score_file`` writes.
+
+Every path (inputs, output, model, embedding cache) must be visible at the same
+name on the client and on every worker: a shared file system.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..atomic import atomic_path
+from ..cluster import dask_client, local_threads, set_threads, worker_count
+from ..errors import OirlError
+from ..paths import Output, check_paths
+from ..progress import ProgressBar
+from .candidates import Candidates
+from .inputs import NpyRows, open_input, score_io, strict_check
+from .job import Scoring, job_signature, load_scoring
+from .options import ScoreOptions, options_from
+from .partitions import (MANIFEST, Partition, PartsManifest, clear_parts, expand_inputs, line_cuts, merge_parts,
+                         part_intact, plan_partitions)
+from .records import iter_range_items
+from .summary import DistributedScoreSummary, ScoreSummary
+
+_WORKER_CACHE: dict = {}
+
+
+@dataclass(frozen=True)
+class DaskJob:
+    """What every partition task of one job shares: shipped to the workers as is."""
+
+    model_dir: str
+    model_sha256: str  # of metadata.json: a model replaced under the same folder is loaded afresh
+    options: ScoreOptions
+    embeddings: str | None  # the --embeddings .npy, or None for JSONL queries
+    candidates: str | None  # candidates.npz of a --prompts file, or None for the model's own prompts
+    threads: int | None  # kernel threads per task
+
+
+def _load_candidates(path: str):
+    with np.load(path, allow_pickle=False) as data:
+        return Candidates([str(x) for x in data["ids"]], [str(x) for x in data["texts"]],
+                          np.ascontiguousarray(data["embeddings"], dtype=np.float32), str(data["source"]))
+
+
+def _worker_scoring(job: DaskJob):
+    """The worker process's Scoring for this job, loaded on first use (the kernel compiles once per worker)."""
+    hit = _WORKER_CACHE.get(job)
+    if hit is None:
+        _WORKER_CACHE.clear()  # one model at a time per worker
+        cands = _load_candidates(job.candidates) if job.candidates else None
+        emb = NpyRows(job.embeddings) if job.embeddings else None
+        scoring = load_scoring(job.model_dir, job.options, candidates=cands,
+                               query_dim=None if emb is None else emb.shape[1], needs_text_embedder=emb is None)
+        hit = _WORKER_CACHE[job] = (scoring, emb)
+    return hit
+
+
+def _score_task(job: DaskJob, part: dict, out: str) -> dict:
+    """One partition, on a worker: score its byte range into ``out`` (atomic); return its record."""
+    set_threads(job.threads)
+    scoring, emb = _worker_scoring(job)
+    summary, sha, size = score_partition(scoring, part["file"], part["start"], part["stop"], part["first_line"], out,
+                                         emb_matrix=emb)
+    if summary.lines != part["lines"]:  # the input changed under us
+        raise OirlError(f"partition {part['index']} has {summary.lines} lines, {part['lines']} when planned",
+                        part["file"], part["first_line"])
+    return {
+        **part, "part": Path(out).name, "status": "done", "sha256": sha, "bytes": size,
+        "scored": summary.scored, "errors": summary.errors, "pairs": summary.pairs,
+        "low_confidence": summary.low_confidence, "first_errors": summary.first_errors,
+        "score_seconds": round(summary.score_seconds, 4), "embed_seconds": round(summary.embed_seconds, 4),
+        "seconds": round(summary.seconds, 4), "route": summary.route, "fallback_reason": summary.fallback_reason,
+        "worker_pid": os.getpid(),
+    }
+
+
+def score_partition(scoring: Scoring, src: str | Path, start: int, stop: int, first_line: int, out: str | Path,
+                    emb_matrix=None) -> tuple["ScoreSummary", str, int]:
+    """Score the lines in bytes [start, stop) of ``src`` into ``out``, written atomically.
+
+    Returns (summary, SHA-256 of the file, its size).  Running it twice gives the same
+    file, so a partition retried after a lost worker is harmless.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    summary = ScoreSummary(input=str(src), output=str(out), candidates=len(scoring.cands),
+                           route=scoring.scorer.description,
+                           fallback_reason=scoring.scorer.fallback_reason)
+    items = iter_range_items(Path(src), start, stop, first_line, embeddings=emb_matrix is not None)
+    with atomic_path(out) as tmp:
+        with tmp.open("wb") as fh:
+            scoring.write(items, fh, summary, emb_matrix=emb_matrix, src=Path(src))
+            fh.flush()
+            os.fsync(fh.fileno())
+        digest, size = hashlib.sha256(), 0
+        with tmp.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
+    summary.lines = summary.scored + summary.errors
+    summary.seconds = time.perf_counter() - t0
+    summary.pairs_per_s = summary.pairs / summary.score_seconds if summary.score_seconds > 0 else 0.0
+    return summary, digest.hexdigest(), size
+
+
+def score_distributed(
+    model_dir: str | Path,
+    inputs: str | Path | Sequence[str | Path] | None,
+    out: str | Path,
+    options: ScoreOptions | None = None,
+    *,
+    prompts: str | Path | None = None,
+    embeddings: str | Path | None = None,
+    ids: str | Path | None = None,
+    resume: bool = False,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    partitions: int | None = None,
+    merge: bool | None = None,
+    keep_parts: bool = False,
+    threads: int | None = None,
+    client=None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    **option_fields,
+) -> DistributedScoreSummary:
+    """Score ``inputs`` on a Dask cluster into ``out``; see the module doc.
+
+    ``options``: a :class:`ScoreOptions`, or its fields as keywords, as for ``score_file``.
+
+    ``merge`` (default: True unless ``out`` is an existing folder or ends with a slash)
+    writes one file in input order, the parts going to ``OUT.parts/`` and being removed
+    after the merge unless ``keep_parts``; otherwise ``out`` is the folder of part files
+    and ``manifest.json``.  ``threads``: kernel threads per worker task (default: the
+    cores shared out among a local cluster's workers; numba's default on a remote one).
+    """
+    t_start = time.perf_counter()
+    log = log or (lambda s: None)
+    options = options_from(options, option_fields)
+    if partitions is not None and partitions < 1:
+        raise OirlError(f"--partitions must be at least 1, got {partitions}")
+    model_dir = Path(model_dir)
+    out_str = str(out)
+    if merge is None:
+        merge = not (Path(out).is_dir() or out_str.endswith(("/", os.sep)))
+    inputs_, outputs_ = score_io(model_dir, inputs, out, prompts, embeddings, ids, options.cache_dir,
+                                 out_kind="file" if merge else "folder")
+    if merge:  # OUT.partial is the local stream's; a merged job stages its parts in OUT.parts/
+        outputs_ = [outputs_[0], Output(f"{out}.parts", "--out (its .parts folder)", kind="folder")]
+    check_paths(inputs_, outputs_)
+
+    # -- inputs
+    emb_path = None
+    if embeddings is not None or ids is not None:
+        src, emb_matrix = open_input(inputs, embeddings, ids)
+        files, emb_path = [src], Path(embeddings).resolve()
+    else:
+        if inputs is None:
+            raise OirlError("no input: give --in queries.jsonl (or --embeddings with --ids)")
+        files = expand_inputs(inputs)
+        emb_matrix = None
+    files = [f.resolve() for f in files]
+
+    # -- output layout
+    out = Path(out).resolve()
+    if merge:
+        if out.is_dir():
+            raise OirlError("output path is a directory (use --no-merge to write part files there)", out)
+        parts_dir = out.with_name(out.name + ".parts")
+    else:
+        if out.exists() and not out.is_dir():
+            raise OirlError("--no-merge writes a folder of part files, but the output is a file", out)
+        parts_dir = out
+    for f in files:
+        if f == out or f.parent == parts_dir:
+            raise OirlError("output would overwrite the input", out)
+
+    # -- the model, checked once here (workers load it again, once each)
+    scoring = load_scoring(
+        model_dir, options, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
+        needs_text_embedder=emb_matrix is None or prompts is not None, embeddings_label=embeddings,
+        build_scorer=False,
+    )
+    if options.strict:
+        line0 = 1
+        for f in files:
+            items = iter_range_items(f, 0, f.stat().st_size, line0, embeddings=emb_matrix is not None)
+            strict_check(items, f, emb_matrix)
+            line0 += line_cuts(f, 1)[2]
+
+    # the same signature as the local stream's OUT.partial.job.json
+    signature = job_signature(scoring, files, emb_path)
+
+    # -- the parts folder: resume, or start clean
+    manifest_path = parts_dir / MANIFEST
+    old = PartsManifest.read(manifest_path) if parts_dir.is_dir() else None
+    if parts_dir.is_dir() and old is None and any(parts_dir.iterdir()):
+        raise OirlError("output folder exists and is not an `oirl score` parts folder", parts_dir)
+
+    with dask_client(scheduler, workers, client=client, log=log) as cl:
+        n_workers = worker_count(cl)
+        if threads is None and scheduler is None and client is None:
+            threads = local_threads(workers)
+        kept: dict[int, dict] = {}
+        if resume and old is not None:
+            if old.get("job") != signature:
+                raise OirlError("the parts folder belongs to another job (model, input or options differ); "
+                                "remove it or run without --resume", manifest_path)
+            plan = [Partition(**{k: r[k] for k in ("index", "file", "start", "stop", "first_line", "lines")})
+                    for r in old["partitions"]]
+            kept = {r["index"]: r for r in old["partitions"] if part_intact(parts_dir, r)}
+        else:
+            if parts_dir.is_dir():
+                clear_parts(parts_dir)
+            plan = plan_partitions(files, partitions, n_workers)
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        manifest = PartsManifest(manifest_path, signature, plan)
+        for r in kept.values():
+            manifest.update(r)
+        manifest.save(force=True)
+
+        cpath = None
+        if prompts is not None:
+            cpath = parts_dir / "candidates.npz"
+            c = scoring.cands
+            with atomic_path(cpath) as tmp:
+                with tmp.open("wb") as fh:
+                    np.savez(fh, ids=np.array(c.ids), texts=np.array(c.texts), embeddings=c.embeddings,
+                             source=np.array(c.source))
+        job = DaskJob(str(model_dir.resolve()), signature["model_sha256"], options,
+                      None if emb_path is None else str(emb_path), None if cpath is None else str(cpath), threads)
+        todo = [p for p in plan if p.index not in kept]
+        log(f"scoring {sum(p.lines for p in todo)} lines in {len(todo)} partitions on {n_workers} Dask workers"
+            + (f"; {len(kept)} partitions kept from an earlier run" if kept else ""))
+
+        # here, not at the top: distributed is imported only once a job runs
+        from distributed import as_completed
+
+        token = signature["model_sha256"][:8] + hashlib.sha256(str(parts_dir).encode()).hexdigest()[:8]
+        futures = [cl.submit(_score_task, job, {**asdict(p)}, str(parts_dir / p.part), pure=False,
+                             key=f"oirl-score-{token}-{time.time_ns()}-{p.index:05d}") for p in todo]
+        done_lines = sum(r["lines"] for r in kept.values())
+        try:
+            with ProgressBar("partitions", len(plan), enabled=progress, done=len(kept)) as bar:
+                for fut in as_completed(futures):
+                    rec = fut.result()
+                    manifest.update(rec)
+                    manifest.save()
+                    done_lines += rec["lines"]
+                    bar.advance(1, note=f"{done_lines:,} lines")
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            manifest.save(force=True)
+            raise
+        records = manifest.data["partitions"]
+        manifest.data["complete"] = True
+        manifest.save(force=True)
+
+    for stray in parts_dir.glob(".part-*.tmp"):  # left by a worker killed mid-write
+        with contextlib.suppress(FileNotFoundError):
+            stray.unlink()
+
+    summary = DistributedScoreSummary(
+        input=[str(f) for f in files], output=str(out), parts_dir=str(parts_dir), merged=bool(merge),
+        partitions=len(plan), partitions_resumed=len(kept), workers=n_workers, candidates=len(scoring.cands),
+        route=records[0].get("route", ""), fallback_reason=records[0].get("fallback_reason"),
+    )
+    for r in records:
+        summary.lines += r["lines"]
+        summary.scored += r["scored"]
+        summary.errors += r["errors"]
+        summary.pairs += r["pairs"]
+        summary.low_confidence += r.get("low_confidence", 0)
+        summary.score_seconds += r.get("score_seconds", 0.0)
+        summary.embed_seconds += r.get("embed_seconds", 0.0)
+        if len(summary.first_errors) < 5:
+            summary.first_errors.extend(r.get("first_errors", [])[: 5 - len(summary.first_errors)])
+    if merge:
+        merge_parts(parts_dir, records, out)
+        if not keep_parts:
+            clear_parts(parts_dir)
+            with contextlib.suppress(OSError):
+                parts_dir.rmdir()
+            summary.parts_dir = None
+    summary.seconds = time.perf_counter() - t_start
+    summary.pairs_per_s = summary.pairs / summary.seconds if summary.seconds > 0 else 0.0
+    return summary

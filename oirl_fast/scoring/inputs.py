@@ -1,0 +1,160 @@
+"""Scoring inputs: the JSONL or --embeddings/--ids source, its checks, and the job's path arguments."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import OirlError
+from ..jsonl import count_lines
+from ..paths import JSONL_SUFFIXES, Output, is_stdio, is_stream
+from .records import Item
+
+PARTIAL_SUFFIX = ".partial"  # OUT is written as OUT.partial and renamed when complete
+JOB_SUFFIX = ".partial.job.json"  # beside it: which job wrote it, checked by --resume
+
+
+def strict_check(items: Iterator[Item], where: Path, emb: np.ndarray | None) -> None:
+    first_nan = None
+    if emb is not None:
+        for a in range(0, len(emb), 1 << 16):
+            bad = np.flatnonzero(~np.isfinite(np.asarray(emb[a : a + (1 << 16)], dtype=np.float32)).all(axis=1))
+            if len(bad):
+                first_nan = a + int(bad[0])
+                break
+    for it in items:
+        if it.error is None and first_nan is not None and it.row == first_nan:
+            it.error = "query embedding contains NaN or infinity"
+        if it.error is not None:
+            raise OirlError(it.error, where, it.line)
+
+
+class NpyRows:
+    """Rows of a 2-D ``.npy`` file, read from disk only when asked for.
+
+    A memory map would do the same with less code, but every page it touches stays
+    in the process's resident set, so peak memory would grow with the input file;
+    reading just the rows of each chunk keeps it bounded by the chunk size.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with self.path.open("rb") as fh:
+            try:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            # numpy's header parser raises tokenize and syntax errors too on a damaged header
+            except Exception as exc:  # noqa: BLE001
+                raise ValueError(f"not a .npy header ({exc})") from None
+            self.offset = fh.tell()
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted (no pickle)")
+        # float32 is read as is; float16 and float64 are rounded to the nearest float32 (float16
+        # exactly; a float64 beyond float32's range becomes inf, so its row gets an error record);
+        # integers and anything else are refused: they are not embeddings.
+        if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+            raise ValueError(f"embeddings must be float32 (or float16/float64, converted to float32), got dtype {dtype}")
+        if fortran and len(shape) == 2 and shape[0] > 1 and shape[1] > 1:
+            raise ValueError("Fortran-ordered arrays are not supported; save with np.save(np.ascontiguousarray(a))")
+        self.shape, self.dtype = tuple(shape), dtype
+        self.ndim = len(shape)
+        if self.ndim == 2:
+            self.row_bytes = shape[1] * dtype.itemsize
+            expected = self.offset + shape[0] * self.row_bytes
+            if self.path.stat().st_size < expected:
+                raise ValueError(f"file is truncated: {self.path.stat().st_size} bytes, the header promises {expected}")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset + start * self.row_bytes)
+            buf = fh.read((stop - start) * self.row_bytes)
+        return np.frombuffer(buf, dtype=self.dtype).reshape(stop - start, self.shape[1])
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            return self._read(start, max(start, stop))[::step]
+        rows = np.asarray(index, dtype=np.int64)
+        if rows.size == 0:
+            return np.empty((0, self.shape[1]), self.dtype)
+        lo, hi = int(rows.min()), int(rows.max()) + 1  # a chunk's rows are consecutive
+        return self._read(lo, hi)[rows - lo]
+
+
+def open_input(in_path, embeddings=None, ids=None) -> tuple[Path, "NpyRows | None"]:
+    """(line source, embedding rows or None): the JSONL input, or the ids file beside ``embeddings``.
+
+    Raises OirlError for a missing, empty or mismatched input, before anything is written."""
+    emb_matrix = None
+    if embeddings is not None or ids is not None:
+        if embeddings is None or ids is None:
+            raise OirlError("--embeddings and --ids go together")
+        if in_path is not None:
+            raise OirlError("give either --in or --embeddings/--ids, not both")
+        src = Path(ids)
+        emb_path = Path(embeddings)
+        if not emb_path.is_file():
+            raise OirlError("embeddings file not found", emb_path)
+        if not src.is_file():
+            raise OirlError("ids file not found", src)
+        try:
+            emb_matrix = NpyRows(emb_path)
+        except (ValueError, OSError) as exc:
+            raise OirlError(f"not a readable .npy file ({exc})", emb_path) from None
+        if emb_matrix.ndim != 2:
+            raise OirlError(f"embeddings must be a 2-D array, got shape {emb_matrix.shape}", emb_path)
+        n_ids = count_lines(src)
+        if n_ids != len(emb_matrix):
+            raise OirlError(f"{n_ids} ids but {len(emb_matrix)} embedding rows", src)
+    else:
+        if in_path is None:
+            raise OirlError("no input: give --in queries.jsonl (or --embeddings with --ids)")
+        src = Path(in_path)
+        if is_stream(src):  # "-" (standard input) or a FIFO: streamed, never stat'ed for a size
+            return src, None
+        if src.is_dir():
+            raise OirlError("input is a folder; give a JSONL file (or --engine dask for a folder of shards)", src)
+        if not src.is_file():
+            raise OirlError("input file not found", src)
+    if src.stat().st_size == 0:
+        raise OirlError("input file is empty", src)
+    return src, emb_matrix
+
+
+def score_io(model_dir, in_path, out, prompts=None, embeddings=None, ids=None, cache_dir=None,
+             out_kind: str = "file") -> tuple[dict, list[Output]]:
+    """The path arguments of a scoring job as ``check_paths`` takes them: (inputs, outputs).
+
+    A file output also stands for its ``OUT.partial`` and ``OUT.partial.job.json``; a merged
+    Dask output for its ``OUT.parts`` folder."""
+    inputs = {"MODEL": model_dir, "--in": in_path, "--prompts": prompts, "--embeddings": embeddings, "--ids": ids,
+              "--cache-dir": cache_dir}
+    outputs = [Output(out, "--out", JSONL_SUFFIXES, kind=out_kind)]
+    if out is not None and not is_stream(out) and out_kind == "file":
+        outputs += [Output(f"{out}{PARTIAL_SUFFIX}", "--out (its .partial)", kind="file"),
+                    Output(f"{out}{JOB_SUFFIX}", "--out (its .partial.job.json)", kind="file")]
+    return inputs, outputs
+
+
+def spool(src: Path) -> Path:
+    """Copy standard input or a FIFO to a temporary file (for --strict, which reads the input twice)."""
+    fh = sys.stdin.buffer if is_stdio(src) else Path(src).open("rb")
+    fd, tmp = tempfile.mkstemp(prefix="oirl-score-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                dst.write(block)
+    finally:
+        if not is_stdio(src):
+            fh.close()
+    return Path(tmp)
