@@ -170,7 +170,7 @@ def test_static_encode_is_model2vec_bit_for_bit(static_cache, monkeypatch):
     assert not edge[EDGE_TEXTS.index("")].any() and not edge[EDGE_TEXTS.index("[UNK] [UNK]")].any()  # no tokens: zeros
 
     # small batches and a piece memory that fills up and starts again: the same bits
-    monkeypatch.setattr(encoders, "MAX_CACHED_PIECES", 500)
+    monkeypatch.setattr(encoders.static, "MAX_CACHED_PIECES", 500)
     small = encoders.StaticEncoder(enc.folder, batch_size=97)
     calls = []
     got = small.encode(texts, progress=calls.append)
