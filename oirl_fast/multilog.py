@@ -18,7 +18,6 @@ models trained on one log rebuild the same split as before.
 """
 from __future__ import annotations
 
-import glob as globmod
 import hashlib
 from pathlib import Path
 from typing import Sequence
@@ -27,30 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import OirlError
+from .paths import LOG_SUFFIXES, expand_files
 from .schema import normalize_question, read_logs
-
-LOG_SUFFIXES = (".parquet", ".jsonl")
-
 
 def log_files(paths: Sequence[str | Path]) -> list[Path]:
     """Log files named by ``paths``: files as given, folders' ``*.parquet`` / ``*.jsonl`` files and
     quoted globs in name order; each file once (by identity)."""
-    files: list[Path] = []
-    for item in paths:
-        p = Path(item)
-        if p.is_file():
-            found = [p]
-        elif p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix in LOG_SUFFIXES and q.is_file())
-            if not found:
-                raise OirlError("log folder holds no .parquet or .jsonl files", p)
-        elif any(ch in str(item) for ch in "*?["):
-            found = sorted(Path(q) for q in globmod.glob(str(item)) if Path(q).is_file())
-            if not found:
-                raise OirlError("no log file matches the pattern", item)
-        else:
-            raise OirlError("log file not found", p)
-        files.extend(found)
+    files = expand_files(paths, LOG_SUFFIXES, "log")
     if not files:
         raise OirlError("no log given")
     seen, unique = set(), []

@@ -255,3 +255,27 @@ def write_error(exc: OSError, target) -> OirlError | None:
     if exc.errno not in USER_ERRNOS and not (exc.errno is None and any(p in str(exc) for p in phrases)):
         return None
     return OirlError(f"cannot write ({exc.strerror or exc})", exc.filename if target is None else target)
+
+
+def expand_files(items: str | Path | Sequence[str | Path], suffixes: Sequence[str], what: str) -> list[Path]:
+    """The files ``items`` names (one path or a list): a file, a folder (its files ending in one of
+    ``suffixes``, name order) or a glob (name order); ``what`` ("input", "log") names them in errors."""
+    items = [items] if isinstance(items, (str, Path)) else list(items)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix in suffixes and q.is_file())
+            if not found:
+                raise OirlError(f"{what} folder holds no {' or '.join(suffixes)} files", p)
+            files.extend(found)
+        elif any(ch in str(item) for ch in "*?["):
+            found = sorted(Path(q) for q in globmod.glob(str(item)) if Path(q).is_file())
+            if not found:
+                raise OirlError(f"no {what} file matches the pattern", item)
+            files.extend(found)
+        else:
+            raise OirlError(f"{what} file not found", p)
+    return files

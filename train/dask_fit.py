@@ -10,7 +10,6 @@ model, compiled library, kernel-ready trees, calibrator), with the engine noted 
 """
 from __future__ import annotations
 
-import glob as globmod
 import json
 import time
 import warnings
@@ -22,7 +21,7 @@ import numpy as np
 from ..cluster import dask_client, local_threads, set_threads, worker_count
 from ..embed import Embedder
 from ..encoders import encoder_for_record, encoder_record, legacy_record
-from ..errors import OirlError
+from ..paths import LOG_SUFFIXES, expand_files
 from ..features import pair_features
 from ..schema import read_logs
 from .fit import FittedModel, train_question_hashes, training_metadata, training_set, write_artifact
@@ -38,24 +37,7 @@ def read_log_parts(log: str | Path | Sequence[str | Path]):
     """A log from one file, a folder of Parquet / JSONL shards, or a glob of them (name order)."""
     import pyarrow as pa
 
-    items = [log] if isinstance(log, (str, Path)) else list(log)
-    files: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_file():
-            files.append(p)
-        elif p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix in (".parquet", ".jsonl") and q.is_file())
-            if not found:
-                raise OirlError("log folder holds no .parquet or .jsonl files", p)
-            files.extend(found)
-        elif any(ch in str(item) for ch in "*?["):
-            found = sorted(Path(q) for q in globmod.glob(str(item)) if Path(q).is_file())
-            if not found:
-                raise OirlError("no log file matches the pattern", item)
-            files.extend(found)
-        else:
-            raise OirlError("log file not found", p)
+    files = expand_files(log, LOG_SUFFIXES, "log")
     tables = [read_logs(f) for f in files]
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import glob as globmod
 import hashlib
 import json
 import os
@@ -13,6 +12,7 @@ from typing import Sequence
 
 from ..atomic import atomic_path, write_text
 from ..errors import OirlError
+from ..paths import expand_files
 from ..train.artifact import file_sha256
 
 MANIFEST = "manifest.json"
@@ -38,25 +38,7 @@ class Partition:
 
 def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     """Input files: one file, a folder (its ``*.jsonl`` files), a glob, or a list of those; name order."""
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_file():
-            files.append(p)
-        elif p.is_dir():
-            found = sorted(q for q in p.glob("*.jsonl") if q.is_file())
-            if not found:
-                raise OirlError("input folder holds no *.jsonl files", p)
-            files.extend(found)
-        elif any(ch in str(item) for ch in "*?["):
-            found = sorted(Path(q) for q in globmod.glob(str(item)) if Path(q).is_file())
-            if not found:
-                raise OirlError("no input file matches the pattern", item)
-            files.extend(found)
-        else:
-            raise OirlError("input file not found", p)
+    files = expand_files(inputs, (".jsonl",), "input")
     seen = set()
     for f in files:
         key = f.resolve()
