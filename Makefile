@@ -1,29 +1,46 @@
-# `make demo` and `make test` each set up a virtual environment on first use.
+# `make demo` and `make test` each set up a virtual environment on first use, from requirements.lock:
+# the exact versions that passed the suite. pyproject.toml keeps ranges for library users; `make lock`
+# re-resolves those ranges into the lock (see README, "Reproducible installs").
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# Python 3.11+: never put the working directory on sys.path, so the repo's `kernels/`, `train/` and
+# `collect/` folders cannot shadow installed packages of those names (they install as oirl_fast.*).
+export PYTHONSAFEPATH := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install lock demo test bench clean
 
 install: $(STAMP)
 
 # torch==2.13.0 first: it resolves to the CPU wheel already on the machine,
 # while the unpinned range in pyproject.toml would pull gigabytes of CUDA.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$$(grep '^pip==' $(LOCK))"
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -r $(LOCK) -e '.[dev]'
 	touch $(STAMP)
+
+# Re-resolve pyproject.toml's ranges (with the dev extra) into $(LOCK). The torch constraint keeps the
+# CPU wheel (the PyPI one pulls CUDA); run `make test` afterwards and commit the lock only if it passes.
+lock:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q pip-tools
+	printf 'torch==2.13.0+cpu\n' > $(VENV)/torch-cpu.txt
+	$(VENV)/bin/pip-compile -q --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+	    --no-emit-find-links -c $(VENV)/torch-cpu.txt -o $(LOCK) pyproject.toml
+	rm -f $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/oirl demo
 
+# The pytest script, not `python -m pytest`, so the working directory is not put on sys.path.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(VENV)/bin/pytest -q tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/score_throughput.py --quick

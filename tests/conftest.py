@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -10,6 +12,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# The repo root holds `kernels/`, `train/` and `collect/`, installed as `oirl_fast.*`; on sys.path
+# they would shadow PyPI packages of those names (transformers imports `kernels` when it exists).
+# `python -m pytest` puts the working directory first, so take it off again, and keep it off in
+# the `python -c` subprocesses that tests start (PYTHONSAFEPATH, Python 3.11+).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO_ROOT]
+os.environ["PYTHONSAFEPATH"] = "1"
 
 
 @pytest.fixture(scope="session")
