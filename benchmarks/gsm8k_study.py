@@ -235,6 +235,33 @@ def repeat_noise(first: np.ndarray, second: np.ndarray) -> dict:
             "contrast_reliability": dict(zip(TRAIN_PROMPTS, np.round(rel, 3).tolist()))}
 
 
+def answer_style(n_prompts: int = 6) -> dict:
+    """GSM8K only: how the training prompts' raw answers on the 1000 test questions look.
+
+    Median words, share showing worked arithmetic ('='), share cut off mid-sentence (no final . ! ? ))."""
+    from oirl_fast.collect.published import load_gsm8k_answers, load_prompts
+
+    out = {}
+    for p in load_prompts()[:n_prompts]:
+        ans = load_gsm8k_answers(p)
+        out[p.id] = {"median_words": float(np.median([len(a.split()) for a in ans])),
+                     "worked": float(np.mean(["=" in a for a in ans])),
+                     "cut_off": float(np.mean([a.rstrip()[-1:] not in ".!?)" for a in ans]))}
+    return out
+
+
+def between_within(first: np.ndarray, second: np.ndarray, cols) -> dict:
+    """Disagreement of one answer each from two different prompts (between), and of two answers
+    from the same prompt (within, where repeats exist): the part of 'between' that exceeds 'within'
+    is a persistent difference between the prompts on that question, the rest is resampling luck."""
+    out = {"between": {f"{TRAIN_PROMPTS[i]}/{TRAIN_PROMPTS[j]}": float(np.mean(first[:, i] != first[:, j]))
+                       for i, j in itertools.combinations(cols, 2)}}
+    both = ~np.isnan(second).any(1)
+    if both.any():
+        out["within"] = {TRAIN_PROMPTS[i]: float(np.mean(first[both, i] != second[both, i])) for i in cols}
+    return out
+
+
 def feature_diagnostics(y: np.ndarray, steps: np.ndarray, qf: np.ndarray) -> list[dict]:
     """Per gold-step bin (and per count-of-numbers bin): questions, accuracy of each prompt, winner."""
     out = []
@@ -262,25 +289,38 @@ def folds_of(n: int, k: int, seed: int) -> np.ndarray:
 
 
 def crossfit(d: dict, Q: np.ndarray, Pm: np.ndarray, config: TrainConfig, folds: np.ndarray,
-             per_prompt: bool = False) -> dict:
+             per_prompt: bool = False, answers: int | None = None, train_share: float = 1.0) -> dict:
     """Cross-fitted picks. Q: float32 (U, dq) query features, Pm: float32 (6, dp) prompt features.
 
+    ``answers`` (1 or 2): train (and choose the best single prompt) on only the first one or two logged
+    answers per pair, GSM8K has one, while still scoring against the pooled rates: what label noise
+    alone costs on SVAMP/MAWPS. ``train_share``: fit on that random share of each training side's
+    questions (all their answers), for the same label budget as one answer per pair.
     Returns per-question values of the pick and of the best single prompt, plus diagnostics."""
     R, C = d["rate"], d["count"].astype(float)
+    if answers is None:
+        Rt, Ct = R, C
+    else:
+        stack = np.stack([d["first"], d["second"]][:answers])
+        Ct = (~np.isnan(stack)).sum(0).astype(float)
+        Rt = np.nansum(stack, 0) / Ct
     U = len(R)
     scores = np.zeros((U, 6))
     best_single = np.zeros(U, int)
     for f in np.unique(folds):
         tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
-        acc = np.nansum(R[tr] * C[tr], 0) / C[tr].sum(0)
+        if train_share < 1.0:
+            rng = np.random.default_rng(config.seed + int(f))
+            tr = np.sort(rng.choice(tr, int(round(train_share * len(tr))), replace=False))
+        acc = np.nansum(Rt[tr] * Ct[tr], 0) / Ct[tr].sum(0)
         best_single[te] = int(np.argmax(acc))
         if per_prompt:  # one model per prompt on query features only: no shared trees across prompts
             for p in range(6):
-                m = RewardModel(config).fit(Q[tr], R[tr, p], C[tr, p], groups=tr)
+                m = RewardModel(config).fit(Q[tr], Rt[tr, p], Ct[tr, p], groups=tr)
                 scores[te, p] = m.predict(Q[te])
             continue
         X = grid_features(Q[tr], Pm)
-        y, w = R[tr].ravel(), C[tr].ravel()
+        y, w = Rt[tr].ravel(), Ct[tr].ravel()
         groups = np.repeat(tr, 6)
         m = RewardModel(config).fit(X, y, w, groups)
         scores[te] = m.predict(grid_features(Q[te], Pm)).reshape(len(te), 6)
@@ -291,7 +331,12 @@ def crossfit(d: dict, Q: np.ndarray, Pm: np.ndarray, config: TrainConfig, folds:
     top3 = np.argsort(-np.nansum(R * C, 0))[:3]
     masked = np.full_like(scores, -np.inf)
     masked[:, top3] = scores[:, top3]
-    return {"pick": pick, "single": single, "pick_top3": metrics.pick_values(masked, R),
+    # where the switches go, and what each kind of switch earns (points, over all questions)
+    switches = {TRAIN_PROMPTS[p]: {"share": float(np.mean((top == p) & (top != best_single))),
+                                   "gain_pts": float(100 * np.sum(np.where((top == p) & (top != best_single),
+                                                                           R[:, p] - single, 0.0)) / U)}
+                for p in range(6)}
+    return {"pick": pick, "single": single, "pick_top3": metrics.pick_values(masked, R), "switches": switches,
             "switch_rate": float(np.mean(top != best_single)), "scores": scores,
             "pair_order": pair_order(scores, R, range(6)), "pair_order_top3": pair_order(scores, R, top3)}
 
@@ -314,7 +359,7 @@ def summarise(name: str, res: dict, base: dict | None, seed: int) -> dict:
     lo, hi = metrics.paired_bootstrap_ci(res["pick"], res["single"], seed=seed)
     row = {"variant": name, "pick": float(res["pick"].mean()), "single": float(res["single"].mean()),
            "gain_pts": float(gain), "ci": [100 * lo, 100 * hi], "switch_rate": res["switch_rate"],
-           "pair_order": res["pair_order"], "pair_order_top3": res["pair_order_top3"],
+           "switches": res["switches"], "pair_order": res["pair_order"], "pair_order_top3": res["pair_order_top3"],
            "top3_gain_pts": float(100 * (res["pick_top3"].mean() - res["single"].mean())),
            "top3_ci": [100 * x for x in metrics.paired_bootstrap_ci(res["pick_top3"], res["single"], seed=seed)]}
     if base is not None:
@@ -327,7 +372,7 @@ def summarise(name: str, res: dict, base: dict | None, seed: int) -> dict:
 # ----------------------------------------------------------------------------- variants
 
 # name -> (query embedder or None, add query features, add gold steps (diagnostic only), config changes,
-#          per-prompt models, what it tests)
+#          per-prompt models, what it tests); ONE_ANSWER variants train on one answer per pair (SVAMP/MAWPS)
 VARIANTS = {
     "base": ("static", False, False, {}, False, "the project's model: static query emb || prompt emb"),
     "qf": ("static", True, False, {}, False, "+ cheap query features appended to the query embedding"),
@@ -343,6 +388,11 @@ VARIANTS = {
     "gold_steps": ("static", True, True, {}, False,
                    "DIAGNOSTIC ONLY (not computable at scoring): + the gold solution's step count"),
 }
+VARIANTS["base_one_answer"] = (*VARIANTS["base"][:5], "base trained on one answer per pair (SVAMP/MAWPS only)")
+VARIANTS["base_two_answers"] = (*VARIANTS["base"][:5], "base trained on two answers per pair (SVAMP/MAWPS only)")
+VARIANTS["base_quarter"] = (*VARIANTS["base"][:5],
+                             "base on a random 1/4 of the training questions, all answers (SVAMP/MAWPS only)")
+ONE_ANSWER = {"base_one_answer": 1, "base_two_answers": 2, "base_quarter": None}
 QUICK_VARIANTS = ["base", "qf", "qf_only"]
 
 
@@ -403,6 +453,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  same, top 3 prompts only: G {rt3['G']:.1f} vs null {rt3['G_null_mean']:.1f}, p {rt3['p_value']:.3f}, "
               f"excess {1000 * rt3['excess_per_q']:.1f} per 1000 ({rt3['informative_questions']}); best of them fails "
               f"and another succeeds {rt3['best_fails_other_wins']:.3f} (null {rt3['best_fails_other_wins_null']:.3f})")
+        bw = entry["disagreement"] = between_within(d["first"], d["second"], top3)
+        print("  two different top prompts, one answer each, disagree on "
+              + ", ".join(f"{k} {v:.3f}" for k, v in bw["between"].items())
+              + ("; two answers of the same prompt disagree on " + ", ".join(f"{k} {v:.3f}" for k, v in bw["within"].items())
+                 if "within" in bw else "; (no repeats: the same-prompt rate cannot be measured)"))
+        if ds == "gsm8k":
+            st = entry["answer_style"] = answer_style()
+            print("  raw answers on the 1000 test questions (median words / share with '=' / cut off): "
+                  + ", ".join(f"{k} {v['median_words']:.0f}/{v['worked']:.2f}/{v['cut_off']:.2f}" for k, v in st.items()))
         if "repeats" in entry:
             rp = entry["repeats"]
             print(f"  two answers per pair ({rp['questions']} questions): they disagree on "
@@ -443,7 +502,11 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(d["steps"][:, None].astype(np.float32))
         Q = np.ascontiguousarray(np.hstack(parts), dtype=np.float32)
         t = time.time()
-        res = crossfit(d, Q, pm, cfg, folds, per_prompt=per_prompt)
+        if name in ONE_ANSWER and np.isnan(d["second"]).all():
+            print(f"{name:11s} skipped: {args.dataset} has one answer per pair already")
+            continue
+        res = crossfit(d, Q, pm, cfg, folds, per_prompt=per_prompt, answers=ONE_ANSWER.get(name),
+                       train_share=0.25 if name == "base_quarter" else 1.0)
         row = summarise(name, res, base_res, args.seed)
         row["what"], row["seconds"] = what, round(time.time() - t, 1)
         report["variants"].append(row)
@@ -453,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
               f"[{row['ci'][0]:+.2f}, {row['ci'][1]:+.2f}]  switches {row['switch_rate']:.2f}  pair order "
               f"{row['pair_order']:.3f} (top 3: {row['pair_order_top3']:.3f}){vs}  ({row['seconds']:.0f} s)  {what}\n"
               f"{'':11s} only among the 3 best training prompts: gain {row['top3_gain_pts']:+.2f} "
-              f"[{row['top3_ci'][0]:+.2f}, {row['top3_ci'][1]:+.2f}]", flush=True)
+              f"[{row['top3_ci'][0]:+.2f}, {row['top3_ci'][1]:+.2f}]; switches to "
+              + ", ".join(f"{p} {v['share']:.2f} ({v['gain_pts']:+.2f} pts)" for p, v in row["switches"].items()
+                          if v["share"] > 0), flush=True)
         if name == "base":
             base_res = res
     print(f"\ntotal {time.time() - t0:.0f} s")
