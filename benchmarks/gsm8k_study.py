@@ -354,6 +354,18 @@ def pair_order(scores: np.ndarray, R: np.ndarray, cols) -> float:
     return float(hits / n)
 
 
+def neighbour_cosine(emb: np.ndarray, folds: np.ndarray, block: int = 2048) -> np.ndarray:
+    """float (U,): each question's highest cosine similarity to a question of another fold, i.e. to
+    the training side of the model that picks for it (templated near-duplicates score ~1)."""
+    e = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    out = np.empty(len(e))
+    for s in range(0, len(e), block):
+        sim = e[s:s + block] @ e.T
+        sim[folds[s:s + block, None] == folds[None, :]] = -np.inf
+        out[s:s + block] = sim.max(1)
+    return out
+
+
 def summarise(name: str, res: dict, base: dict | None, seed: int) -> dict:
     gain = 100 * (res["pick"].mean() - res["single"].mean())
     lo, hi = metrics.paired_bootstrap_ci(res["pick"], res["single"], seed=seed)
@@ -362,6 +374,13 @@ def summarise(name: str, res: dict, base: dict | None, seed: int) -> dict:
            "switches": res["switches"], "pair_order": res["pair_order"], "pair_order_top3": res["pair_order_top3"],
            "top3_gain_pts": float(100 * (res["pick_top3"].mean() - res["single"].mean())),
            "top3_ci": [100 * x for x in metrics.paired_bootstrap_ci(res["pick_top3"], res["single"], seed=seed)]}
+    if "near" in res:  # the gain on questions with a near-duplicate on the training side, and on the rest
+        for key, m in (("near_dup", res["near"]), ("no_near_dup", ~res["near"])):
+            if m.sum() > 1:
+                ci = metrics.paired_bootstrap_ci(res["pick"][m], res["single"][m], seed=seed)
+                row[key] = {"questions": int(m.sum()),
+                            "gain_pts": float(100 * (res["pick"][m].mean() - res["single"][m].mean())),
+                            "ci": [100 * ci[0], 100 * ci[1]]}
     if base is not None:
         lo2, hi2 = metrics.paired_bootstrap_ci(res["pick"], base["pick"], seed=seed)
         row["vs_base_pts"] = float(100 * (res["pick"].mean() - base["pick"].mean()))
@@ -481,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     folds = folds_of(len(d["texts"]), args.folds, args.seed)
     cache: dict[str, tuple] = {}
     base_res = None
+    near = None
     for name in names:
         kind, use_qf, use_steps, changes, per_prompt, what = VARIANTS[name]
         cfg = TrainConfig(nthread=1, seed=args.seed, **changes)
@@ -507,9 +527,18 @@ def main(argv: list[str] | None = None) -> int:
             continue
         res = crossfit(d, Q, pm, cfg, folds, per_prompt=per_prompt, answers=ONE_ANSWER.get(name),
                        train_share=0.25 if name == "base_quarter" else 1.0)
+        if "static" in cache:
+            if near is None:
+                near = neighbour_cosine(cache["static"][0], folds) >= 0.95
+                print(f"questions with a training-side neighbour at static cosine >= 0.95: {int(near.sum())} "
+                      f"of {len(near)}")
+            res["near"] = near
         row = summarise(name, res, base_res, args.seed)
         row["what"], row["seconds"] = what, round(time.time() - t, 1)
         report["variants"].append(row)
+        nd = "".join(f"\n{'':11s} {k.replace('_', ' ')} ({v['questions']}): {v['gain_pts']:+.2f} "
+                     f"[{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}]" for k in ("near_dup", "no_near_dup")
+                     if (v := row.get(k)))
         vs = (f"  vs base {row['vs_base_pts']:+.2f} [{row['vs_base_ci'][0]:+.2f}, {row['vs_base_ci'][1]:+.2f}]"
               if "vs_base_pts" in row else "")
         print(f"{name:11s} pick {row['pick']:.4f} single {row['single']:.4f}  gain {row['gain_pts']:+.2f} pts "
@@ -518,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'':11s} only among the 3 best training prompts: gain {row['top3_gain_pts']:+.2f} "
               f"[{row['top3_ci'][0]:+.2f}, {row['top3_ci'][1]:+.2f}]; switches to "
               + ", ".join(f"{p} {v['share']:.2f} ({v['gain_pts']:+.2f} pts)" for p, v in row["switches"].items()
-                          if v["share"] > 0), flush=True)
+                          if v["share"] > 0) + nd, flush=True)
         if name == "base":
             base_res = res
     print(f"\ntotal {time.time() - t0:.0f} s")
