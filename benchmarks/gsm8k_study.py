@@ -1,9 +1,14 @@
 """Why per-query prompt selection gains nothing on GSM8K: diagnostics and cross-fitted variants.
 
-    python benchmarks/gsm8k_study.py                      # GSM8K, all variants, 5 folds (~25 min on 2 cores)
-    python benchmarks/gsm8k_study.py --quick              # 3,000 questions, 3 variants, fewer trees (~3 min)
-    python benchmarks/gsm8k_study.py --dataset svamp --variants base,qf
+    python benchmarks/gsm8k_study.py                      # GSM8K, all variants, 5 folds (36 min on 2 busy cores)
+    python benchmarks/gsm8k_study.py --quick              # 3,000 questions, 3 variants, 120 trees (1.5-2.5 min)
+    python benchmarks/gsm8k_study.py --dataset svamp --compare "" --variants base,base_one_answer,qf
     python benchmarks/gsm8k_study.py --json study.json    # also write every figure as JSON
+
+Variants (``--variants``): the plain model (``base``), query features appended to the query embedding
+(``qf``) or instead of it (``qf_only``), MiniLM embeddings, strong regularisation (``reg``), many small
+trees (``slow``), one model per prompt, the gold step count as a diagnostic-only input, and, for
+SVAMP/MAWPS, training on one or two answers per pair or on a quarter of the questions.
 
 Every variant is measured the same way: grouped K-fold cross-fitting over the dataset's questions
 (each question is a test question exactly once, picked by a model fitted on the other folds), best of
@@ -23,6 +28,8 @@ Diagnostics printed before the variants:
     their repeats give the per-pair disagreement rate directly;
   * question features (length, numbers, sentences; the gold solution's step count as a diagnostic
     only, never a model input) against which prompt wins.
+Each variant's gain is also split by whether the question has a near-duplicate (static cosine >= 0.95)
+among the other folds' questions, i.e. in the training side of the model that picks for it.
 Embeddings come through ``oirl_fast.embed.Embedder`` with its on-disk cache (``--cache-dir``).
 """
 from __future__ import annotations
