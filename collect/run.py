@@ -227,11 +227,11 @@ def collect(cfg: CollectConfig, backend: Backend | None = None, progress: bool =
     return summary
 
 
-def backend_for(cfg) -> Backend:
-    """The LLM backend a config names (``backend``, ``model`` and the engine options ``oirl collect`` and
-    ``oirl answer`` share: tensor parallelism, dtype, quantization, LoRA, device, batch size, seed, context)."""
+def backend_for(cfg, model: str | None = None) -> Backend:
+    """The LLM backend a config names (``backend``, ``model`` unless given, and the engine options ``oirl collect``
+    and ``oirl answer`` share: tensor parallelism, dtype, quantization, LoRA, device, batch size, seed, context)."""
     return make_backend(
-        cfg.backend, cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype,
+        cfg.backend, model or cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype,
         quantization=cfg.quantization, lora=cfg.lora, device=cfg.device, batch_size=cfg.batch_size,
         **({"seed": cfg.seed, "max_model_len": cfg.max_model_len} if cfg.backend == "vllm" else {}),
     )
