@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from oirl_fast.answer.policies import parse_policy
 from oirl_fast.answer.run import AnswerConfig, answer
 from oirl_fast.cli import app
-from oirl_fast.collect.published import import_published
+from oirl_fast.collect.published import load_questions
 from oirl_fast.schema import write_logs
 
 runner = CliRunner()
@@ -114,3 +114,70 @@ def test_replay_refuses_a_pair_the_log_lacks(gsm8k_model, answers_log, cache_dir
                               "--out", str(tmp_path / "run"), "--cache-dir", str(cache_dir), "--no-progress"])
     assert res.exit_code == 2, res.output
     assert "small.parquet" in res.stderr and "no answer for query 'gsm8k:test:1' with prompt 'CoT'" in res.stderr
+
+
+def test_retry_asks_the_next_pick_where_the_logged_critique_doubts_the_answer(gsm8k_model, answers_log, cache_dir,
+                                                                                tmp_path):
+    from oirl_fast import api
+    from oirl_fast.schema import read_logs
+
+    report, rows = _run("retry:2", gsm8k_model, answers_log, tmp_path / "run", cache_dir, critique=True,
+                        critique_threshold=0.75, limit=200)
+    table = read_logs(answers_log)
+    logged = {(q, p): c for q, p, c in zip(*(table.column(n).to_pylist() for n in ("query_id", "prompt_id",
+                                                                                     "confidence")))}
+    model = api.load(gsm8k_model, cache_dir=cache_dir)
+    picks = model.pick([r["query"] for r in rows], top_k=3)
+    n_calls = []
+    for row, ranked in zip(rows, picks.ids):
+        calls = row["calls"]
+        assert [c["critique"] for c in calls] == [logged[(row["query_id"], c["prompt_id"])] for c in calls]
+        kept = [c["value"] is not None and c["critique"] >= 0.75 for c in calls]
+        n = kept.index(True) + 1 if True in kept else 3
+        assert [c["prompt_id"] for c in calls] == list(ranked[:n])
+        if True not in kept:  # none kept: the readable answer its critique doubted least
+            best = max((c["critique"], -i) for i, c in enumerate(calls) if c["value"] is not None)
+            assert row["answer"] == calls[-best[1]]["value"]
+        n_calls.append(n)
+    assert 1 < np.mean(n_calls) < 3 and report["calls_per_query"] == np.mean(n_calls)
+    assert report["critique_calls_per_query"] == report["calls_per_query"]
+
+
+def test_prompt_ties_break_by_the_models_prompt_order_in_both(gsm8k_model, answers_log, cache_dir, reseal, tmp_path):
+    """Equal scores are common with tree models. Tradeoff used to rank in the answer files' prompt order,
+    answer (and Model.pick) in the model's: with a model listing its prompts in another order they picked
+    different prompts on tied queries. Now both rank in the model's order. The model here lists the
+    16 prompts reversed and gives its most frequent top pick's twin (same embedding) to another prompt,
+    so every query that pick wins is a tie."""
+    import shutil
+
+    from oirl_fast import api
+    from oirl_fast.tradeoff import simulate
+    from oirl_fast.train import artifact as art
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(gsm8k_model, flipped)
+    emb = np.ascontiguousarray(np.load(flipped / art.PROMPT_EMB_FILE)[::-1])
+    meta = json.loads((flipped / "metadata.json").read_text())
+    meta["prompts"] = meta["prompts"][::-1]
+    model = api.load(gsm8k_model, cache_dir=cache_dir)
+    queries = [q.query for q in load_questions("gsm8k") if q.split == "test"][:200]
+    top = np.bincount(model.pick(queries, top_k=1).indices[:, 0], minlength=16).argmax()
+    j = 15 - int(top)  # its row once reversed
+    k = j + 1 if j < 15 else j - 1
+    emb[k] = emb[j]
+    np.save(flipped / art.PROMPT_EMB_FILE, emb)
+    meta["prompt_embeddings_sha256"] = art.embeddings_hash(emb)
+    (flipped / "metadata.json").write_text(json.dumps(meta))
+    reseal(flipped)
+
+    flipped_model = api.load(flipped, cache_dir=cache_dir)
+    sim = simulate(flipped, flipped_model.embedder, limit=200)
+    assert sim.answers.prompt_ids == flipped_model.prompt_ids
+    top2 = np.sort(sim.scores, axis=1)[:, -2:]
+    assert np.sum(top2[:, 0] == top2[:, 1]) > 10  # the case this test is about
+    picks = flipped_model.pick(sim.answers.queries, top_k=1)
+    _, rows = _run("best", flipped, answers_log, tmp_path / "run", cache_dir, limit=200)
+    assert [r["calls"][0]["prompt_id"] for r in rows] == list(picks.ids[:, 0])
+    sim_best = {p.policy: p for p in sim.runs[0][0]}["reward model"]
+    assert [r["correct"] for r in rows] == list(sim_best.correct)
