@@ -231,3 +231,24 @@ def test_kill9_then_resume_neither_repeats_nor_loses_a_call(spy, tiny_model, rew
     # a finished run resumed again asks nothing
     report, _, asked = run(spy, reward_model, cache_dir, out, "vote:3", queries, **same)
     assert asked == [] and report["calls_made_now"] == 0 and report["calls_resumed"] == total
+
+
+def test_bad_input_is_one_line_and_writes_nothing(reward_model, tiny_model, cache_dir, tmp_path):
+    queries = write_queries(tmp_path / "q.jsonl")
+    out = tmp_path / "run"
+    base = ["answer", str(reward_model), "--queries", str(queries), "--out", str(out), "--cache-dir", str(cache_dir),
+            "--no-progress"]
+    for extra, message in [
+        (["--policy", "median"], "unknown policy 'median'; choose one of best, vote:K, cascade:K:T, retry:K"),
+        (["--policy", "vote:x"], "K must be an integer"),
+        (["--policy", "cascade:2:1.5"], "T is a probability"),
+        (["--policy", "vote:9", "--backend", "transformers", "--llm", str(tiny_model)], "the model ranks 4"),
+        (["--backend", "transformers"], "needs the LLM: --llm"),
+        (["--backend", f"replay:{tmp_path / 'none.parquet'}"], "replay log not found"),
+        (["--backend", "transformers", "--llm", str(tiny_model), "--compare-best-single"], "needs --best-single"),
+        (["--backend", "transformers", "--llm", str(tiny_model), "--best-single", "nope"], "'nope' is not one of"),
+    ]:
+        res = runner.invoke(app, [*base, *extra])
+        assert res.exit_code == 2, (extra, res.output)
+        assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, (extra, res.stderr)
+        assert not out.exists()
