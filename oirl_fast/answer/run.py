@@ -38,7 +38,7 @@ from ..progress import ProgressBar
 from ..ranking import rank_prompts
 from .policies import Call, View, parse_policy
 from .replay import ReplayAsker, file_sha256, replay_path
-from .results import write_results
+from .results import ANSWERS, write_results
 
 CALL_SCHEMA = pa.schema([
     pa.field("query_id", pa.string(), nullable=False),
@@ -205,6 +205,15 @@ def answer(cfg: AnswerConfig, backend=None, progress: bool = False,
 
     ranking = rank_prompts(model.scores(model.embed([q.query for q in queries]), dtype=np.float64),
                            model.artifact.model.calibrator)
+    # The asker is made before anything is written, so a log that cannot be replayed or an LLM that does not
+    # load leaves --out as it was; a finished run (its answers written) resumed again needs none.
+    finished = cfg.resume and (Path(cfg.out) / ANSWERS).is_file()
+    asker = None
+    if replay is not None:
+        asker = ReplayAsker(replay, cfg.critique)
+    elif not finished:
+        asker = LLMAsker(backend or backend_for(cfg, cfg.llm), cfg.sampling, seed=cfg.seed,
+                         chat_template=cfg.chat_template, separator=cfg.separator, critique=cfg.critique)
     store.start()
     col = {p.id: j for j, p in enumerate(prompts)}
     qrow = {q.id: u for u, q in enumerate(queries)}
@@ -241,7 +250,6 @@ def answer(cfg: AnswerConfig, backend=None, progress: bool = False,
         return calls, []
 
     shard_size = cfg.shard_size or (2048 if cfg.backend == "vllm" else 4 * cfg.batch_size)
-    asker = None
     made = tokens = 0
     t0 = time.perf_counter()
     open_queries = [u for u in range(len(queries)) if walk(u)[1]]
@@ -250,9 +258,8 @@ def answer(cfg: AnswerConfig, backend=None, progress: bool = False,
         while open_queries:
             todo = [(u, c) for u in open_queries for c in walk(u)[1]]
             if asker is None:
-                asker = (ReplayAsker(replay, cfg.critique) if replay is not None else
-                         LLMAsker(backend or backend_for(cfg, cfg.llm), cfg.sampling, seed=cfg.seed,
-                                  chat_template=cfg.chat_template, separator=cfg.separator, critique=cfg.critique))
+                raise OirlError("the answers were written but calls are missing; the answer run is damaged",
+                                cfg.out)
             for start in range(0, len(todo), shard_size):
                 chunk = todo[start:start + shard_size]
                 replies = asker.ask([Ask(queries[u], prompts[c]) for u, c in chunk])
