@@ -20,6 +20,7 @@ import numpy as np
 
 from ..atomic import write_text
 from ..errors import OirlError
+from ..locks import locks_output
 from ..progress import ProgressBar
 from ..schema import from_records, group_key, write_logs
 from .backends import Backend, SamplingConfig, check_lora, check_model, is_local_path, make_backend
@@ -159,6 +160,7 @@ def manifest_for(cfg: CollectConfig, queries, prompts) -> dict:
     }
 
 
+@locks_output(lambda a: a["cfg"].out)
 def collect(cfg: CollectConfig, backend: Backend | None = None, progress: bool = False,
             log: Callable[[str], None] = lambda s: None) -> CollectSummary:
     """Collect (query, prompt, sample) records into ``cfg.out``; resumable; returns the summary.

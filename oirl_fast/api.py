@@ -25,6 +25,7 @@ import pyarrow as pa
 from .embed import Embedder, embedder_for_artifact
 from .encoders import make_encoder
 from .errors import OirlError
+from .locks import locks_output
 from .evaluation import check_evaluable, evaluate_per_dataset
 from .evaluation import evaluate as evaluate_artifact
 from .multilog import read_log_set
@@ -252,6 +253,7 @@ def read_log(log) -> tuple[pa.Table, str | None]:
     return read_log_set(paths), ", ".join(str(p) for p in paths)
 
 
+@locks_output(lambda a: a["out"])
 def fit(
     log,
     out: str | Path,

@@ -32,6 +32,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..cluster import dask_client, local_threads, set_threads, worker_count
 from ..errors import OirlError
+from ..locks import locks_output
 from ..paths import Output, check_paths
 from ..progress import ProgressBar
 from .candidates import Candidates
@@ -125,6 +126,7 @@ def score_partition(scoring: Scoring, src: str | Path, start: int, stop: int, fi
     return summary, digest.hexdigest(), size
 
 
+@locks_output(lambda a: a["out"])
 def score_distributed(
     model_dir: str | Path,
     inputs: str | Path | Sequence[str | Path] | None,

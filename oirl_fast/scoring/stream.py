@@ -28,6 +28,7 @@ kernel (numba, CPU or CUDA), the compiled tl2cgen library on materialized pairs,
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -38,6 +39,7 @@ from typing import Callable
 from ..atomic import write_errors, write_text
 from ..errors import OirlError
 from ..jsonl import count_lines
+from ..locks import output_lock
 from ..paths import check_paths, is_stdio, is_stream
 from ..progress import ProgressBar
 from .inputs import JOB_SUFFIX, PARTIAL_SUFFIX, open_input, score_io, spool, strict_check
@@ -81,6 +83,14 @@ def score_file(
 
     # -- input and output checks that stop the run, before anything is written or loaded
     check_paths(*score_io(model_dir, in_path, out_path, prompts, embeddings, ids, options.cache_dir))
+    # one writer per output: a second job on the same OUT stops here, before it reads OUT.partial
+    with contextlib.nullcontext() if is_stream(out_path) else output_lock(out_path, "--out"):
+        return _score_file(model_dir, in_path, out_path, options, prompts, embeddings, ids, resume, progress, log,
+                           embedder_factory, embedder, pipeline, t_start)
+
+
+def _score_file(model_dir, in_path, out_path, options, prompts, embeddings, ids, resume, progress, log,
+                embedder_factory, embedder, pipeline, t_start) -> ScoreSummary:
     src, emb_matrix = open_input(in_path, embeddings, ids)
     in_stream, out_stream = is_stream(src), is_stream(out_path)
     if resume and (in_stream or out_stream):
