@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 import uuid
 import zipfile
 from pathlib import Path
@@ -26,6 +27,27 @@ EMBED_DIM = MINILM_DIM
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("OIRL_CACHE_DIR", Path.home() / ".cache" / "oirl-fast"))
+
+
+# A query must ask something: one rule for `oirl score` (an error record) and Model.pick (OirlError).
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+ZERO_VECTOR = "has no token the embedder knows (its embedding is the zero vector)"
+
+
+def empty_text_reason(text: str) -> str | None:
+    """Why ``text`` is no question (nothing but whitespace, or only control and format characters such
+    as NUL, a zero-width space, a soft hyphen or U+FEFF), or None when it has a visible character."""
+    if not text.strip():
+        return "is empty or only whitespace"
+    if all(unicodedata.category(c) in _INVISIBLE for c in text):
+        return "has no visible character (only control or format characters)"
+    return None
+
+
+def zero_rows(vectors: np.ndarray) -> np.ndarray:
+    """bool (n,): rows of float (n, d) that are all zeros, what the static embedder gives a text none of
+    whose tokens it knows (an emoji, say): scoring it would be a confident pick for no question."""
+    return ~np.any(vectors != 0, axis=1)
 
 
 def text_key(text: str) -> str:
@@ -226,8 +248,9 @@ class Embedder:
     def identity(self) -> dict:
         return self.encoder.identity
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Return float32 (len(texts), dim); texts seen before (this run or earlier) come from the cache."""
+    def embed(self, texts: Sequence[str], add: bool = True) -> np.ndarray:
+        """Return float32 (len(texts), dim); texts seen before (this run or earlier) come from the cache.
+        ``add=False``: texts not in the cache are embedded but not added to it."""
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
@@ -257,7 +280,7 @@ class Embedder:
                 vecs = np.asarray(self.encoder.encode(new_texts, bar.advance), dtype=np.float32)
             if vecs.shape != (len(new_texts), self.dim):
                 raise OirlError(f"the encoder returned shape {vecs.shape}, expected ({len(new_texts)}, {self.dim})")
-            if self.cache is not None:
+            if self.cache is not None and add:
                 self.cache.add([unique[j] for j in missing], vecs)
             out_unique[missing] = vecs
         slot = {k: j for j, k in enumerate(unique)}

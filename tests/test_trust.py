@@ -101,3 +101,51 @@ def test_train_collect_and_dask_outputs_take_the_lock_too(tmp_path, mawps_small)
             h.kill()
             h.wait()
     assert not model_out.exists() and not coll_out.exists()
+
+
+# --------------------------------------------------------------------------------------
+# 3. No confident answer to an empty question
+
+NO_QUESTION = ["\u200b", "\u00ad", "\ufeff", "\U0001F600", "\u0000", "\u200b\u00ad \ufeff"]
+
+
+def test_a_query_without_tokens_is_an_error_record_on_the_cli(model_dir, tmp_path, static_cache):
+    inp = tmp_path / "q.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "query": q}) + "\n" for i, q in enumerate(["How many apples?"]
+                                                                                            + NO_QUESTION)))
+    res = _run("score", model_dir, "--in", inp, "--out", tmp_path / "o.jsonl", cache_dir=static_cache)
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert "prompt_id" in recs[0]
+    for rec in recs[1:]:
+        assert "prompt_id" not in rec and rec["error"].startswith('"query" '), rec
+
+
+def test_a_query_without_tokens_is_an_oirlerror_from_the_api(model_dir, static_cache):
+    model = oirl.load(model_dir, cache_dir=static_cache)
+    assert model.pick(["How many apples?"]).ids.shape == (1, 1)
+    for q in NO_QUESTION:
+        with pytest.raises(OirlError, match="no question to pick a prompt for"):
+            model.pick(["How many apples?", q])
+
+
+def test_model_pick_adds_no_cache_shard_per_call(model_dir, tmp_path, static_cache):
+    import shutil
+
+    shutil.copytree(static_cache / "encoders", tmp_path / "cache" / "encoders")  # no second static build
+    model = oirl.load(model_dir, cache_dir=tmp_path / "cache")
+    shards = lambda: sorted((tmp_path / "cache").rglob("shard-*.npz"))  # noqa: E731
+    for i in range(5):
+        model.pick([f"Question number {i}: what is {i} plus {i}?"])
+    assert shards() == []
+
+
+def test_top_k_above_the_prompt_count_is_refused_by_cli_and_api(model_dir, queries, tmp_path, static_cache):
+    model = oirl.load(model_dir, cache_dir=static_cache)
+    k = model.n_prompts + 1
+    with pytest.raises(OirlError, match="top_k"):
+        model.pick(["How many apples?"], top_k=k)
+    res = _run("score", model_dir, "--in", queries, "--out", tmp_path / "o.jsonl", "--top-k", k,
+               cache_dir=static_cache)
+    assert res.exit_code == 2 and f"--top-k {k} is more than the {k - 1} candidate prompts" in res.output
+    assert not (tmp_path / "o.jsonl").exists()

@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..embed import Embedder, text_key
+from ..embed import ZERO_VECTOR, Embedder, text_key, zero_rows
 from ..encoders import artifact_record, encoder_for_record
 from ..errors import OirlError
 from ..pipelined import run_pipeline
@@ -37,7 +37,7 @@ class Scoring:
     def __init__(self, artifact, cands: Candidates, scorer: Scorer | None, options: ScoreOptions,
                  get_embedder: Callable):
         self.artifact, self.cands, self.scorer, self.options = artifact, cands, scorer, options
-        self.k = min(options.top_k, len(cands))
+        self.k = options.top_k
         self.calibrator = artifact.model.calibrator
         self.get_embedder = get_embedder
 
@@ -143,6 +143,9 @@ def load_scoring(
         )
     else:
         cands = model_candidates(artifact)
+    if o.top_k > len(cands):  # the API's rule too: refused, never cut silently
+        raise OirlError(f"--top-k {o.top_k} is more than the {len(cands)} candidate prompts; give at most "
+                        f"{len(cands)}", prompts)
     scorer = Scorer.for_artifact(artifact, cands, route=o.route, device=o.device, log=log) if build_scorer else None
     return Scoring(artifact, cands, scorer, o, get_embedder)
 
@@ -159,9 +162,11 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
             with np.errstate(over="ignore"):  # a float64 beyond float32's range: inf, an error record below
                 Q = np.asarray(emb_matrix[rows], dtype=np.float32)
         bad = ~np.isfinite(Q).all(axis=1)
+        empty = zero_rows(Q) if emb_matrix is None else np.zeros(len(ok), bool)
+        bad |= empty
         if bad.any():
             for i in np.flatnonzero(bad):
-                ok[i].error = "query embedding contains NaN or infinity"
+                ok[i].error = f"\"query\" {ZERO_VECTOR}" if empty[i] else "query embedding contains NaN or infinity"
                 if strict:
                     raise OirlError(ok[i].error, src, ok[i].line)
             keep = ~bad

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from ..embed import empty_text_reason
 from ..errors import OirlError
 from ..jsonl import BadLine, iter_lines, iter_stream_lines, parse_json_line
 from ..paths import is_stdio, is_stream
@@ -44,8 +45,9 @@ def parse_line(raw: str, line: int) -> Item:
     q = rec["query"]
     if not isinstance(q, str):
         return Item(line, id=rid, error=f"\"query\" must be a string, got {type(q).__name__}")
-    if not q.strip():  # an empty text still embeds to some vector: a confident pick for no question
-        return Item(line, id=rid, error="\"query\" is empty or only whitespace")
+    empty = empty_text_reason(q)
+    if empty:  # an empty text still embeds to some vector: a confident pick for no question
+        return Item(line, id=rid, error=f"\"query\" {empty}")
     clash = [k for k in rec if k in RESERVED_INPUT_KEYS]
     if clash:
         return Item(line, id=rid, error=f"input field(s) {', '.join(map(repr, clash))} would be overwritten by "
