@@ -149,3 +149,119 @@ def test_top_k_above_the_prompt_count_is_refused_by_cli_and_api(model_dir, queri
                cache_dir=static_cache)
     assert res.exit_code == 2 and f"--top-k {k} is more than the {k - 1} candidate prompts" in res.output
     assert not (tmp_path / "o.jsonl").exists()
+
+
+# --------------------------------------------------------------------------------------
+# 5. Errors that say what is wrong
+
+
+def _one_line_error(res, *words):
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and all(w in lines[0] for w in words), res.output
+
+
+@pytest.mark.parametrize("kind", ["gzip", "utf-16", "zip", "npy", "nul"])
+def test_a_whole_file_in_the_wrong_format_is_refused_from_its_first_bytes(kind, queries, model_dir, tmp_path,
+                                                                         static_cache):
+    import gzip
+    import io
+    import zipfile
+
+    text = queries.read_bytes()
+    data = {"gzip": lambda: gzip.compress(text), "utf-16": lambda: text.decode().encode("utf-16"),
+            "zip": lambda: _zip(text), "nul": lambda: b"\x00" * 5000 + text,
+            "npy": lambda: _npy()}[kind]()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(data)
+    out = tmp_path / "o.jsonl"
+    res = _run("score", model_dir, "--in", bad, "--out", out, cache_dir=static_cache)
+    _one_line_error(res, str(bad), {"gzip": "gzip", "utf-16": "UTF-16", "zip": "zip", "npy": ".npy",
+                                    "nul": "binary"}[kind])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "q.jsonl"]
+
+
+def _zip(data: bytes) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("q.jsonl", data)
+    return buf.getvalue()
+
+
+def _npy() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((3, 4), np.float32))
+    return buf.getvalue()
+
+
+def test_parquet_input_is_read_as_the_queries_it_holds(queries, model_dir, tmp_path, static_cache):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(x) for x in queries.read_text().splitlines()]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "q.parquet")
+    for src, out in ((queries, "j.jsonl"), (tmp_path / "q.parquet", "p.jsonl")):
+        res = _run("score", model_dir, "--in", src, "--out", tmp_path / out, cache_dir=static_cache)
+        assert res.exit_code == 0, res.output
+    assert (tmp_path / "p.jsonl").read_bytes() == (tmp_path / "j.jsonl").read_bytes()
+
+
+def test_prompt_ids_must_be_strings_or_integers(model_dir, queries, tmp_path, static_cache):
+    for bad in (None, {"a": 1}, [1], 1.5, True):
+        prompts = tmp_path / "p.jsonl"
+        prompts.write_text(json.dumps({"id": "ok", "text": "Think."}) + "\n" + json.dumps({"id": bad, "text": "x"}) + "\n")
+        res = _run("score", model_dir, "--in", queries, "--out", tmp_path / "o.jsonl", "--prompts", prompts,
+                   cache_dir=static_cache)
+        _one_line_error(res, f"{prompts}:2", "must be a string or an integer")
+
+
+def test_an_unreadable_file_is_reported_as_unreadable_not_unwritable(tmp_path, monkeypatch):
+    import errno
+
+    from oirl_fast.paths import write_error
+
+    f = tmp_path / "q.jsonl"
+    f.write_text("{}\n")
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False)  # tests run as root, who reads everything
+    exc = write_error(PermissionError(errno.EACCES, "Permission denied", str(f)), None)
+    assert "cannot read" in str(exc) and "write" not in str(exc)
+
+
+def test_no_warning_with_its_source_line_before_a_one_line_error(model_dir, tmp_path, static_cache):
+    emb = np.full((3, 256), 1e300, dtype=np.float64)  # beyond float32: numpy warns on the cast
+    np.save(tmp_path / "e.npy", emb)
+    (tmp_path / "ids.txt").write_text("a\nb\nc\n")
+    res = _run("score", model_dir, "--embeddings", tmp_path / "e.npy", "--ids", tmp_path / "ids.txt",
+               "--out", tmp_path / "o.jsonl", "--strict", cache_dir=static_cache)
+    _one_line_error(res, "NaN or infinity")
+
+
+def test_a_killed_write_leaves_no_temporary_folder_for_good(tmp_path):
+    from oirl_fast.atomic import atomic_dir
+
+    target = tmp_path / "model"
+    code = ("import os, sys; from oirl_fast.atomic import atomic_dir\n"
+            "with atomic_dir(sys.argv[1]) as tmp:\n    (tmp / 'x').write_text('1'); os.kill(os.getpid(), 9)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)])
+    assert proc.returncode == -9
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # the killed write's folder
+    with atomic_dir(target) as tmp:
+        (tmp / "y").write_text("2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_resume_onto_a_finished_output_same_job_or_another(model_dir, queries, tmp_path, static_cache):
+    out = tmp_path / "o.jsonl"
+    assert _run("score", model_dir, "--in", queries, "--out", out, cache_dir=static_cache).exit_code == 0
+    before = (out.read_bytes(), out.stat().st_mtime_ns)
+    res = _run("score", model_dir, "--in", queries, "--out", out, "--resume", cache_dir=static_cache)
+    assert res.exit_code == 0 and "nothing to do" in res.output, res.output
+    assert (out.read_bytes(), out.stat().st_mtime_ns) == before
+    res = _run("score", model_dir, "--in", queries, "--out", out, "--resume", "--top-k", "2", cache_dir=static_cache)
+    _one_line_error(res, "finished output of another job", "--top-k")
+    assert (out.read_bytes(), out.stat().st_mtime_ns) == before

@@ -38,6 +38,7 @@ from ..embed import default_cache_dir
 from ..encoders import legacy_record
 from ..errors import OirlError
 from ..features import FeatureLayout
+from ..paths import check_utf8_name
 from . import compile as compile_step
 from .model_format import LIBRARY_FILE, MODEL_FILES, library_identity, library_record, load_treelite_model
 from .reward_model import RewardModel, TrainConfig
@@ -262,6 +263,7 @@ def load_artifact(
     set or feature layout than the ones given.
     """
     path = Path(path)
+    check_utf8_name(path, "model folder")
     meta_path = path / METADATA_FILE
     manifest = read_manifest(path)
     # metadata.json is read only once its checksum matches: an edited prompt text is refused here.

@@ -14,6 +14,7 @@ import numpy as np
 from ..embed import ZERO_VECTOR, Embedder, text_key, zero_rows
 from ..encoders import artifact_record, encoder_for_record
 from ..errors import OirlError
+from ..paths import is_stdio, is_stream
 from ..pipelined import run_pipeline
 from ..train.artifact import file_sha256, load_artifact
 from .candidates import Candidates, candidates_sha256, model_candidates, read_prompts_file
@@ -23,6 +24,8 @@ from .scorer import Scorer, top_k
 from .summary import ScoreSummary
 
 JOB_FORMAT = "oirl-score-job"
+DONE_FORMAT = "oirl-score-done"
+DONE_SUFFIX = ".job.json"  # OUT.job.json: the job that wrote the finished OUT, for --resume to recognise it
 
 
 class Scoring:
@@ -251,6 +254,8 @@ def job_signature(scoring: "Scoring", files: Sequence[str | Path], embeddings: s
     which holds the checksums of its other files), the candidates, the options and the embedder.
     Shared by the local stream (``OUT.partial.job.json``) and the Dask manifest."""
     def stat(p) -> dict:
+        if is_stream(p):  # standard input or a FIFO: nothing to stat (and --resume refuses streams)
+            return {"file": "<stdin>" if is_stdio(p) else str(p), "stream": True}
         st = os.stat(p)
         return {"file": str(Path(p).resolve()), "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
                 "mtime_ns": st.st_mtime_ns}
@@ -288,3 +293,37 @@ def read_job(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("format") == JOB_FORMAT else None
+
+
+def done_path(out: Path) -> Path:
+    return out.with_name(out.name + DONE_SUFFIX)
+
+
+def _out_stat(path: Path) -> dict:
+    st = os.stat(path)
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def write_done(out: Path, job: dict, written: Path) -> None:
+    """Record beside ``out`` that the file ``written`` (about to be renamed onto ``out``: a rename keeps
+    inode, size and modification time) is the finished output of ``job`` (a :func:`job_signature`)."""
+    from ..atomic import write_text
+
+    record = {"format": DONE_FORMAT, "job": job, "output": _out_stat(written)}
+    # ASCII: a file name that is not valid UTF-8 is kept as its escape, never an encoding error
+    write_text(done_path(out), json.dumps(record, indent=1, ensure_ascii=True))
+
+
+def finished_by(out: Path, job: dict) -> tuple[bool, str]:
+    """(is ``out`` the finished output of ``job``, and if not, why not) from ``OUT.job.json``."""
+    try:
+        record = json.loads(done_path(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("format") != DONE_FORMAT or not isinstance(record.get("job"), dict):
+        return False, "no record of the job that wrote it"
+    if record.get("output") != _out_stat(out):
+        return False, "it was changed after that job wrote it"
+    if record["job"] != job:
+        return False, f"{differences(record['job'], job)} differ"
+    return True, ""
