@@ -70,13 +70,14 @@ def local_cluster(n_workers: int, threads_per_worker: int = 1, silence_logs: int
         cluster.close()
 
 
-def probe_scheduler(address: str, timeout: float = PROBE_SECONDS) -> None:
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
     """Refuse, with one line and within ``timeout`` seconds per step, a TCP address where no Dask
     scheduler listens. A Dask server speaks first: on connection it sends its handshake, 8 bytes of
     little-endian length and that many bytes. An HTTP server (the dashboard port, a common
     mistake) sends nothing and would keep ``Client`` waiting for good; another service's reply
     would be read as a length of exabytes (a MemoryError). Other schemes (tls://, inproc://) are
     left to ``Client``'s own timeout."""
+    timeout = PROBE_SECONDS if timeout is None else timeout
     scheme, _, rest = address.rpartition("://")
     if scheme not in ("", "tcp"):
         return

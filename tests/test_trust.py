@@ -265,3 +265,94 @@ def test_resume_onto_a_finished_output_same_job_or_another(model_dir, queries, t
     res = _run("score", model_dir, "--in", queries, "--out", out, "--resume", "--top-k", "2", cache_dir=static_cache)
     _one_line_error(res, "finished output of another job", "--top-k")
     assert (out.read_bytes(), out.stat().st_mtime_ns) == before
+
+
+# --------------------------------------------------------------------------------------
+# 4. Tracebacks and hangs
+
+
+def _cli_subprocess(args, timeout=180, cwd=None, stderr=subprocess.PIPE, env=None, prelude=""):
+    code = (prelude + "import sys; from oirl_fast.cli import app\n"
+            "sys.argv = ['oirl'] + [__import__('os').fsdecode(a) for a in sys.argv[1:]]\napp()\n")
+    return subprocess.run([sys.executable, "-c", code, *map(os.fsencode, args)], stdout=subprocess.PIPE,
+                          stderr=stderr, timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("service", ["http", "banner"])
+def test_a_scheduler_address_that_is_not_dask_gives_one_line_quickly(service, model_dir, queries, tmp_path):
+    import http.server
+    import socket
+    import threading
+
+    if service == "http":  # the dashboard-port mistake: a server that waits for a request
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        port = srv.server_address[1]
+    else:  # a service that speaks first, something else than Dask
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen()
+
+        def serve():
+            while True:
+                c, _ = ls.accept()
+                c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                c.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        port = ls.getsockname()[1]
+    proc = _cli_subprocess(["score", model_dir, "--in", queries, "--out", tmp_path / "o.jsonl", "--engine", "dask",
+                            "--scheduler", f"tcp://127.0.0.1:{port}"], timeout=120,
+                           prelude="import oirl_fast.cluster as c; c.PROBE_SECONDS = 2\n")
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert err.count("\n") == 1 and "Dask" in err and "Traceback" not in err, err
+
+
+def test_file_names_that_are_not_utf8(model_dir, queries, tmp_path, static_cache):
+    bad_in, bad_out = os.fsdecode(b"q\xff.jsonl"), os.fsdecode(b"o\xfe.jsonl")
+    (tmp_path / bad_in).write_bytes(queries.read_bytes())
+    env = {"OIRL_CACHE_DIR": str(static_cache)}
+    proc = _cli_subprocess(["score", model_dir, "--in", tmp_path / bad_in, "--out", tmp_path / bad_out], env=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert len((tmp_path / bad_out).read_text().splitlines()) == 30
+    # a model folder's path goes to LightGBM and treelite, which need UTF-8: refused before the fit
+    proc = _cli_subprocess(["train", tmp_path / bad_in, "--out", tmp_path / os.fsdecode(b"m\xff")], env=env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "not valid UTF-8" in err and "Traceback" not in err, err
+
+
+def test_a_deleted_working_folder_gives_one_line(model_dir, tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = ("import os, sys; os.chdir(sys.argv[1]); os.rmdir(sys.argv[1]); from oirl_fast.cli import app\n"
+            "sys.argv = ['oirl', 'score', sys.argv[2], '--in', 'q.jsonl', '--out', 'o.jsonl']; app()\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(gone), str(model_dir)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "current folder no longer exists" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_endless_line_is_bounded(model_dir, queries, tmp_path, static_cache):
+    res = _run("score", model_dir, "--in", "/dev/zero", "--out", tmp_path / "z.jsonl", cache_dir=static_cache)
+    _one_line_error(res, "/dev/zero")
+    long = tmp_path / "long.jsonl"
+    long.write_bytes(b'{"id": 0, "query": "' + b"a" * 300_000 + b'"}\n' + queries.read_bytes())
+    res = _run("score", model_dir, "--in", long, "--out", tmp_path / "o.jsonl", "--max-line-bytes", 100_000,
+               cache_dir=static_cache)
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(recs) == 31 and "--max-line-bytes" in recs[0]["error"] and all("prompt_id" in r for r in recs[1:])
+
+
+def test_a_closed_stderr_does_not_decide_the_fate_of_the_data(model_dir, queries, tmp_path, static_cache):
+    r, w = os.pipe()
+    os.close(r)  # `... 2>&1 | head -1` once head has gone: every write to stderr fails
+    try:
+        proc = _cli_subprocess(["score", model_dir, "--in", queries, "--out", tmp_path / "o.jsonl"], stderr=w,
+                               env={"OIRL_CACHE_DIR": str(static_cache)})
+    finally:
+        os.close(w)
+    assert proc.returncode == 0
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 30
+    assert not (tmp_path / "o.jsonl.partial").exists()

@@ -153,13 +153,12 @@ def _score_file(model_dir, in_path, out_path, options, prompts, embeddings, ids,
         summary = ScoreSummary(input=label, output="<stdout>" if is_stdio(out_path) else str(out_path), resumed=skip,
                                candidates=len(cands), route=scorer.description,
                                fallback_reason=scorer.fallback_reason)
-        log(f"scoring {'the' if total_lines is None else total_lines - skip} lines against {len(cands)} candidates "
-            f"with the {scorer.description}" + (f"; resuming after line {skip}" if skip else ""))
-
         items = iter_jsonl_items(src, skip, options.max_line_bytes) if emb_matrix is None else iter_embedding_items(src, skip)
         if in_stream:  # its first bytes are checked (gzip, UTF-16, binary) before any output file is made
             first = next(items, None)
             items = itertools.chain([] if first is None else [first], items)
+        log(f"scoring {'the' if total_lines is None else total_lines - skip} lines against {len(cands)} candidates "
+            f"with the {scorer.description}" + (f"; resuming after line {skip}" if skip else ""))
         bar = ProgressBar("scoring", None if total_lines is None else total_lines - skip, enabled=progress)
 
         def advance(n: int) -> None:
