@@ -356,3 +356,98 @@ def test_a_closed_stderr_does_not_decide_the_fate_of_the_data(model_dir, queries
     assert proc.returncode == 0
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 30
     assert not (tmp_path / "o.jsonl.partial").exists()
+
+
+# --------------------------------------------------------------------------------------
+# 2. Caches are checked, not trusted
+
+
+def _static_folder(cache: Path) -> Path:
+    (folder,) = (cache / "encoders").iterdir()
+    return folder
+
+
+def test_every_file_that_shapes_a_static_vector_is_hashed_and_recorded(model_dir, static_cache, tmp_path,
+                                                                      monkeypatch, queries):
+    import shutil
+
+    from oirl_fast import encoders
+    from oirl_fast.encoders import StaticBuildChanged, StaticEncoder, static_files_sha256
+
+    pristine = _static_folder(static_cache)
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert meta["embedder"]["identity"]["files_sha256"] == static_files_sha256(pristine)
+
+    cache = tmp_path / "cache"
+    shutil.copytree(static_cache / "encoders", cache / "encoders")
+    folder = _static_folder(cache)
+    for name, edit in (("config.json", lambda c: {**c, "normalize": False}),
+                       ("config.json", lambda c: {**c, "max_length": 4})):
+        config = json.loads((pristine / name).read_text())
+        (folder / name).write_text(json.dumps(edit(config)))
+        with pytest.raises(StaticBuildChanged, match="do not match the hash recorded"):
+            StaticEncoder(folder)
+    tok = folder / "tokenizer.json"
+    tok.write_text(tok.read_text().replace('"lowercase": true', '"lowercase": false'))
+    # on a mismatch the build is made again (here: the pristine copy stands for the ~15 s distillation)
+    notes = []
+    monkeypatch.setattr(encoders, "build_static",
+                        lambda cache_dir, log=None: folder if folder.exists() else Path(shutil.copytree(pristine, folder)))
+    enc = encoders.make_encoder("static", cache, log=notes.append)
+    assert enc.files_sha256 == static_files_sha256(pristine) and "building it again" in notes[0]
+
+    # an edited build whose own record was made to agree is still refused: the artifact holds the hash
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "normalize": False}))
+    settings = json.loads((folder / "settings.json").read_text())
+    (folder / "settings.json").write_text(json.dumps({**settings, "files_sha256": static_files_sha256(folder)}))
+    monkeypatch.undo()
+    res = _run("score", model_dir, "--in", queries, "--out", tmp_path / "o.jsonl", "--cache-dir", cache)
+    assert res.exit_code == 2 and "files_sha256" in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_the_cached_compiled_library_is_verified_against_the_model_before_loading(model_dir, tmp_path, monkeypatch):
+    from oirl_fast.train import artifact as art
+    from oirl_fast.train.compile import CompiledPredictor
+
+    monkeypatch.setenv("OIRL_CACHE_DIR", str(tmp_path / "cache"))
+    a = art.load_artifact(model_dir)  # trained without a library: the compiled route builds one in the cache
+    notes = []
+    lib, sha = art.verified_library(a, notes.append)
+    assert lib == art.cached_library_path(a) and len(notes) == 1
+    X = np.random.default_rng(0).standard_normal((20, a.layout.n_features)).astype(np.float32)
+    want = CompiledPredictor(lib, sha256=sha).predict(X)
+
+    damages = {"truncated": lambda: lib.write_bytes(lib.read_bytes()[: lib.stat().st_size // 2]),
+               "replaced": lambda: lib.write_bytes(lib.read_bytes()[:-1] + bytes([lib.read_bytes()[-1] ^ 0xFF])),
+               "another model's": lambda: art._record_path(lib).write_text(json.dumps(
+                   {**json.loads(art._record_path(lib).read_text()), "model_sha256": "0" * 64}))}
+    for what, damage in damages.items():
+        damage()
+        notes.clear()
+        again, sha2 = art.verified_library(a, notes.append)
+        assert again == lib and len(notes) == 1 and "building it again" in notes[0], what
+        np.testing.assert_array_equal(CompiledPredictor(again, sha256=sha2).predict(X), want)
+    # the check is made on the very file loaded
+    with pytest.raises(OirlError, match="does not match its checksum"):
+        CompiledPredictor(lib, sha256="0" * 64)
+
+
+def test_outputs_and_artifacts_are_written_with_the_users_umask(tmp_path, static_cache, make_artifact):
+    from oirl_fast.encoders.static_files import _ordinary_permissions
+
+    old = os.umask(0o022)
+    try:
+        make_artifact(tmp_path / "m", n_estimators=2, n_prompts=2)
+        assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755
+        assert all(p.stat().st_mode & 0o777 == 0o644 for p in (tmp_path / "m").iterdir() if p.is_file())
+        f = tmp_path / "s" / "model.safetensors"
+        f.parent.mkdir()
+        f.write_bytes(b"x")
+        f.chmod(0o600)  # as safetensors writes it
+        _ordinary_permissions(f.parent)
+        assert f.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+    assert (_static_folder(static_cache) / "model.safetensors").stat().st_mode & 0o044 == 0o044
