@@ -279,7 +279,8 @@ def _cli_subprocess(args, timeout=180, cwd=None, stderr=subprocess.PIPE, env=Non
 
 
 @pytest.mark.parametrize("service", ["http", "banner"])
-def test_a_scheduler_address_that_is_not_dask_gives_one_line_quickly(service, model_dir, queries, tmp_path):
+def test_a_scheduler_address_that_is_not_dask_gives_one_line_quickly(service, model_dir, queries, tmp_path,
+                                                                     static_cache):
     import http.server
     import socket
     import threading
@@ -303,7 +304,8 @@ def test_a_scheduler_address_that_is_not_dask_gives_one_line_quickly(service, mo
         port = ls.getsockname()[1]
     proc = _cli_subprocess(["score", model_dir, "--in", queries, "--out", tmp_path / "o.jsonl", "--engine", "dask",
                             "--scheduler", f"tcp://127.0.0.1:{port}"], timeout=120,
-                           prelude="import oirl_fast.cluster as c; c.PROBE_SECONDS = 2\n")
+                           prelude="import oirl_fast.cluster as c; c.PROBE_SECONDS = 2\n",
+                           env={"OIRL_CACHE_DIR": str(static_cache)})
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
     assert err.count("\n") == 1 and "Dask" in err and "Traceback" not in err, err

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..atomic import atomic_path
-from ..cluster import dask_client, local_threads, set_threads, worker_count
+from ..cluster import dask_client, local_threads, probe_scheduler, set_threads, worker_count
 from ..errors import OirlError
 from ..locks import locks_output
 from ..paths import Output, check_paths
@@ -174,6 +174,8 @@ def score_distributed(
         outputs_ = [outputs_[0], Output(f"{out}.parts", "--out (its .parts folder)", kind="folder"),
                     Output(f"{out}.job.json", "--out (its .job.json)", kind="file")]
     check_paths(inputs_, outputs_)
+    if scheduler and client is None:  # a wrong address is one line now, not after the model is loaded
+        probe_scheduler(scheduler)
 
     # -- inputs
     emb_path = None

@@ -39,11 +39,13 @@ def sniff_input(head: bytes) -> str:
         if head.startswith(magic):
             raise ValueError(f"is {kind}, not JSON lines")
     odd, even = head[1::2][:32], head[0::2][:32]
-    if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")) or (len(head) >= 8 and (
+    if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")) or (len(head) >= 64 and (
             (odd.count(0) > 0.75 * len(odd) and even.count(0) < 0.25 * len(even))
             or (even.count(0) > 0.75 * len(even) and odd.count(0) < 0.25 * len(odd)))):
         raise ValueError("is UTF-16 or UTF-32 text; convert it to UTF-8 (iconv -f UTF-16 -t UTF-8 FILE)")
-    if b"\x00" in head:
+    # A full first block of which a quarter or more is NUL bytes: a binary file (/dev/zero, an image).
+    # Lines that merely hold a NUL are lines to answer, each with its error record.
+    if len(head) >= SNIFF_BYTES and head.count(0) > len(head) // 4:
         raise ValueError("holds NUL bytes: a binary file, not UTF-8 JSON lines")
     return "jsonl"
 
