@@ -20,6 +20,7 @@ import numpy as np
 
 from ..atomic import write_text
 from ..errors import OirlError
+from ..locks import locks_output
 from ..progress import ProgressBar
 from ..schema import from_records, group_key, write_logs
 from .asking import Ask, LLMAsker
@@ -157,6 +158,7 @@ def manifest_for(cfg: CollectConfig, queries, prompts) -> dict:
     }
 
 
+@locks_output(lambda a: a["cfg"].out)
 def collect(cfg: CollectConfig, backend: Backend | None = None, progress: bool = False,
             log: Callable[[str], None] = lambda s: None) -> CollectSummary:
     """Collect (query, prompt, sample) records into ``cfg.out``; resumable; returns the summary.

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .embed import Embedder, embedder_for_artifact
+from .embed import ZERO_VECTOR, Embedder, embedder_for_artifact, empty_text_reason, zero_rows
 from .encoders import make_encoder
 from .errors import OirlError
+from .locks import locks_output
 from .evaluation import check_evaluable, evaluate_per_dataset
 from .evaluation import evaluate as evaluate_artifact
 from .multilog import read_log_set
@@ -178,7 +179,16 @@ class Model:
             texts, emb = None, self._check_embeddings(queries)
         else:
             texts = _texts(queries, "queries")
-            emb = self.embed(texts)
+            for i, t in enumerate(texts):
+                why = empty_text_reason(t)
+                if why:
+                    raise OirlError(f"queries[{i}] {why}: no question to pick a prompt for")
+            # looked up in the embedding cache but not added to it, as `oirl score` does: one
+            # shard per call would leave a shard per pick
+            emb = self.embedder.embed(texts, add=False)
+            empty = np.flatnonzero(zero_rows(emb))
+            if len(empty):
+                raise OirlError(f"queries[{int(empty[0])}] {ZERO_VECTOR}: no question to pick a prompt for")
         idx, sc = self._get_scorer().top(emb, int(top_k))
         idx = idx.astype(np.int64, copy=False)
         ids = np.asarray(self.prompt_ids, dtype=object)
@@ -252,6 +262,7 @@ def read_log(log) -> tuple[pa.Table, str | None]:
     return read_log_set(paths), ", ".join(str(p) for p in paths)
 
 
+@locks_output(lambda a: a["out"])
 def fit(
     log,
     out: str | Path,

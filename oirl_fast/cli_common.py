@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -29,22 +31,49 @@ err = make_console()  # markup and emoji codes off: file names and messages are 
 
 
 def cli_errors(fn):
-    """OirlError -> one line on stderr and its exit code (2); a user-side write failure likewise."""
+    """OirlError -> one line on stderr and its exit code (2); a user-side write failure likewise.
+
+    Warnings are collected while the command runs and printed after it, one line each (Python would
+    print each with a source line), and not at all when a one-line error says what went wrong."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except OirlError as exc:
-            err.print(Text("error:", style="bold red"), str(exc), soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except OSError as exc:  # a write that failed on the user's side (full disk, read-only): one line too
-            user = write_error(exc, None) if exc.filename is not None or exc.errno == errno.ENOSPC else None
-            if user is None:
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                result = _run(fn, args, kwargs)
+            except typer.Exit as exc:
+                if exc.exit_code in (0, None):
+                    _replay(caught)
                 raise
-            err.print(Text("error:", style="bold red"), str(user), soft_wrap=True)
-            raise typer.Exit(user.exit_code) from None
+        _replay(caught)
+        return result
 
     return wrapper
+
+
+def _replay(caught) -> None:
+    for text in dict.fromkeys(str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()):
+        err.print(Text("warning:", style="yellow"), text, soft_wrap=True)
+
+
+def _fail(exc: OirlError):
+    err.print(Text("error:", style="bold red"), str(exc), soft_wrap=True)
+    raise typer.Exit(exc.exit_code) from None
+
+
+def _run(fn, args, kwargs):
+    try:
+        os.getcwd()
+    except OSError:  # every relative path would fail, each with a traceback of its own
+        _fail(OirlError("the current folder no longer exists (deleted?); cd to an existing folder and run again"))
+    try:
+        return fn(*args, **kwargs)
+    except OirlError as exc:
+        _fail(exc)
+    except OSError as exc:  # a write that failed on the user's side (full disk, read-only): one line too
+        user = write_error(exc, None) if exc.filename is not None or exc.errno == errno.ENOSPC else None
+        if user is None:
+            raise
+        _fail(user)
 
 
 def make_embedder(cache_dir: Optional[Path], device: str, batch_size: int = 128, progress: bool = True,

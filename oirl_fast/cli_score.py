@@ -25,7 +25,9 @@ def register(app: typer.Typer) -> None:
         model: Path = typer.Argument(..., help="Model artifact folder written by `oirl train`."),
         in_path: Optional[Path] = typer.Option(
             None, "--in", "-i", help='Queries, one JSON object a line: {"id": ..., "query": "..."} (other fields kept). '
-                 '- reads standard input (a FIFO works too). With --engine dask also a folder of *.jsonl shards or a quoted glob.'
+                 'or a Parquet file with those columns (read by --engine local). - reads standard input (a FIFO works too). '
+                 'With --engine dask also a folder of *.jsonl shards or a quoted glob. A gzip, UTF-16 or other binary '
+                 'file is refused.'
         ),
         out: Path = typer.Option(..., "--out", "-o", help="Picks to write (.jsonl, one line per input line; written as OUT.partial and renamed when "
                                                   "complete); - writes standard output."),
@@ -47,6 +49,10 @@ def register(app: typer.Typer) -> None:
                  "see benchmarks/embed_precision.py).",
         ),
         chunk_size: int = typer.Option(2048, "--chunk-size", min=1, help="Input lines read, scored and written at a time."),
+        max_line_bytes: int = typer.Option(
+            16 << 20, "--max-line-bytes", min=1,
+            help="A longer input line becomes an error record without being read into memory.",
+        ),
         strict: bool = typer.Option(False, "--strict", help="Stop with exit code 2 at the first bad line, before writing."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: keep OUT.partial's complete lines "
                                                         "(refused if it comes from another job: input, model, prompts or options differ)."),
@@ -111,7 +117,8 @@ def register(app: typer.Typer) -> None:
         folder_out = engine == "dask" and (merge is False or (merge is None and (out.is_dir() or str(out).endswith("/"))))
         options = ScoreOptions(top_k=top_k, with_scores=scores, min_confidence=min_confidence, route=route,
                                precision=precision, device=device, batch_size=batch_size, chunk_size=chunk_size,
-                               cache_dir=cache_dir, strict=strict)
+                               cache_dir=cache_dir, strict=strict,
+                               max_line_bytes=max_line_bytes)
         inputs, outputs = score_io(model, in_path, out, prompts, embeddings, ids, cache_dir,
                                    out_kind="folder" if folder_out else "file")
         check_paths(inputs, [*outputs, Output(summary_json, "--summary", JSON_SUFFIXES)])

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import struct
 import sys
 from typing import Callable
 
 from .errors import OirlError
 
 CONNECT_TIMEOUT = "10s"
+PROBE_SECONDS = 10.0
+MAX_HANDSHAKE_BYTES = 1 << 20  # a Dask handshake is a few hundred bytes
 
 
 @contextlib.contextmanager
@@ -26,9 +30,11 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, thread
 
     log = log or (lambda s: None)
     if scheduler:
+        probe_scheduler(scheduler)
         try:
             c = Client(scheduler, timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError, ValueError) as exc:
+        # MemoryError: a service that is not Dask answered, and its bytes were read as a frame length
+        except (OSError, TimeoutError, ValueError, MemoryError) as exc:
             raise OirlError(f"cannot reach the Dask scheduler at {scheduler} ({_first_line(exc)})") from None
         try:
             yield c
@@ -62,6 +68,41 @@ def local_cluster(n_workers: int, threads_per_worker: int = 1, silence_logs: int
         yield cluster
     finally:
         cluster.close()
+
+
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
+    """Refuse, with one line and within ``timeout`` seconds per step, a TCP address where no Dask
+    scheduler listens. A Dask server speaks first: on connection it sends its handshake, 8 bytes of
+    little-endian length and that many bytes. An HTTP server (the dashboard port, a common
+    mistake) sends nothing and would keep ``Client`` waiting for good; another service's reply
+    would be read as a length of exabytes (a MemoryError). Other schemes (tls://, inproc://) are
+    left to ``Client``'s own timeout."""
+    timeout = PROBE_SECONDS if timeout is None else timeout
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp"):
+        return
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit():
+        raise OirlError(f"--scheduler {address}: give an address such as tcp://10.0.0.5:8786")
+    where = f"the Dask scheduler at {address}"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            head = b""
+            while len(head) < 8:
+                chunk = sock.recv(8 - len(head))
+                if not chunk:
+                    raise OirlError(f"cannot reach {where} (it closed the connection without a Dask handshake)")
+                head += chunk
+    except socket.timeout:
+        raise OirlError(f"no Dask scheduler at {address}: it sent no Dask handshake within {timeout:.0f} s "
+                        f"(a dashboard or other HTTP port? a scheduler listens on 8786 by default)") from None
+    except OSError as exc:
+        raise OirlError(f"cannot reach {where} ({exc.strerror or exc})") from None
+    length = struct.unpack("<Q", head)[0]
+    if not 0 < length < MAX_HANDSHAKE_BYTES:
+        raise OirlError(f"no Dask scheduler at {address}: it answered {head!r}, not a Dask handshake")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,8 +6,10 @@ folder is named after the encoder's identity, so vectors of different encoders n
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import unicodedata
 import uuid
 import zipfile
 from pathlib import Path
@@ -28,8 +30,46 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("OIRL_CACHE_DIR", Path.home() / ".cache" / "oirl-fast"))
 
 
+# A query must ask something: one rule for `oirl score` (an error record) and Model.pick (OirlError).
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+ZERO_VECTOR = "has no token the embedder knows (its embedding is the zero vector)"
+
+
+def empty_text_reason(text: str) -> str | None:
+    """Why ``text`` is no question (nothing but whitespace, or only control and format characters such
+    as NUL, a zero-width space, a soft hyphen or U+FEFF), or None when it has a visible character."""
+    if not text.strip():
+        return "is empty or only whitespace"
+    if all(unicodedata.category(c) in _INVISIBLE for c in text):
+        return "has no visible character (only control or format characters)"
+    return None
+
+
+def zero_rows(vectors: np.ndarray) -> np.ndarray:
+    """bool (n,): rows of float (n, d) that are all zeros, what the static embedder gives a text none of
+    whose tokens it knows (an emoji, say): scoring it would be a confident pick for no question."""
+    return ~np.any(vectors != 0, axis=1)
+
+
 def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+BLOCK_ROWS = 256  # vectors per checksummed block of a shard (about 256 KiB at d = 256)
+
+
+def _stderr_note(message: str) -> None:
+    from .console import make_console
+
+    make_console().print(f"note: {message}", soft_wrap=True)
+
+
+class _Damaged(Exception):
+    """A shard that fails its checks; ``drop`` says whether it may be deleted (not when only unreadable)."""
+
+    def __init__(self, reason: str, drop: bool = True):
+        super().__init__(reason)
+        self.reason, self.drop = reason, drop
 
 
 class EmbeddingCache:
@@ -41,26 +81,47 @@ class EmbeddingCache:
 
     Nothing is read when the cache is opened.  The first lookup reads the shards' key
     arrays (32 bytes per stored text), never their vectors; each lookup then reads only
-    the rows it asks for, from the shards holding them.  So a cache of ten million texts
-    costs about 320 MB of key reads, not 15 GB of vectors, to score ten queries.
+    the blocks of rows it asks for, from the shards holding them.  So a cache of ten million
+    texts costs about 320 MB of key reads, not 15 GB of vectors, to score ten queries.
+
+    Checked, not trusted: a shard records the SHA-256 of its keys and of every block of
+    ``BLOCK_ROWS`` vectors, and each is verified when read. A shard that fails (damaged, or
+    written without checksums by an older oirl-fast) is dropped, with one line through ``log``
+    saying so, and its texts are embedded again; one that cannot be read (permissions) is
+    skipped and left in place.
     """
 
-    def __init__(self, root: str | Path, model_id: str = MODEL_ID):
+    def __init__(self, root: str | Path, model_id: str = MODEL_ID, log=None):
         self.dir = Path(root) / "embeddings" / model_id.replace("/", "__")
+        self.log = log or _stderr_note
+        self._skip: set[Path] = set()  # shards dropped in this process
+        self._reset()
+
+    def _reset(self) -> None:
         self._shards: list[Path] = []
         self._keys: np.ndarray | None = None  # sorted, S32
         self._where: np.ndarray | None = None  # int64 (shard << 32 | row), aligned with _keys
         self._layouts: dict[int, tuple[int, int, int]] = {}  # shard -> (data offset, rows, dim)
+        self._sums: dict[int, np.ndarray] = {}  # shard -> uint8 (blocks, 32) vector block digests
         self._counts: list[int] = []  # keys per shard
 
     # -- the key index
 
     def _index(self) -> tuple[np.ndarray, np.ndarray]:
         if self._keys is None:
-            self._shards = sorted(self.dir.glob("shard-*.npz")) if self.dir.is_dir() else []
+            found = sorted(self.dir.glob("shard-*.npz")) if self.dir.is_dir() else []
             keys, where = [], []
-            for s, shard in enumerate(self._shards):
-                k = self._read_keys(shard)
+            for shard in found:
+                if shard in self._skip:
+                    continue
+                try:
+                    k, sums = self._read_keys(shard)
+                except _Damaged as exc:
+                    self._drop(shard, exc)
+                    continue
+                s = len(self._shards)
+                self._shards.append(shard)
+                self._sums[s] = sums
                 keys.append(k)
                 self._counts.append(len(k))
                 where.append((np.int64(s) << 32) | np.arange(len(k), dtype=np.int64))
@@ -74,23 +135,42 @@ class EmbeddingCache:
         order = np.argsort(allk, kind="stable")
         self._keys, self._where = allk[order], allw[order]
 
-    @staticmethod
-    def _corrupt(shard: Path, problem: str) -> OirlError:
-        return OirlError(f"corrupt embedding cache shard ({problem}); delete it to re-embed", shard)
+    def _drop(self, shard: Path, exc: "_Damaged") -> None:
+        self._skip.add(shard)
+        if exc.drop:
+            with contextlib.suppress(OSError):
+                shard.unlink()
+            self.log(f"embedding cache shard {shard} {exc.reason}; dropped it, its texts are embedded again")
+        else:
+            self.log(f"embedding cache shard {shard} {exc.reason}; skipped it, its texts are embedded again")
 
-    def _read_keys(self, shard: Path) -> np.ndarray:
+    @staticmethod
+    def _read_keys(shard: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             with np.load(shard, allow_pickle=False) as data:
+                names = set(data.files)
+                if not {"keys_sha256", "block_sha256"} <= names:
+                    raise _Damaged("has no checksums (written by an older oirl-fast)")
                 keys = data["keys"]  # an npz member is read on access: the vectors stay on disk
+                keys_sum, sums = data["keys_sha256"], data["block_sha256"]
+        except _Damaged:
+            raise
+        except PermissionError as exc:
+            raise _Damaged(f"cannot be read ({exc.strerror})", drop=False) from None
         # numpy's header parser can also raise tokenize/syntax errors on a damaged file
-        except Exception as exc:  # noqa: BLE001 - any failure to parse means the shard is corrupt
-            raise self._corrupt(shard, str(exc) or type(exc).__name__) from None
+        except Exception as exc:  # noqa: BLE001 - any failure to parse means the shard is damaged
+            raise _Damaged(f"is damaged ({str(exc) or type(exc).__name__})") from None
         if keys.ndim != 1 or keys.dtype.kind != "U":
-            raise self._corrupt(shard, f"keys are {keys.dtype}{keys.shape}, not a list of strings")
+            raise _Damaged(f"is damaged (keys are {keys.dtype}{keys.shape}, not a list of strings)")
+        if bytes(np.asarray(keys_sum, np.uint8)) != hashlib.sha256(keys.tobytes()).digest():
+            raise _Damaged("is damaged (its keys do not match their checksum)")
+        sums = np.asarray(sums)
+        if sums.dtype != np.uint8 or sums.ndim != 2 or sums.shape != (-(-len(keys) // BLOCK_ROWS), 32):
+            raise _Damaged("is damaged (its block checksums have the wrong shape)")
         try:
-            return keys.astype("S32")
+            return keys.astype("S32"), sums
         except UnicodeEncodeError:
-            raise self._corrupt(shard, "keys are not text hashes") from None
+            raise _Damaged("is damaged (keys are not text hashes)") from None
 
     def _layout(self, s: int) -> tuple[int, int, int]:
         """(byte offset of the vectors' data, rows, dim) of shard ``s``, checked against its keys."""
@@ -113,33 +193,42 @@ class EmbeddingCache:
                     shape, fortran, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
                                              else np.lib.format.read_array_header_2_0(fh))
                     offset = fh.tell()
-            except Exception as exc:  # noqa: BLE001 - any failure to parse means the shard is corrupt
-                raise self._corrupt(shard, str(exc) or type(exc).__name__) from None
+            except PermissionError as exc:
+                raise _Damaged(f"cannot be read ({exc.strerror})", drop=False) from None
+            except Exception as exc:  # noqa: BLE001 - any failure to parse means the shard is damaged
+                raise _Damaged(f"is damaged ({str(exc) or type(exc).__name__})") from None
             if len(shape) != 2 or shape[0] != n_keys or fortran:
-                raise self._corrupt(shard, f"{n_keys} keys do not match vectors {dtype}{shape}")
+                raise _Damaged(f"is damaged ({n_keys} keys do not match vectors {dtype}{shape})")
             if dtype != np.float32:
-                raise self._corrupt(shard, f"vectors are {dtype}, not float32")
+                raise _Damaged(f"is damaged (vectors are {dtype}, not float32)")
             if shard.stat().st_size < offset + shape[0] * shape[1] * 4:
-                raise self._corrupt(shard, "vectors are truncated")
+                raise _Damaged("is damaged (vectors are truncated)")
             self._layouts[s] = (offset, int(shape[0]), int(shape[1]))
         return self._layouts[s]
 
     def _read_rows(self, s: int, rows: np.ndarray) -> np.ndarray:
-        offset, _, dim = self._layout(s)
+        """The vectors of ``rows`` of shard ``s``: every block holding one is read whole and checked."""
+        offset, n, dim = self._layout(s)
         row_bytes = dim * 4
         out = np.empty((len(rows), dim), np.float32)
-        with self._shards[s].open("rb") as fh:
-            lo, hi = int(rows.min()), int(rows.max()) + 1
-            if hi - lo <= 4 * len(rows):  # dense enough: one read of the span
-                fh.seek(offset + lo * row_bytes)
-                span = np.frombuffer(fh.read((hi - lo) * row_bytes), np.float32).reshape(hi - lo, dim)
-                out[:] = span[rows - lo]
-            else:
-                for j, r in enumerate(rows.tolist()):
-                    fh.seek(offset + r * row_bytes)
-                    out[j] = np.frombuffer(fh.read(row_bytes), np.float32)
+        sums = self._sums[s]
+        blocks = rows // BLOCK_ROWS
+        try:
+            with self._shards[s].open("rb") as fh:
+                for b in np.unique(blocks).tolist():
+                    lo = b * BLOCK_ROWS
+                    count = min(BLOCK_ROWS, n - lo)
+                    fh.seek(offset + lo * row_bytes)
+                    raw = fh.read(count * row_bytes)
+                    if hashlib.sha256(raw).digest() != bytes(sums[b]):
+                        raise _Damaged(f"is damaged (block {b} of its vectors does not match its checksum)")
+                    block = np.frombuffer(raw, np.float32).reshape(count, dim)
+                    sel = np.flatnonzero(blocks == b)
+                    out[sel] = block[rows[sel] - lo]
+        except PermissionError as exc:
+            raise _Damaged(f"cannot be read ({exc.strerror})", drop=False) from None
         if not np.isfinite(out).all():
-            raise self._corrupt(self._shards[s], "vectors are not finite float32")
+            raise _Damaged("is damaged (vectors are not finite float32)")
         return out
 
     # -- public
@@ -148,7 +237,16 @@ class EmbeddingCache:
         return len(self._index()[0])
 
     def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(found bool (n,), vectors float32 (found.sum(), d)) for text keys, in the order asked."""
+        """(found bool (n,), vectors float32 (found.sum(), d)) for text keys, in the order asked.
+        A shard that fails its checks is dropped and the lookup done again without it."""
+        while True:
+            try:
+                return self._lookup(keys)
+            except _Damaged as exc:
+                self._drop(self._shards[exc.shard], exc)
+                self._reset()
+
+    def _lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         index, where = self._index()
         n = len(keys)
         if n == 0 or len(index) == 0:
@@ -161,11 +259,15 @@ class EmbeddingCache:
         vectors = None
         for s in np.unique(shard).tolist():
             sel = np.flatnonzero(shard == s)
-            v = self._read_rows(s, row[sel])
+            try:
+                v = self._read_rows(s, row[sel])
+                if vectors is not None and v.shape[1] != vectors.shape[1]:
+                    raise _Damaged(f"is damaged (vectors of dimension {v.shape[1]}, others {vectors.shape[1]})")
+            except _Damaged as exc:
+                exc.shard = s
+                raise
             if vectors is None:
                 vectors = np.empty((len(loc), v.shape[1]), np.float32)
-            elif v.shape[1] != vectors.shape[1]:
-                raise self._corrupt(self._shards[s], f"vectors of dimension {v.shape[1]}, others {vectors.shape[1]}")
             vectors[sel] = v
         return found, vectors if vectors is not None else np.empty((0, 0), np.float32)
 
@@ -178,13 +280,21 @@ class EmbeddingCache:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         shard = self.dir / f"shard-{uuid.uuid4().hex}.npz"
+        key_arr = np.array(keys)
+        vec = np.ascontiguousarray(vectors, dtype=np.float32)
+        raw = vec.tobytes()
+        step = BLOCK_ROWS * vec.shape[1] * 4
+        block_sums = np.array([np.frombuffer(hashlib.sha256(raw[i:i + step]).digest(), np.uint8)
+                               for i in range(0, len(raw), step)], dtype=np.uint8).reshape(-1, 32)
         with atomic_path(shard) as tmp:
             with tmp.open("wb") as fh:
-                np.savez(fh, keys=np.array(keys), vectors=vectors.astype(np.float32))
+                np.savez(fh, keys=key_arr, vectors=vec, block_sha256=block_sums,
+                         keys_sha256=np.frombuffer(hashlib.sha256(key_arr.tobytes()).digest(), np.uint8))
         if self._keys is not None:  # extend a built index with the new shard; otherwise stay lazy
             s = len(self._shards)
             self._shards.append(shard)
             self._counts.append(len(keys))
+            self._sums[s] = block_sums
             order = np.argsort(self._where, kind="stable")  # back to storage order, then re-sort with the new keys
             self._set_index([self._keys[order], np.asarray(keys, dtype="U").astype("S32")],
                             [self._where[order], (np.int64(s) << 32) | np.arange(len(keys), dtype=np.int64)])
@@ -226,8 +336,9 @@ class Embedder:
     def identity(self) -> dict:
         return self.encoder.identity
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Return float32 (len(texts), dim); texts seen before (this run or earlier) come from the cache."""
+    def embed(self, texts: Sequence[str], add: bool = True) -> np.ndarray:
+        """Return float32 (len(texts), dim); texts seen before (this run or earlier) come from the cache.
+        ``add=False``: texts not in the cache are embedded but not added to it."""
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
@@ -257,7 +368,7 @@ class Embedder:
                 vecs = np.asarray(self.encoder.encode(new_texts, bar.advance), dtype=np.float32)
             if vecs.shape != (len(new_texts), self.dim):
                 raise OirlError(f"the encoder returned shape {vecs.shape}, expected ({len(new_texts)}, {self.dim})")
-            if self.cache is not None:
+            if self.cache is not None and add:
                 self.cache.add([unique[j] for j in missing], vecs)
             out_unique[missing] = vecs
         slot = {k: j for j, k in enumerate(unique)}

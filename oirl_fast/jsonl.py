@@ -73,21 +73,56 @@ def parse_json_line(raw: str):
     return obj
 
 
-def iter_lines(path: Path, skip: int = 0) -> Iterator[tuple[int, str]]:
-    """Yield (line number, text without its line ending) for lines after ``skip``.
+# A line longer than this (without its newline) is not read into memory: `--in /dev/zero`, or a file
+# that never ends a line, would otherwise grow the process without bound. 16 MiB is far beyond any
+# query record; `oirl score --max-line-bytes` changes it.
+DEFAULT_MAX_LINE_BYTES = 16 << 20
+LINE_TOO_LONG = None  # what the readers yield in place of the text of a line over the limit
+
+
+def iter_lines(path: Path, skip: int = 0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[int, str | None]]:
+    """Yield (line number, text without its line ending) for lines after ``skip``; the text is
+    ``LINE_TOO_LONG`` (None) for a line of more than ``max_line_bytes`` bytes, which is skipped, not read.
 
     Lines end at ``\\n`` only, as :func:`count_lines` counts them (a text-mode reader
     would also split at a lone ``\\r``).  Undecodable bytes are kept as surrogate
     escapes so :func:`parse_json_line` reports them with their line number.
     """
     with Path(path).open("rb") as fh:
-        yield from iter_stream_lines(fh, skip)
+        yield from iter_stream_lines(fh, skip, max_line_bytes)
 
 
-def iter_stream_lines(fh, skip: int = 0) -> Iterator[tuple[int, str]]:
+def read_line(fh, max_line_bytes: int | None) -> tuple[bytes | None, int]:
+    """(the next line with its newline, or None when it is over ``max_line_bytes``; bytes consumed).
+    (b"", 0) at the end. Memory stays within the limit whatever the line's length."""
+    if not max_line_bytes:
+        raw = fh.readline()
+        return raw, len(raw)
+    raw = fh.readline(max_line_bytes + 1)
+    if len(raw) <= max_line_bytes or raw.endswith(b"\n"):
+        return raw, len(raw)
+    used = len(raw)
+    while not raw.endswith(b"\n"):  # skip the rest of the line a block at a time
+        raw = fh.readline(1 << 20)
+        if not raw:
+            break
+        used += len(raw)
+    return None, used
+
+
+def iter_stream_lines(fh, skip: int = 0, max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES
+                      ) -> Iterator[tuple[int, str | None]]:
     """:func:`iter_lines` over an open binary stream (standard input, a FIFO), read once, front to back."""
-    for n, raw in enumerate(fh, start=1):
+    n = 0
+    while True:
+        raw, used = read_line(fh, max_line_bytes)
+        if not used:
+            return
+        n += 1
         if n <= skip:
+            continue
+        if raw is None:
+            yield n, LINE_TOO_LONG
             continue
         text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
         # Editors on Windows start UTF-8 files with a byte-order mark; it is not part of the record.
@@ -110,6 +145,8 @@ def count_lines(path: Path) -> int:
 def iter_objects(path: Path, what: str = "record") -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; a bad line is an OirlError naming file and line."""
     for lineno, line in iter_lines(path):
+        if line is LINE_TOO_LONG:
+            raise OirlError(f"line is longer than {DEFAULT_MAX_LINE_BYTES} bytes", path, lineno)
         if not line.strip():
             continue
         try:

@@ -157,6 +157,7 @@ def _input_identities(inputs: Mapping[str, object]) -> tuple[dict, list[tuple[st
             key = identity(p)
             if key is None:
                 continue
+            _check_readable(Path(p))
             ids.setdefault(key, (option, str(p)))
             located.append((option, Path(p).resolve()))
             if Path(p).is_dir():
@@ -165,6 +166,30 @@ def _input_identities(inputs: Mapping[str, object]) -> tuple[dict, list[tuple[st
                     if k is not None:
                         ids.setdefault(k, (option, str(f)))
     return ids, located
+
+
+def check_utf8_name(path: Path, what: str) -> None:
+    """Refuse a model folder whose path is not valid UTF-8 (bytes a shell can pass, that LightGBM,
+    XGBoost and treelite cannot open): one line before any work, not a traceback after the fit."""
+    try:
+        os.path.abspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise OirlError(f"{what} {shown}: the path is not valid UTF-8, which the native model libraries need; "
+                        "rename it") from None
+
+
+def _check_readable(path: Path) -> None:
+    """One line naming an input that exists but cannot be read (no permission), before any work."""
+    try:
+        if path.is_dir():
+            with os.scandir(path):
+                pass
+        elif stat.S_ISREG(os.stat(path).st_mode):
+            with path.open("rb"):
+                pass
+    except OSError as exc:
+        raise OirlError(f"cannot read ({exc.strerror or exc})", path) from None
 
 
 def _suffix_ok(path: Path, suffixes: Sequence[str]) -> bool:
@@ -212,6 +237,8 @@ def _check_one(o: Output, path: Path, in_ids: dict, located: list[tuple[str, Pat
             raise OirlError(f"{o.option} must end with {' or '.join(o.suffixes)} (the format written)", path)
     elif path.exists() and not path.is_dir():
         raise OirlError(f"{o.option} is a file; this writes a folder", path)
+    if o.kind == "artifact":
+        check_utf8_name(path, o.option)
     key = identity(path)
     if key is not None and key in in_ids:
         opt, src = in_ids[key]
@@ -254,6 +281,10 @@ def write_error(exc: OSError, target) -> OirlError | None:
     # pyarrow's IO errors carry the reason in the message only
     if exc.errno not in USER_ERRNOS and not (exc.errno is None and any(p in str(exc) for p in phrases)):
         return None
+    if target is None and exc.errno in (errno.EACCES, errno.EPERM) and exc.filename is not None:
+        name = exc.filename
+        if os.path.isfile(name) and not os.access(name, os.R_OK):  # a read that failed, not a write
+            return OirlError(f"cannot read ({exc.strerror or exc})", name)
     return OirlError(f"cannot write ({exc.strerror or exc})", exc.filename if target is None else target)
 
 

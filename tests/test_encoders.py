@@ -250,6 +250,7 @@ def test_static_model_records_its_build_and_refuses_another(static_cache, mawps_
     m.save_pretrained(str(folder))
     settings = json.loads((folder / "settings.json").read_text())
     settings["weights_sha256"] = encoders._array_sha256(np.ascontiguousarray(np.asarray(m.embedding)))
+    settings["files_sha256"] = encoders.static_files_sha256(folder)  # a consistent build, not a damaged one
     (folder / "settings.json").write_text(json.dumps(settings))
     res = runner.invoke(app, ["score", str(model), "--in", str(inp), "--out", str(tmp_path / "p2.jsonl"),
                               "--cache-dir", str(other)])

@@ -302,7 +302,9 @@ def test_resume_refuses_the_partial_of_another_job(scoring_setup, factory, tmp_p
     # (this artifact has no calibrator, so --min-confidence cannot be asked for; it is signed all the same)
     assert set(job["options"]) == set(ScoreOptions.signature_fields())
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text(json.dumps({"id": "z", "text": "Answer briefly."}) + "\n")
+    # two prompts: --top-k 2 over one prompt is refused (issue 18), not cut to 1
+    prompts.write_text(json.dumps({"id": "z", "text": "Answer briefly."}) + "\n"
+                       + json.dumps({"id": "y", "text": "Show your steps."}) + "\n")
     for change, expect in (({"top_k": 1}, "--top-k"), ({"top_k": 2, "with_scores": True}, "--scores"),
                            ({"top_k": 2, "precision": "fp16"}, "--precision"),
                            ({"top_k": 2, "prompts": prompts}, "candidate prompts"),

@@ -178,9 +178,11 @@ def test_resume_after_interrupt_gives_the_same_output(model_dir, texts, factory,
     assert s.resumed == 24 and s.lines == 65
     assert part.read_text() == full.read_text()
     assert not partial.exists() and not (tmp_path / "part.jsonl.partial.job.json").exists()
-    # nothing left to resume: the run starts again and gives the same output
+    # a finished output of the same job: nothing to do (issue 18), the output left as it is
+    before = part.stat().st_mtime_ns
     s = score_file(model_dir, inp, part, resume=True, progress=False, embedder_factory=factory)
-    assert s.resumed == 0 and s.lines == 65 and part.read_text() == full.read_text()
+    assert s.resumed == 65 and s.lines == 65 and s.scored == 0 and part.read_text() == full.read_text()
+    assert part.stat().st_mtime_ns == before
     # a .partial that is not ours is refused, with or without --resume, and left alone
     other = tmp_path / "other.jsonl"
     (tmp_path / "other.jsonl.partial").write_text('{"something": 1}\n')

@@ -59,7 +59,8 @@ def test_every_field_is_signed_or_says_why_it_cannot_change_the_output():
 
 @pytest.mark.parametrize("name", ScoreOptions.signature_fields())
 def test_changing_a_signed_option_changes_the_signature(name):
-    other = {"top_k": 2, "with_scores": True, "min_confidence": 0.5, "route": "native", "precision": "fp16"}
+    other = {"top_k": 2, "with_scores": True, "min_confidence": 0.5, "route": "native", "precision": "fp16",
+             "max_line_bytes": 1024}
     assert name in other, f"add a changed value for the new signed option {name!r} here"
     base = ScoreOptions()
     assert dataclasses.replace(base, **{name: other[name]}).signature() != base.signature()

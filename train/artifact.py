@@ -32,12 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, write_text
 from ..calibration import IsotonicCalibrator
 from ..embed import default_cache_dir
 from ..encoders import legacy_record
 from ..errors import OirlError
 from ..features import FeatureLayout
+from ..paths import check_utf8_name
 from . import compile as compile_step
 from .model_format import LIBRARY_FILE, MODEL_FILES, library_identity, library_record, load_treelite_model
 from .reward_model import RewardModel, TrainConfig
@@ -262,6 +263,7 @@ def load_artifact(
     set or feature layout than the ones given.
     """
     path = Path(path)
+    check_utf8_name(path, "model folder")
     meta_path = path / METADATA_FILE
     manifest = read_manifest(path)
     # metadata.json is read only once its checksum matches: an edited prompt text is refused here.
@@ -339,20 +341,63 @@ def cached_library_path(artifact: Artifact) -> Path:
 
 
 def usable_library(artifact: Artifact, log=lambda s: None) -> Path:
-    """Path of a compiled library that this platform and these library versions can load.
+    """Path of a compiled library that this platform and these library versions can load
+    (:func:`verified_library` without its checksum)."""
+    return verified_library(artifact, log)[0]
 
-    The artifact's own library when it fits; otherwise (built on another OS, CPU, Python,
-    treelite or tl2cgen; missing or corrupted) a library rebuilt from the native model file in
-    the user cache (:func:`cached_library_path`), once per machine.  The model folder is never
-    written to: loading a model for scoring leaves every file of it as it was.
+
+LIBRARY_RECORD_FORMAT = "oirl-library-build"
+
+
+def _record_path(lib: Path) -> Path:
+    return lib.with_name(lib.name + ".json")
+
+
+def _cached_mismatch(lib: Path, model_sha256: str) -> tuple[str | None, str]:
+    """(why the cached library ``lib`` cannot be trusted for the model of checksum ``model_sha256``,
+    or None; the library's SHA-256)."""
+    try:
+        record = json.loads(_record_path(lib).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "has no build record", ""
+    if not isinstance(record, dict) or record.get("format") != LIBRARY_RECORD_FORMAT:
+        return "has no build record", ""
+    if record.get("model_sha256") != model_sha256:
+        return "was built from another model", ""
+    sha = file_sha256(lib)
+    if sha != record.get("library_sha256"):
+        return "does not match its recorded checksum (truncated or replaced)", sha
+    return None, sha
+
+
+def verified_library(artifact: Artifact, log=lambda s: None) -> tuple[Path, str]:
+    """(path, SHA-256) of a compiled library that this platform and these library versions can load,
+    checked against the model before anything loads it.
+
+    The artifact's own library when it fits (checked against manifest.json); otherwise (built on
+    another OS, CPU, Python, treelite or tl2cgen; missing or corrupted) a library rebuilt from the
+    native model file in the user cache (:func:`cached_library_path`), once per machine. A cached
+    library is used only if its build record names this model's checksum and its own checksum still
+    matches; a truncated one (which would crash the process with SIGBUS when loaded) or another
+    model's is rebuilt. The model folder is never written to.
     """
     reason = library_mismatch(artifact)
     if reason is None:
-        return artifact.library_path
+        return artifact.library_path, artifact.manifest.files[artifact.compiled_library["file"]]
     target = cached_library_path(artifact)
+    model_file = MODEL_FILES[artifact.model.backend]
+    model_sum = artifact.manifest.files[model_file]
     if target.is_file():
-        return target
-    log(f"building the compiled library in the cache ({reason}): {target}")
-    compile_step.compile_library(artifact.path / MODEL_FILES[artifact.model.backend], artifact.model.backend, target,
-                    nthread=artifact.model.config.nthread)
-    return target
+        why, sha = _cached_mismatch(target, model_sum)
+        if why is None:
+            return target, sha
+        log(f"the cached compiled library {why}: building it again ({target})")
+    else:
+        log(f"building the compiled library in the cache ({reason}): {target}")
+    _record_path(target).unlink(missing_ok=True)  # no record while the library is being replaced
+    compile_step.compile_library(artifact.path / model_file, artifact.model.backend, target,
+                                 nthread=artifact.model.config.nthread)
+    sha = file_sha256(target)
+    write_text(_record_path(target), json.dumps({"format": LIBRARY_RECORD_FORMAT, "model_sha256": model_sum,
+                                                 "library_sha256": sha, **library_identity()}, indent=1))
+    return target, sha

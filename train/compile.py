@@ -159,7 +159,7 @@ class CompiledPredictor:
     ``predict_proba[:, 1]`` (XGBoost ``binary:logistic``, to float32 rounding).
     """
 
-    def __init__(self, lib_path: Path, nthread: int = 2):
+    def __init__(self, lib_path: Path, nthread: int = 2, sha256: str | None = None):
         _, tl2cgen = import_treelite()
         self.lib_path = Path(lib_path)
         self.nthread = max(1, int(nthread))
@@ -167,11 +167,13 @@ class CompiledPredictor:
             raise OirlError("compiled model library not found (run the compile step)", self.lib_path)
         try:
             self._predictor = _load_unshared(
-                self.lib_path, lambda p: tl2cgen.Predictor(p, nthread=self.nthread)
+                self.lib_path, lambda p: tl2cgen.Predictor(p, nthread=self.nthread), sha256
             )
             self.num_feature = int(self._predictor.num_feature)
             self.threshold_type = str(self._predictor.threshold_type)
             num_class = np.asarray(self._predictor.num_class).reshape(-1)
+        except OirlError:
+            raise
         except Exception as exc:  # dlopen failure, missing symbols: corrupt or foreign file
             raise OirlError(f"not a loadable compiled model library: {exc}", self.lib_path) from exc
         if int(self._predictor.num_target) != 1 or num_class.tolist() != [1]:
@@ -208,7 +210,7 @@ class CompiledPredictor:
         return np.asarray(out, dtype=np.float64).reshape(n)
 
 
-def _load_unshared(lib_path: Path, load):
+def _load_unshared(lib_path: Path, load, sha256: str | None = None):
     """Call ``load`` on a private hard link (or copy) of ``lib_path``, then remove the link.
 
     The dynamic loader caches libraries by path: while one predictor keeps ``model.so``
@@ -226,8 +228,22 @@ def _load_unshared(lib_path: Path, load):
             except OSError:  # another file system
                 shutil.copyfile(lib_path, link)
         except OSError:
-            return load(lib_path)
+            link = lib_path
+        # checked on the very file dlopen maps: a library replaced after its check is refused, not loaded
+        if sha256 is not None and _sha256(link) != sha256:
+            raise OirlError("compiled model library does not match its checksum (changed while loading); "
+                            "run again to rebuild it", lib_path)
         return load(link)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _clear_missing_lookalikes(X: np.ndarray) -> np.ndarray:

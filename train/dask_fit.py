@@ -20,6 +20,7 @@ import numpy as np
 
 from ..cluster import dask_client, local_threads, set_threads, worker_count
 from ..embed import Embedder
+from ..locks import locks_output
 from ..encoders import encoder_for_record, encoder_record, legacy_record
 from ..paths import LOG_SUFFIXES, expand_files
 from ..features import pair_features
@@ -102,6 +103,7 @@ def _predict_block(X: np.ndarray, model) -> np.ndarray:
     return model.predict(X)
 
 
+@locks_output(lambda a: a["out_dir"])
 def train_distributed(
     log: str | Path | Sequence[str | Path] | "pa.Table",
     protocol,

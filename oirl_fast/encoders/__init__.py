@@ -25,12 +25,13 @@ from ..errors import OirlError
 from .base import (DEFAULT_ENCODER, ENCODER_KINDS, MAX_TOKENS, MINILM_DIM, MINILM_ID, STATIC_PCA_DIMS, Encoder,
                    identity_key, minilm_path, resolve_device, sha256_of_files)
 from .static import StaticEncoder, _array_sha256, build_static, static_model_dir, static_settings
+from .static_files import StaticBuildChanged, discard_static, static_files_sha256
 from .transformer import FolderEncoder, MiniLMEncoder, TransformerEncoder, read_st_folder
 
 __all__ = ["DEFAULT_ENCODER", "ENCODER_KINDS", "MAX_TOKENS", "MINILM_DIM", "MINILM_ID", "STATIC_PCA_DIMS", "Encoder",
            "FolderEncoder", "MiniLMEncoder", "StaticEncoder", "TransformerEncoder", "artifact_record", "build_static",
            "check_same_encoder", "encoder_for_record", "encoder_record", "identity_key", "legacy_record", "make_encoder",
-           "minilm_path", "read_st_folder", "resolve_device", "sha256_of_files", "spec_of", "static_model_dir",
+           "minilm_path", "read_st_folder", "resolve_device", "sha256_of_files", "spec_of", "static_files_sha256", "static_model_dir",
            "static_settings"]
 
 # --------------------------------------------------------------------------------------
@@ -46,7 +47,13 @@ def make_encoder(spec: str | None = None, cache_dir: str | Path | None = None, d
     if spec == "static":
         if precision != "fp32":
             raise OirlError("--precision applies to transformer embedders; the static embedder has one precision")
-        return StaticEncoder(build_static(cache_dir or default_cache_dir(), log))
+        folder = build_static(cache_dir or default_cache_dir(), log)
+        try:
+            return StaticEncoder(folder)
+        except StaticBuildChanged as exc:
+            log(f"{exc}; building it again")
+            discard_static(folder)
+            return StaticEncoder(build_static(cache_dir or default_cache_dir(), log))
     if spec == "minilm":
         return MiniLMEncoder(device=device, batch_size=batch_size, precision=precision)
     path = Path(spec)

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import OirlError
+from .static_files import StaticBuildChanged, _ordinary_permissions, static_files_sha256
 from .base import MINILM_ID, STATIC_PCA_DIMS, _offline, identity_key, minilm_path
 
 # --------------------------------------------------------------------------------------
@@ -66,8 +67,10 @@ def build_static(cache_dir: str | Path, log: Callable[[str], None] = lambda s: N
     try:
         model = distill(model_name=str(minilm_path()), pca_dims=STATIC_PCA_DIMS)
         model.save_pretrained(str(tmp))
+        _ordinary_permissions(tmp)
         weights = np.ascontiguousarray(np.asarray(model.embedding))
-        info = {**settings, "weights_sha256": _array_sha256(weights), "dim": int(weights.shape[1])}
+        info = {**settings, "weights_sha256": _array_sha256(weights), "dim": int(weights.shape[1]),
+                "files_sha256": static_files_sha256(tmp)}
         # settings.json last: its presence marks a complete build
         (tmp / "settings.json").write_text(json.dumps(info, indent=2))
         try:
@@ -204,6 +207,14 @@ class StaticEncoder:
         info_file = self.folder / "settings.json"
         try:
             self.settings = json.loads(info_file.read_text())
+            self.files_sha256 = static_files_sha256(self.folder)
+        except (OSError, ValueError) as exc:
+            raise OirlError(f"unreadable static embedder ({exc}); delete the folder to rebuild it", self.folder) from None
+        if not isinstance(self.settings, dict) or self.files_sha256 != self.settings.get("files_sha256"):
+            # an edited config.json (normalize, max length) or tokenizer.json changes the vectors
+            raise StaticBuildChanged("the static embedder's files do not match the hash recorded when it was built "
+                                     "(edited, damaged, or built by an older oirl-fast)", self.folder)
+        try:
             self._model = StaticModel.from_pretrained(str(self.folder))
         except (OSError, ValueError) as exc:
             raise OirlError(f"unreadable static embedder ({exc}); delete the folder to rebuild it", self.folder) from None
@@ -250,11 +261,12 @@ class StaticEncoder:
     def identity(self) -> dict:
         s = self.settings
         return {"kind": "static", "base": s["base"], "base_package": s.get("base_package"),
-                "pca_dims": s["pca_dims"], "model2vec": s["model2vec"], "weights_sha256": self.weights_sha256}
+                "pca_dims": s["pca_dims"], "model2vec": s["model2vec"], "weights_sha256": self.weights_sha256,
+                "files_sha256": self.files_sha256}
 
     @property
     def cache_name(self) -> str:
-        return f"static-{self.weights_sha256[:16]}"
+        return f"static-{self.files_sha256[:16]}"  # every file that shapes a vector, not the weights alone
 
     def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
         """float32 (len(texts), dim), rows unit-norm (model2vec normalizes distilled models)."""

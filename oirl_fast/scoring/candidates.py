@@ -54,7 +54,12 @@ def read_prompts_file(path: str | Path, embedding_model: str, dim: int, embedder
                 f"prompt embedded with {em!r}, but the model was trained on {embedding_model!r} embeddings",
                 path, n,
             )
-        pid = str(rec["id"])
+        rid = rec["id"]
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+            raise OirlError(f"prompt \"id\" must be a string or an integer, got {_json_type(rid)}", path, n)
+        pid = str(rid)
+        if not pid.strip():
+            raise OirlError("prompt \"id\" is empty", path, n)
         if pid in seen:
             raise OirlError(f"duplicate prompt id {pid!r} (first on line {seen[pid]})", path, n)
         seen[pid] = n
@@ -91,6 +96,11 @@ def read_prompts_file(path: str | Path, embedding_model: str, dim: int, embedder
     for i, v in given.items():
         emb[i] = v
     return Candidates(ids, texts, emb, str(path))
+
+
+def _json_type(value) -> str:
+    return {type(None): "null", bool: "a boolean", float: "a number with a fraction", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def candidates_sha256(cands: Candidates) -> str:

@@ -30,13 +30,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..atomic import atomic_path
-from ..cluster import dask_client, local_threads, set_threads, worker_count
+from ..cluster import dask_client, local_threads, probe_scheduler, set_threads, worker_count
 from ..errors import OirlError
+from ..locks import locks_output
 from ..paths import Output, check_paths
 from ..progress import ProgressBar
 from .candidates import Candidates
-from .inputs import NpyRows, open_input, score_io, strict_check
-from .job import Scoring, job_signature, load_scoring
+from .inputs import NpyRows, input_format, open_input, score_io, strict_check
+from .job import Scoring, finished_by, job_signature, load_scoring, write_done
 from .options import ScoreOptions, options_from
 from .partitions import (MANIFEST, Partition, PartsManifest, clear_parts, expand_inputs, line_cuts, merge_parts,
                          part_intact, plan_partitions)
@@ -108,7 +109,8 @@ def score_partition(scoring: Scoring, src: str | Path, start: int, stop: int, fi
     summary = ScoreSummary(input=str(src), output=str(out), candidates=len(scoring.cands),
                            route=scoring.scorer.description,
                            fallback_reason=scoring.scorer.fallback_reason)
-    items = iter_range_items(Path(src), start, stop, first_line, embeddings=emb_matrix is not None)
+    items = iter_range_items(Path(src), start, stop, first_line, embeddings=emb_matrix is not None,
+                             max_line_bytes=scoring.options.max_line_bytes)
     with atomic_path(out) as tmp:
         with tmp.open("wb") as fh:
             scoring.write(items, fh, summary, emb_matrix=emb_matrix, src=Path(src))
@@ -125,6 +127,7 @@ def score_partition(scoring: Scoring, src: str | Path, start: int, stop: int, fi
     return summary, digest.hexdigest(), size
 
 
+@locks_output(lambda a: a["out"])
 def score_distributed(
     model_dir: str | Path,
     inputs: str | Path | Sequence[str | Path] | None,
@@ -168,8 +171,11 @@ def score_distributed(
     inputs_, outputs_ = score_io(model_dir, inputs, out, prompts, embeddings, ids, options.cache_dir,
                                  out_kind="file" if merge else "folder")
     if merge:  # OUT.partial is the local stream's; a merged job stages its parts in OUT.parts/
-        outputs_ = [outputs_[0], Output(f"{out}.parts", "--out (its .parts folder)", kind="folder")]
+        outputs_ = [outputs_[0], Output(f"{out}.parts", "--out (its .parts folder)", kind="folder"),
+                    Output(f"{out}.job.json", "--out (its .job.json)", kind="file")]
     check_paths(inputs_, outputs_)
+    if scheduler and client is None:  # a wrong address is one line now, not after the model is loaded
+        probe_scheduler(scheduler)
 
     # -- inputs
     emb_path = None
@@ -181,6 +187,9 @@ def score_distributed(
             raise OirlError("no input: give --in queries.jsonl (or --embeddings with --ids)")
         files = expand_inputs(inputs)
         emb_matrix = None
+        for f in files:  # partitions are byte ranges of lines: JSON lines only
+            if input_format(f) == "parquet":
+                raise OirlError("Parquet input is read by --engine local; --engine dask partitions JSON lines", f)
     files = [f.resolve() for f in files]
 
     # -- output layout
@@ -206,12 +215,22 @@ def score_distributed(
     if options.strict:
         line0 = 1
         for f in files:
-            items = iter_range_items(f, 0, f.stat().st_size, line0, embeddings=emb_matrix is not None)
+            items = iter_range_items(f, 0, f.stat().st_size, line0, embeddings=emb_matrix is not None,
+                                     max_line_bytes=options.max_line_bytes)
             strict_check(items, f, emb_matrix)
             line0 += line_cuts(f, 1)[2]
 
     # the same signature as the local stream's OUT.partial.job.json
     signature = job_signature(scoring, files, emb_path)
+
+    if resume and merge and out.is_file() and not parts_dir.is_dir():
+        same, why = finished_by(out, signature)
+        if not same:
+            raise OirlError(f"cannot resume: this is a finished output of another job ({why}); run without "
+                            "--resume to replace it", out)
+        log(f"nothing to do: {out} is the finished output of this job")
+        return DistributedScoreSummary(input=[str(f) for f in files], output=str(out), parts_dir=None, merged=True,
+                                       candidates=len(scoring.cands))
 
     # -- the parts folder: resume, or start clean
     manifest_path = parts_dir / MANIFEST
@@ -300,6 +319,7 @@ def score_distributed(
             summary.first_errors.extend(r.get("first_errors", [])[: 5 - len(summary.first_errors)])
     if merge:
         merge_parts(parts_dir, records, out)
+        write_done(out, signature, out)
         if not keep_parts:
             clear_parts(parts_dir)
             with contextlib.suppress(OSError):

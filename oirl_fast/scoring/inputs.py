@@ -18,6 +18,51 @@ PARTIAL_SUFFIX = ".partial"  # OUT is written as OUT.partial and renamed when co
 JOB_SUFFIX = ".partial.job.json"  # beside it: which job wrote it, checked by --resume
 
 
+SNIFF_BYTES = 4096
+PARQUET_MAGIC = b"PAR1"
+_COMPRESSED = ((b"\x1f\x8b", "gzip", "zcat"), (b"\xfd7zXZ\x00", "xz", "xzcat"), (b"\x28\xb5\x2f\xfd", "zstd", "zstdcat"),
+               (b"BZh", "bzip2", "bzcat"))
+_OTHER = ((b"PK\x03\x04", "a zip archive"), (b"\x93NUMPY", "a .npy array (give it as --embeddings, with --ids)"),
+          (b"\x89PNG", "a PNG image"), (b"%PDF", "a PDF document"), (b"SQLite format 3\x00", "an SQLite database"))
+
+
+def sniff_input(head: bytes) -> str:
+    """The format of an input from its first bytes: ``"parquet"`` or ``"jsonl"``; ValueError saying what
+    it is for a file that is neither (compressed, UTF-16/32 text, another binary format)."""
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
+    for magic, kind, cat in _COMPRESSED:
+        if head.startswith(magic) and (kind != "bzip2" or head[3:4].isdigit()):
+            raise ValueError(f"is {kind}-compressed, not JSON lines; decompress it first, or stream it: "
+                             f"{cat} FILE | oirl score --in - ...")
+    for magic, kind in _OTHER:
+        if head.startswith(magic):
+            raise ValueError(f"is {kind}, not JSON lines")
+    odd, even = head[1::2][:32], head[0::2][:32]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")) or (len(head) >= 64 and (
+            (odd.count(0) > 0.75 * len(odd) and even.count(0) < 0.25 * len(even))
+            or (even.count(0) > 0.75 * len(even) and odd.count(0) < 0.25 * len(odd)))):
+        raise ValueError("is UTF-16 or UTF-32 text; convert it to UTF-8 (iconv -f UTF-16 -t UTF-8 FILE)")
+    # A full first block of which a quarter or more is NUL bytes: a binary file (/dev/zero, an image).
+    # Lines that merely hold a NUL are lines to answer, each with its error record.
+    if len(head) >= SNIFF_BYTES and head.count(0) > len(head) // 4:
+        raise ValueError("holds NUL bytes: a binary file, not UTF-8 JSON lines")
+    return "jsonl"
+
+
+def input_format(path: str | Path) -> str:
+    """:func:`sniff_input` of a regular file's first bytes, the error as an OirlError naming the file."""
+    try:
+        with Path(path).open("rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise OirlError(f"cannot read ({exc.strerror or exc})", path) from None
+    try:
+        return sniff_input(head)
+    except ValueError as exc:
+        raise OirlError(str(exc), path) from None
+
+
 def strict_check(items: Iterator[Item], where: Path, emb: np.ndarray | None) -> None:
     first_nan = None
     if emb is not None:
@@ -128,6 +173,8 @@ def open_input(in_path, embeddings=None, ids=None) -> tuple[Path, "NpyRows | Non
             raise OirlError("input file not found", src)
     if src.stat().st_size == 0:
         raise OirlError("input file is empty", src)
+    if emb_matrix is None:
+        input_format(src)  # a gzip, UTF-16 or other binary file is refused here, before anything is written
     return src, emb_matrix
 
 
@@ -142,7 +189,8 @@ def score_io(model_dir, in_path, out, prompts=None, embeddings=None, ids=None, c
     outputs = [Output(out, "--out", JSONL_SUFFIXES, kind=out_kind)]
     if out is not None and not is_stream(out) and out_kind == "file":
         outputs += [Output(f"{out}{PARTIAL_SUFFIX}", "--out (its .partial)", kind="file"),
-                    Output(f"{out}{JOB_SUFFIX}", "--out (its .partial.job.json)", kind="file")]
+                    Output(f"{out}{JOB_SUFFIX}", "--out (its .partial.job.json)", kind="file"),
+                    Output(f"{out}.job.json", "--out (its .job.json)", kind="file")]
     return inputs, outputs
 
 

@@ -11,9 +11,10 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..embed import Embedder, text_key
+from ..embed import ZERO_VECTOR, Embedder, text_key, zero_rows
 from ..encoders import artifact_record, encoder_for_record
 from ..errors import OirlError
+from ..paths import is_stdio, is_stream
 from ..pipelined import run_pipeline
 from ..train.artifact import file_sha256, load_artifact
 from .candidates import Candidates, candidates_sha256, model_candidates, read_prompts_file
@@ -23,6 +24,8 @@ from .scorer import Scorer, top_k
 from .summary import ScoreSummary
 
 JOB_FORMAT = "oirl-score-job"
+DONE_FORMAT = "oirl-score-done"
+DONE_SUFFIX = ".job.json"  # OUT.job.json: the job that wrote the finished OUT, for --resume to recognise it
 
 
 class Scoring:
@@ -37,7 +40,7 @@ class Scoring:
     def __init__(self, artifact, cands: Candidates, scorer: Scorer | None, options: ScoreOptions,
                  get_embedder: Callable):
         self.artifact, self.cands, self.scorer, self.options = artifact, cands, scorer, options
-        self.k = min(options.top_k, len(cands))
+        self.k = options.top_k
         self.calibrator = artifact.model.calibrator
         self.get_embedder = get_embedder
 
@@ -143,6 +146,9 @@ def load_scoring(
         )
     else:
         cands = model_candidates(artifact)
+    if o.top_k > len(cands):  # the API's rule too: refused, never cut silently
+        raise OirlError(f"--top-k {o.top_k} is more than the {len(cands)} candidate prompts; give at most "
+                        f"{len(cands)}", prompts)
     scorer = Scorer.for_artifact(artifact, cands, route=o.route, device=o.device, log=log) if build_scorer else None
     return Scoring(artifact, cands, scorer, o, get_embedder)
 
@@ -159,9 +165,11 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
             with np.errstate(over="ignore"):  # a float64 beyond float32's range: inf, an error record below
                 Q = np.asarray(emb_matrix[rows], dtype=np.float32)
         bad = ~np.isfinite(Q).all(axis=1)
+        empty = zero_rows(Q) if emb_matrix is None else np.zeros(len(ok), bool)
+        bad |= empty
         if bad.any():
             for i in np.flatnonzero(bad):
-                ok[i].error = "query embedding contains NaN or infinity"
+                ok[i].error = f"\"query\" {ZERO_VECTOR}" if empty[i] else "query embedding contains NaN or infinity"
                 if strict:
                     raise OirlError(ok[i].error, src, ok[i].line)
             keep = ~bad
@@ -246,6 +254,8 @@ def job_signature(scoring: "Scoring", files: Sequence[str | Path], embeddings: s
     which holds the checksums of its other files), the candidates, the options and the embedder.
     Shared by the local stream (``OUT.partial.job.json``) and the Dask manifest."""
     def stat(p) -> dict:
+        if is_stream(p):  # standard input or a FIFO: nothing to stat (and --resume refuses streams)
+            return {"file": "<stdin>" if is_stdio(p) else str(p), "stream": True}
         st = os.stat(p)
         return {"file": str(Path(p).resolve()), "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
                 "mtime_ns": st.st_mtime_ns}
@@ -283,3 +293,37 @@ def read_job(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("format") == JOB_FORMAT else None
+
+
+def done_path(out: Path) -> Path:
+    return out.with_name(out.name + DONE_SUFFIX)
+
+
+def _out_stat(path: Path) -> dict:
+    st = os.stat(path)
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def write_done(out: Path, job: dict, written: Path) -> None:
+    """Record beside ``out`` that the file ``written`` (about to be renamed onto ``out``: a rename keeps
+    inode, size and modification time) is the finished output of ``job`` (a :func:`job_signature`)."""
+    from ..atomic import write_text
+
+    record = {"format": DONE_FORMAT, "job": job, "output": _out_stat(written)}
+    # ASCII: a file name that is not valid UTF-8 is kept as its escape, never an encoding error
+    write_text(done_path(out), json.dumps(record, indent=1, ensure_ascii=True))
+
+
+def finished_by(out: Path, job: dict) -> tuple[bool, str]:
+    """(is ``out`` the finished output of ``job``, and if not, why not) from ``OUT.job.json``."""
+    try:
+        record = json.loads(done_path(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("format") != DONE_FORMAT or not isinstance(record.get("job"), dict):
+        return False, "no record of the job that wrote it"
+    if record.get("output") != _out_stat(out):
+        return False, "it was changed after that job wrote it"
+    if record["job"] != job:
+        return False, f"{differences(record['job'], job)} differ"
+    return True, ""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..errors import OirlError
+from ..jsonl import DEFAULT_MAX_LINE_BYTES
 
 DEFAULT_CHUNK = 2048
 ROUTE_CHOICES = ("auto", "kernel", "compiled", "native")
@@ -46,6 +47,7 @@ class ScoreOptions:
     chunk_size: int = _opt(DEFAULT_CHUNK, "--chunk-size", same_output="lines per chunk: memory and speed only")
     cache_dir: str | None = _opt(None, "--cache-dir", same_output="a cache holds the vectors the embedder gives")
     strict: bool = _opt(False, "--strict", same_output="a strict run writes nothing when a line is bad")
+    max_line_bytes: int = _opt(DEFAULT_MAX_LINE_BYTES, "--max-line-bytes")
 
     def __post_init__(self):
         def integer(name: str, low: int) -> None:
@@ -60,6 +62,7 @@ class ScoreOptions:
         integer("top_k", 1)
         integer("batch_size", 1)
         integer("chunk_size", 1)
+        integer("max_line_bytes", 1)
         choice("route", ROUTE_CHOICES)
         choice("device", DEVICE_CHOICES)
         choice("precision", PRECISION_CHOICES)

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import OirlError
 from ..features import grid_features
 from ..kernels.quickscorer import FactorizedScorer, UnsupportedModel
-from ..train.artifact import usable_library
+from ..train.artifact import verified_library
 from ..train.compile import CompiledPredictor
 from ..train.model_format import MODEL_FILES
 from .candidates import Candidates, model_candidates
@@ -101,8 +101,8 @@ class Scorer:
         def compiled():
             if artifact.compiled_library is None:
                 raise OirlError("model has no compiled library (train with --compile)", artifact.path)
-            lib = usable_library(artifact, log or (lambda s: None))
-            return CompiledPredictor(lib, nthread=artifact.model.config.nthread).predict
+            lib, sha = verified_library(artifact, log or (lambda s: None))
+            return CompiledPredictor(lib, nthread=artifact.model.config.nthread, sha256=sha).predict
 
         return cls._pick(candidates, route, device, qdim, kernel, compiled, artifact.model.predict, artifact.path)
 

@@ -28,6 +28,8 @@ kernel (numba, CPU or CUDA), the compiled tl2cgen library on materialized pairs,
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import sys
@@ -37,13 +39,13 @@ from typing import Callable
 
 from ..atomic import write_errors, write_text
 from ..errors import OirlError
-from ..jsonl import count_lines
+from ..locks import output_lock
 from ..paths import check_paths, is_stdio, is_stream
 from ..progress import ProgressBar
-from .inputs import JOB_SUFFIX, PARTIAL_SUFFIX, open_input, score_io, spool, strict_check
-from .job import JOB_FORMAT, differences, job_signature, load_scoring, read_job
+from .inputs import JOB_SUFFIX, PARTIAL_SUFFIX, input_format, open_input, score_io, spool, strict_check
+from .job import JOB_FORMAT, differences, finished_by, job_signature, load_scoring, read_job, write_done
 from .options import ScoreOptions, options_from
-from .records import iter_embedding_items, iter_jsonl_items, resume_point
+from .records import count_input_lines, iter_embedding_items, iter_jsonl_items, resume_point
 from .summary import ScoreSummary
 
 
@@ -81,6 +83,18 @@ def score_file(
 
     # -- input and output checks that stop the run, before anything is written or loaded
     check_paths(*score_io(model_dir, in_path, out_path, prompts, embeddings, ids, options.cache_dir))
+    # one writer per output: a second job on the same OUT stops here, before it reads OUT.partial
+    with contextlib.nullcontext() if is_stream(out_path) else output_lock(out_path, "--out"):
+        return _score_file(model_dir, in_path, out_path, options, prompts, embeddings, ids, resume, progress, log,
+                           embedder_factory, embedder, pipeline, t_start)
+
+
+def _job_part(signature: dict) -> dict:
+    return {k: v for k, v in signature.items() if k not in ("format", "version")}
+
+
+def _score_file(model_dir, in_path, out_path, options, prompts, embeddings, ids, resume, progress, log,
+                embedder_factory, embedder, pipeline, t_start) -> ScoreSummary:
     src, emb_matrix = open_input(in_path, embeddings, ids)
     in_stream, out_stream = is_stream(src), is_stream(out_path)
     if resume and (in_stream or out_stream):
@@ -99,8 +113,10 @@ def score_file(
     try:
         if options.strict and in_stream:
             src = spooled = spool(src)  # --strict reads the input twice
+            if emb_matrix is None:
+                input_format(spooled)
         if options.strict:
-            items = iter_jsonl_items(src, 0) if emb_matrix is None else iter_embedding_items(src, 0)
+            items = iter_jsonl_items(src, 0, options.max_line_bytes) if emb_matrix is None else iter_embedding_items(src, 0)
             strict_check(items, Path(label), emb_matrix)
 
         partial = out_path.with_name(out_path.name + PARTIAL_SUFFIX)
@@ -118,19 +134,31 @@ def score_file(
                     raise OirlError(f"cannot resume: {partial.name} comes from another job ({differences(old, signature)} "
                                     "differ); run without --resume to start again", partial)
                 skip = resume_point(partial)
+            elif resume and out_path.exists():
+                same, why = finished_by(out_path, _job_part(signature))
+                if not same:
+                    raise OirlError(f"cannot resume: this is a finished output of another job ({why}); run without "
+                                    "--resume to replace it", out_path)
+                log(f"nothing to do: {out_path} is the finished output of this job")
+                lines = count_input_lines(out_path)
+                return ScoreSummary(input=label, output=str(out_path), resumed=lines, lines=lines,
+                                    candidates=len(cands), route=scorer.description,
+                                    fallback_reason=scorer.fallback_reason)
             elif resume:
                 log(f"nothing to resume ({partial.name} does not exist): scoring from the first line")
-        total_lines = None if in_stream and spooled is None else count_lines(src)
+        total_lines = None if in_stream and spooled is None else count_input_lines(src)
         if total_lines is not None and skip > total_lines:
             raise OirlError(f"cannot resume: the output has {skip} lines, the input only {total_lines}", partial)
 
         summary = ScoreSummary(input=label, output="<stdout>" if is_stdio(out_path) else str(out_path), resumed=skip,
                                candidates=len(cands), route=scorer.description,
                                fallback_reason=scorer.fallback_reason)
+        items = iter_jsonl_items(src, skip, options.max_line_bytes) if emb_matrix is None else iter_embedding_items(src, skip)
+        if in_stream:  # its first bytes are checked (gzip, UTF-16, binary) before any output file is made
+            first = next(items, None)
+            items = itertools.chain([] if first is None else [first], items)
         log(f"scoring {'the' if total_lines is None else total_lines - skip} lines against {len(cands)} candidates "
             f"with the {scorer.description}" + (f"; resuming after line {skip}" if skip else ""))
-
-        items = iter_jsonl_items(src, skip) if emb_matrix is None else iter_embedding_items(src, skip)
         bar = ProgressBar("scoring", None if total_lines is None else total_lines - skip, enabled=progress)
 
         def advance(n: int) -> None:
@@ -147,12 +175,14 @@ def score_file(
                     scoring.write(items, fh, summary, emb_matrix=emb_matrix, src=Path(label),
                                   on_chunk=advance, pipeline=pipeline)
             else:
-                write_text(job_path, json.dumps(signature, indent=1, ensure_ascii=False))  # before the .partial
+                # before the .partial; ASCII, so a file name that is not valid UTF-8 is written as its escape
+                write_text(job_path, json.dumps(signature, indent=1, ensure_ascii=True))
                 with write_errors(partial), partial.open("ab" if skip else "wb") as fh, bar:
                     scoring.write(items, fh, summary, emb_matrix=emb_matrix, src=Path(label),
                                   on_chunk=advance, pipeline=pipeline)
                     fh.flush()
                     os.fsync(fh.fileno())
+                write_done(out_path, _job_part(signature), partial)
                 with write_errors(out_path, partial):
                     os.replace(partial, out_path)
                 job_path.unlink(missing_ok=True)
