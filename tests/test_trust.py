@@ -84,11 +84,12 @@ def test_a_stale_lock_file_of_a_dead_process_is_recovered(model_dir, queries, tm
 
 
 def test_train_collect_and_dask_outputs_take_the_lock_too(tmp_path, mawps_small):
+    from oirl_fast.answer.run import AnswerConfig, answer
     from oirl_fast.collect.run import CollectConfig, collect
     from oirl_fast.scoring.dask import score_distributed
 
-    model_out, coll_out, parts_out = tmp_path / "model", tmp_path / "coll", tmp_path / "parts"
-    holders = [_hold_lock(p) for p in (model_out, coll_out, parts_out)]
+    model_out, coll_out, parts_out, answer_out = (tmp_path / n for n in ("model", "coll", "parts", "answers"))
+    holders = [_hold_lock(p) for p in (model_out, coll_out, parts_out, answer_out)]
     try:
         with pytest.raises(OirlError, match=f"pid {holders[0].pid}"):
             oirl.fit(mawps_small, model_out, n_estimators=2, compile=False, progress=False)
@@ -96,11 +97,13 @@ def test_train_collect_and_dask_outputs_take_the_lock_too(tmp_path, mawps_small)
             collect(CollectConfig(model="none", queries="gsm8k", prompts="published", out=coll_out))
         with pytest.raises(OirlError, match=f"pid {holders[2].pid}"):
             score_distributed(tmp_path / "m", tmp_path / "q.jsonl", parts_out)
+        with pytest.raises(OirlError, match=f"pid {holders[3].pid}"):
+            answer(AnswerConfig(model=tmp_path / "m", queries="gsm8k", policy="best", out=answer_out))
     finally:
         for h in holders:
             h.kill()
             h.wait()
-    assert not model_out.exists() and not coll_out.exists()
+    assert not model_out.exists() and not coll_out.exists() and not answer_out.exists()
 
 
 # --------------------------------------------------------------------------------------

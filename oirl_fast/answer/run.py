@@ -34,6 +34,7 @@ from ..collect.requests import PromptItem, digest, load_prompt_set, load_queries
 from ..collect.run import backend_for
 from ..collect.shards import Layout, ShardStore
 from ..errors import OirlError
+from ..locks import locks_output
 from ..progress import ProgressBar
 from ..ranking import rank_prompts
 from .policies import Call, View, parse_policy
@@ -163,6 +164,7 @@ def _best_single(cfg: AnswerConfig, artifact, replay: Path | None) -> str | None
     return ids[int(np.nanargmax(acc))]
 
 
+@locks_output(lambda a: a["cfg"].out)
 def answer(cfg: AnswerConfig, backend=None, progress: bool = False,
            log: Callable[[str], None] = lambda s: None) -> dict:
     """Answer ``cfg.queries`` with ``cfg.policy`` into ``cfg.out``; resumable; returns the report (a dict).
