@@ -37,7 +37,7 @@ from .train.reward_model import TrainConfig
 if TYPE_CHECKING:  # the scorer's import brings numba; it is built on first use
     from .scoring.scorer import Scorer
 
-__all__ = ["Model", "Picks", "load", "fit", "evaluate", "read_log"]
+__all__ = ["Model", "Picks", "load", "fit", "evaluate", "read_log", "rerank"]
 
 def _quiet(_message: str) -> None:
     pass
@@ -326,3 +326,14 @@ def evaluate(model: Model | str | Path, log, *, seeds: int = 1, knn_k: int = 50,
             report["per_dataset"] = by_dataset
     return report
 
+
+
+def rerank(logs, *, folds: int = 5, seed: int = 0, seeds: int = 1, top_k: int = 3, **options):
+    """Cross-fitted best-of-N picks for every logged question of ``logs`` and the report on them
+    (``oirl rerank``): see :func:`oirl_fast.rerank.run.rerank` for ``options`` (inner_folds, candidates,
+    knn_k, fast, nthread, embedder, cache_dir, progress, ...). Returns a
+    :class:`~oirl_fast.rerank.run.RerankResult`: ``.records()`` one dict per question, ``.report`` the figures,
+    ``.write_picks(path)``."""
+    from .rerank.run import rerank as run
+
+    return run(logs, folds=folds, seed=seed, seeds=seeds, top_k=top_k, **options)

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from . import cli_collect, cli_score
+from . import cli_collect, cli_rerank, cli_score
 from .cli_common import (CacheOpt, DATASETS, DeviceOpt, EmbedderOpt, SchedulerOpt, WorkersOpt, app, cli_errors, err,
                          make_embedder)
 from .errors import OirlError
@@ -300,6 +300,7 @@ def tradeoff_cmd(
 
 cli_score.register(app)
 cli_collect.register(app)
+cli_rerank.register(app)
 
 
 def main():  # pragma: no cover

@@ -8,3 +8,14 @@ Modules: :mod:`.folds` (units and grouped folds), :mod:`.candidates` (the models
 from .run import RerankResult, rerank
 
 __all__ = ["RerankResult", "rerank"]
+
+
+class _CallableModule(type(__import__("sys"))):
+    """``oirl_fast.rerank`` is both this package and the public function ``oirl.rerank``: importing the package
+    binds it as the attribute ``rerank`` of ``oirl_fast``, hiding the function, so the package is callable too."""
+
+    def __call__(self, *args, **kwargs) -> RerankResult:
+        return rerank(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

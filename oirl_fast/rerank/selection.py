@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 MARGIN_QUANTILES = (0.25, 0.5, 0.75, 0.9)
-MARGIN_Z = 1.96  # the inner gain's lower bound (mean - z * standard error) must stay above 0
+MARGIN_ALPHA = 0.025  # one-sided level at which a margin's inner gain must be above 0, shared by the grid
 COVERAGES = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
 
@@ -56,18 +56,25 @@ def margin_grid(gain: np.ndarray) -> list[float]:
     return sorted({0.0, *qs}) + [float("inf")]
 
 
-def choose_margin(gain: np.ndarray, top_value: np.ndarray, fixed_value: np.ndarray, z: float = MARGIN_Z) -> dict:
+def choose_margin(gain: np.ndarray, top_value: np.ndarray, fixed_value: np.ndarray,
+                  alpha: float = MARGIN_ALPHA) -> dict:
     """The margin to use, chosen on inner-fold questions (never the test fold).
 
     gain (n,): predicted gains; top_value, fixed_value (n,): the logged outcome of the top pick and of the
     fixed prompt. Among :func:`margin_grid`, the margin with the largest mean gain whose lower bound
     (mean - z * standard error over questions) is above 0; infinity (always the fixed prompt) when none is,
-    so a model whose switches do not pay on the inner folds falls back everywhere.
+    so a model whose switches do not pay on the inner folds falls back everywhere. ``z`` is Bonferroni
+    corrected over the margins tried (one-sided ``alpha`` / their number): trying several margins on the
+    same questions would otherwise let noise pass one of them.
     Returns {"margin", "inner_gain", "inner_coverage", "grid": [{margin, gain, lower, coverage}]}."""
+    from statistics import NormalDist
+
     grid = []
     best = {"margin": float("inf"), "inner_gain": 0.0, "inner_coverage": 0.0}
     n = max(1, len(gain))
-    for m in margin_grid(gain):
+    margins = margin_grid(gain)
+    z = NormalDist().inv_cdf(1.0 - alpha / max(1, len(margins) - 1))
+    for m in margins:
         switch = gain > m
         d = np.where(switch, top_value - fixed_value, 0.0)
         mean = float(d.mean()) if len(d) else 0.0
