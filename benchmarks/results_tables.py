@@ -6,7 +6,8 @@ or from the output of `oirl tradeoff --json`.
     oirl tradeoff --seeds 5 --json > tradeoff.json && python benchmarks/results_tables.py tradeoff.json
 
 The first summary gives the main table (every dataset and protocol) and, when it has
-one, the transfer table (leave-one-dataset-out). With two or more summaries a
+them, the transfer table (leave-one-dataset-out) and the cross-fitting table (`crossfit`:
+every question of each log picked by models that never saw it). With two or more summaries a
 side-by-side table compares them cell by cell. Every figure is read from the files:
 nothing here is typed in by hand.
 """
@@ -87,7 +88,7 @@ def prompt_counts(summaries) -> dict[str, str]:
 
 
 def _cells(summary: dict) -> list[tuple[str, dict]]:
-    return [(f"{ds} {proto}", upgrade(s)) for ds, by_proto in summary.items() if ds != "transfer"
+    return [(f"{ds} {proto}", upgrade(s)) for ds, by_proto in summary.items() if ds not in ("transfer", "crossfit")
             for proto, s in by_proto.items()]
 
 
@@ -128,6 +129,13 @@ def transfer_table(transfer: dict) -> str:
             f"{leak.get('in_training_datasets', '-')} of {leak.get('heldout_questions', '-')}",
             str(leak.get("dropped_rows", "-")),
         ])
+    return _table(header, rows)
+
+
+def crossfit_table(crossfit: dict) -> str:
+    from oirl_fast.rerank.report import crossfit_rows
+
+    header, rows = crossfit_rows(crossfit)
     return _table(header, rows)
 
 
@@ -186,6 +194,9 @@ def main() -> None:
     if "transfer" in first:
         print("\nTransfer (leave-one-dataset-out):\n")
         print(transfer_table(first["transfer"]))
+    if "crossfit" in first:
+        print("\nCross-fitted re-ranking (grouped 5-fold, every question tested once):\n")
+        print(crossfit_table(first["crossfit"]))
     if len(named) > 1:
         print("\nSide by side:\n")
         print(side_by_side(named))

@@ -222,3 +222,65 @@ def plot_report(report: dict, path: str | Path) -> Path:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def _gain(acc: float, base: float, ci) -> str:
+    return f"{acc:.3f} ({_pts(acc - base)} [{_pts(ci[0])}, {_pts(ci[1])}])"
+
+
+def crossfit_rows(figures: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the per-dataset cross-fitting figures (``summary`` per dataset, as ``oirl demo --json``
+    holds them under ``crossfit``): accuracy and gain over the best single prompt in points with the 95% CI."""
+    names = list(figures)
+    rows = []
+    for suffix, n_key in (("", "n_prompts"), ("_all_prompts", "n_prompts_all_prompts")):
+        present = [ds for ds in names if figures[ds].get(f"rerank{suffix}") is not None]
+        if not present:
+            continue
+        n = "/".join(sorted({str(figures[ds][n_key]) for ds in present}))
+
+        def cell(ds, fn):
+            f = figures[ds]
+            return fn(f) if f.get(f"rerank{suffix}") is not None else "-"
+
+        base = lambda f: f[f"best_single{suffix}"]
+        rows.append([f"questions (best of {n})"] + [cell(ds, lambda f: f"{f[f'n_questions{suffix}']:,}") for ds in names])
+        rows.append([f"rerank: default policy, best of {n}"] + [cell(ds, lambda f: _gain(
+            f[f"rerank{suffix}"], base(f), f[f"rerank_diff_ci{suffix}"]) + f", {f[f'switched_share{suffix}']:.0%} switched")
+            for ds in names])
+        rows.append([f"default model (chosen on inner folds), best of {n}"] + [cell(ds, lambda f: _gain(
+            f[f"default_model{suffix}"], base(f), f[f"default_model_diff_ci{suffix}"])) for ds in names])
+        cands = list(dict.fromkeys(c for ds in present for c in figures[ds][f"candidates{suffix}"]))
+        for c in cands:
+            rows.append([f"{c}, best of {n}"] + [cell(ds, lambda f: _gain(
+                f[f"candidates{suffix}"][c]["accuracy"], base(f), f[f"candidates{suffix}"][c]["diff_ci"])
+                if c in f[f"candidates{suffix}"] else "-") for ds in names])
+        rows.append([f"best single prompt (chosen on each training side), {n}"]
+                    + [cell(ds, lambda f: f"{base(f):.3f}") for ds in names])
+        rows.append([f"random / oracle, {n}"] + [cell(ds, lambda f: f"{f[f'random{suffix}']:.3f} / "
+                                                              f"{f[f'oracle{suffix}']:.3f}") for ds in names])
+        rows.append([f"default model per fold, {n}"] + [cell(ds, lambda f: ", ".join(
+            f"{m} ×{k}" for m, k in f[f"default_models{suffix}"].items())) for ds in names])
+    def ceiling(f):
+        c = f.get("ceiling")
+        if not c:
+            return "- (no repeats)"
+        share = "-" if c["captured_share"] is None else f"{c['captured_share']:.0%}"
+        return f"{c['best_single_half_b']:.3f} → {c['ceiling']:.3f} ({share} captured)"
+    rows.append(["repeat-based ceiling: best single → ceiling (share the policy captures)"]
+                + [ceiling(figures[ds]) for ds in names])
+    rows.append(["seeds; seconds of cross-fitting"] + [f"{figures[ds].get('seeds', 1)}; {figures[ds].get('seconds', '-')}"
+                                                       for ds in names])
+    return [""] + names, rows
+
+
+def crossfit_table(figures: dict[str, dict]) -> Table:
+    """The terminal form of :func:`crossfit_rows`."""
+    header, rows = crossfit_rows(figures)
+    t = Table(title="Cross-fitted re-ranking (every question tested once): accuracy (gain over best single in "
+                    "points, 95% CI)")
+    for h in header:
+        t.add_column(h)
+    for r in rows:
+        t.add_row(*r)
+    return t
