@@ -121,7 +121,10 @@ def knn_scores(train_emb, train_rate, train_count, test_emb, k: int) -> np.ndarr
 
 def standardize_rows(scores: np.ndarray) -> np.ndarray:
     """Scores centred and scaled within each row (question), NaN kept; a constant row becomes 0."""
-    with np.errstate(invalid="ignore", divide="ignore"):
+    import warnings
+
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row with every prompt NaN stays NaN
         mu = np.nanmean(scores, axis=1, keepdims=True)
         sd = np.nanstd(scores, axis=1, keepdims=True)
         return np.where(sd > 0, (scores - mu) / np.where(sd > 0, sd, 1.0), 0.0 * scores)
