@@ -196,3 +196,34 @@ def test_predicted_gain_is_zero_when_the_fixed_prompt_is_the_top():
     scores = np.array([[0.9, 0.1], [0.2, 0.7]])
     g = predicted_gain(scores, np.array([0, 1]), np.array([0, 0]))
     assert g[0] == 0 and g[1] == pytest.approx(0.5)
+
+
+def test_ranking_model_is_scored_by_the_kernel_and_compiles(tmp_path):
+    """The ranking candidate keeps the [query ‖ prompt] split: the factorized kernel scores it exactly like
+    LightGBM, and treelite + tl2cgen compile it (raw scores: rank_xendcg has no sigmoid)."""
+    import tl2cgen
+
+    from oirl_fast.features import grid_features
+    from oirl_fast.kernels.quickscorer import FactorizedScorer
+    from oirl_fast.rerank.candidates import RankingModel
+    from oirl_fast.train.model_format import read_treelite
+    from oirl_fast.train.reward_model import TrainConfig
+
+    rng = np.random.default_rng(0)
+    U, P, dq, dp = 300, 4, 8, 6
+    q = rng.normal(size=(U, dq)).astype(np.float32)
+    p = rng.normal(size=(P, dp)).astype(np.float32)
+    # prompt j wins where query feature j is the largest of the first four
+    rate = (np.argmax(q[:, :P], axis=1)[:, None] == np.arange(P)[None, :]).astype(float)
+    count = np.ones((U, P), np.int64)
+    cfg = TrainConfig(n_estimators=30, num_leaves=15, min_child_weight=5, early_stopping_rounds=30, nthread=1)
+    model = RankingModel(cfg).fit(q, p, rate, count, np.arange(U).astype(str), np.arange(P))
+    native = model.predict(grid_features(q, p)).reshape(U, P)
+    assert (np.argmax(native, axis=1) == np.argmax(rate, axis=1)).mean() > 0.8  # it learned the rule
+    kernel = FactorizedScorer.from_booster(model.booster, dq, dp)
+    np.testing.assert_allclose(kernel.score(q, p), native, rtol=1e-6, atol=1e-9)
+    path = tmp_path / "rank.lgb.txt"
+    model.booster.save_model(str(path))
+    tl2cgen.export_lib(read_treelite(path, "lightgbm"), toolchain="gcc", libpath=str(tmp_path / "rank.so"))
+    compiled = tl2cgen.Predictor(str(tmp_path / "rank.so")).predict(tl2cgen.DMatrix(grid_features(q, p)))
+    np.testing.assert_allclose(np.asarray(compiled).reshape(U, P), native, rtol=1e-5, atol=1e-6)
