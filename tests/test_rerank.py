@@ -227,3 +227,17 @@ def test_ranking_model_is_scored_by_the_kernel_and_compiles(tmp_path):
     tl2cgen.export_lib(read_treelite(path, "lightgbm"), toolchain="gcc", libpath=str(tmp_path / "rank.so"))
     compiled = tl2cgen.Predictor(str(tmp_path / "rank.so")).predict(tl2cgen.DMatrix(grid_features(q, p)))
     np.testing.assert_allclose(np.asarray(compiled).reshape(U, P), native, rtol=1e-5, atol=1e-6)
+
+
+def test_several_seeds_give_mean_and_spread(mawps_small, embedder):
+    import oirl_fast as oirl
+
+    one = oirl.rerank(mawps_small, folds=3, candidates=["knn"], inner_folds=1, embedder=embedder, progress=False)
+    two = oirl.rerank(mawps_small, folds=3, candidates=["knn"], inner_folds=1, seeds=2, embedder=embedder,
+                      progress=False)
+    fig1 = one.report["datasets"]["mawps"]["n_train_prompts"]
+    fig2 = two.report["datasets"]["mawps"]["n_train_prompts"]
+    assert len(fig2["per_seed"]["knn"]) == 2 and fig2["accuracy_sd"]["knn"] is not None
+    assert fig2["per_seed"]["knn"][0] == fig1["per_seed"]["knn"][0]  # seed 0 is seed 0 either way
+    assert fig2["accuracy"]["knn"] == pytest.approx(np.mean(fig2["per_seed"]["knn"]))
+    assert two.records() == one.records()  # the picks are the first seed's
