@@ -198,7 +198,7 @@ def plot_report(report: dict, path: str | Path) -> Path:
     for i, ds in enumerate(names):
         ax = axes[0][i]
         for j, (label, f) in enumerate(report["datasets"][ds].items()):
-            sel = [c for c in f["diff_to_best_single_ci95"] if c not in ("oracle",)]
+            sel = [c for c in f["diff_to_best_single_ci95"] if c not in ("oracle", "random")]
             y = np.arange(len(sel)) + 0.35 * j
             d = np.array([100 * f["diff_to_best_single"][c] for c in sel])
             lo = np.array([100 * f["diff_to_best_single_ci95"][c][0] for c in sel])
@@ -213,7 +213,7 @@ def plot_report(report: dict, path: str | Path) -> Path:
             cv = f["coverage_curve"]
             ax.plot([c["switched"] for c in cv], [100 * c["gain"] for c in cv], "o-", label=f"best of {f['n_prompts']}")
         ax.axhline(0, color="grey", lw=1)
-        ax.set_xlabel("share of questions switched away from the best single prompt")
+        ax.set_xlabel("share of questions switched from the best single prompt")
         ax.set_ylabel("gain (points)")
         ax.set_title(f"{ds}: coverage-gain (default model)")
         ax.legend(fontsize=8)

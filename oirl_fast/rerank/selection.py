@@ -10,7 +10,8 @@ import numpy as np
 
 MARGIN_QUANTILES = (0.25, 0.5, 0.75, 0.9)
 MARGIN_ALPHA = 0.025  # one-sided level at which a margin's inner gain must be above 0, shared by the grid
-COVERAGES = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+# shares of questions allowed to switch (a model keeps the fixed prompt on most questions anyway)
+COVERAGES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 
 
 def ranked(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
