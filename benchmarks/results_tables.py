@@ -4,6 +4,7 @@ or from the output of `oirl tradeoff --json`.
     python benchmarks/results_tables.py oirl-demo/summary.json
     python benchmarks/results_tables.py static=/tmp/demo-static/summary.json minilm=/tmp/demo-minilm/summary.json
     oirl tradeoff --seeds 5 --json > tradeoff.json && python benchmarks/results_tables.py tradeoff.json
+    python benchmarks/results_tables.py mawps-report.json svamp-report.json   # `oirl rerank --report-json` files
 
 The first summary gives the main table (every dataset and protocol) and, when it has
 them, the transfer table (leave-one-dataset-out) and the cross-fitting table (`crossfit`:
@@ -187,6 +188,15 @@ def main() -> None:
         name, _, path = item.rpartition("=")
         named.append((name or Path(path).parent.name, json.loads(Path(path).read_text(encoding="utf-8"))))
     first = named[0][1]
+    if "settings" in first and "datasets" in first:  # oirl rerank --report-json: one cross-fitting table
+        from oirl_fast.rerank.report import summary
+
+        figures = {}
+        for _, report in named:
+            for ds, row in summary(report).items():
+                figures[ds] = {**row, "seconds": report["settings"].get("seconds")}
+        print(crossfit_table(figures))
+        return
     if "points" in first:  # oirl tradeoff --json
         print(tradeoff_table(first))
         return
