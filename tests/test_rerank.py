@@ -241,3 +241,19 @@ def test_several_seeds_give_mean_and_spread(mawps_small, embedder):
     assert fig2["per_seed"]["knn"][0] == fig1["per_seed"]["knn"][0]  # seed 0 is seed 0 either way
     assert fig2["accuracy"]["knn"] == pytest.approx(np.mean(fig2["per_seed"]["knn"]))
     assert two.records() == one.records()  # the picks are the first seed's
+
+
+def test_results_tables_prints_the_crossfit_table(cli_run):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, _ = cli_run
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "results_tables.py"
+    res = subprocess.run([sys.executable, str(script), str(out / "report.json")], capture_output=True, text=True,
+                         check=True)
+    report = json.loads((out / "report.json").read_text())
+    fig = report["datasets"]["mawps"]["n_train_prompts"]
+    row = next(line for line in res.stdout.splitlines() if line.startswith("| rerank: default policy, best of 6"))
+    assert f"{fig['accuracy']['rerank']:.3f}" in row
+    assert "| questions (best of 6) | 1,744 |" in res.stdout
