@@ -20,7 +20,7 @@ import numpy as np
 
 from .candidates import CandidateConfig, fit_and_score, on_prompts
 from .folds import Units, assign_folds, train_mask
-from .selection import best_fixed, choose_margin, percentile_rank, predicted_gain, ranked, taken
+from .selection import best_fixed, choose_margin, percentile_rank, policy, predicted_gain, ranked, taken
 
 
 def inner_of(k: int, n_folds: int, n_inner: int) -> list[int]:
@@ -170,7 +170,7 @@ def crossfit(units: Units, query_emb: np.ndarray, prompt_emb: np.ndarray, config
             gain[test] = g
             gain_rank[test] = percentile_rank(g)
             m_unit = np.array([margin_of[d] for d in units.datasets[test]])
-            pick[test] = np.where(g > m_unit, order[test, 0], fixed[test])
+            pick[test] = policy(order[test, 0], fixed[test], g, m_unit)
         switched = pick != fixed
         result[set_name] = SetResult(cols, order, top_scores, model, fixed, pick, switched, gain, gain_rank,
                                      cand_pick, scored, margins, chosen)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import pyarrow as pa
 
 from ..errors import OirlError
 from ..train.reward_model import TrainConfig
