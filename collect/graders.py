@@ -85,11 +85,14 @@ def first_number(text: str) -> float | None:
     return None if found is None else last_number(found.group(0))
 
 
+def gsm8k_value(response: str) -> float | None:
+    """The first number after the response's own last ``####`` if it has one, else its last number."""
+    return first_number(response.rsplit(_HASHES, 1)[1]) if _HASHES in response else last_number(response)
+
+
 def grade_gsm8k(response: str, gold: str) -> bool:
-    """GSM8K: gold after ``####`` (or the whole gold); the first number after the response's own last
-    ``####`` if it has one, else its last number."""
-    value = first_number(response.rsplit(_HASHES, 1)[1]) if _HASHES in response else last_number(response)
-    return _same(value, gsm8k_gold(gold))
+    """GSM8K: gold after ``####`` (or the whole gold) against :func:`gsm8k_value` of the response."""
+    return _same(gsm8k_value(response), gsm8k_gold(gold))
 
 
 # --------------------------------------------------------------------------- choice
@@ -159,25 +162,41 @@ def grade_legacy(response: str, gold: str) -> bool:
 
 @dataclass(frozen=True)
 class Grader:
-    """A named grader: ``grade(response, gold) -> bool``; ``check_gold(gold)`` raises GoldError if unreadable."""
+    """A named grader: ``grade(response, gold) -> bool``; ``check_gold(gold)`` raises GoldError if unreadable,
+    else returns the gold's value; ``extract(response)`` is the answer's value (a float, or a letter for
+    ``choice``; None when it has none), the thing votes count: ``grade(r, g) == verdict(extract(r), g)``."""
 
     name: str
     grade: Callable[[str, str], bool]
     check_gold: Callable[[str], object]
     help: str
+    extract: Callable[[str], object]
 
     def __call__(self, response: str | None, gold: str) -> bool:
         """Verdict for one response; a missing response is wrong."""
         return response is not None and bool(self.grade(response, gold))
 
+    def value(self, response: str | None):
+        """The answer value of a response (None: no answer could be read)."""
+        return None if response is None else self.extract(response)
+
+    def verdict(self, value, gold: str) -> bool:
+        """Whether an answer value (from :meth:`value`) equals the gold answer; None is wrong."""
+        expected = self.check_gold(gold)
+        if isinstance(expected, float):
+            return _same(value, expected)
+        return value is not None and value == expected
+
 
 GRADERS: dict[str, Grader] = {
     g.name: g
     for g in (
-        Grader("numeric", grade_numeric, numeric_gold, "last number in the answer vs the gold number"),
-        Grader("gsm8k", grade_gsm8k, gsm8k_gold, "gold after ####; answer after its #### or its last number"),
-        Grader("choice", grade_choice, choice_gold, "answer letter A-E vs the gold letter"),
-        Grader("prompt-oirl", grade_legacy, legacy_gold, "the published grader: last unsigned digit run, commas split"),
+        Grader("numeric", grade_numeric, numeric_gold, "last number in the answer vs the gold number", last_number),
+        Grader("gsm8k", grade_gsm8k, gsm8k_gold, "gold after ####; answer after its #### or its last number",
+               gsm8k_value),
+        Grader("choice", grade_choice, choice_gold, "answer letter A-E vs the gold letter", choice_letter),
+        Grader("prompt-oirl", grade_legacy, legacy_gold, "the published grader: last unsigned digit run, commas split",
+               _legacy_number),
     )
 }
 

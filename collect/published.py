@@ -296,13 +296,18 @@ def _corr_files(dataset: str, prompt: Prompt) -> list[tuple[str, str]]:
     return [(f"{base}_corr_{prompt.id}.txt", "all")]
 
 
-def import_published(dataset: str, source: Path | None = None, progress: bool = False) -> pa.Table:
+def import_published(dataset: str, source: Path | None = None, progress: bool = False,
+                     answers: bool = False) -> pa.Table:
     """All published (query, prompt, verdict) records of ``dataset`` as a :data:`LOG_SCHEMA` table.
 
     Train-role prompts give one row per query (train and test); held-out prompts
     one row per test query. ``confidence`` (the LLM's self-critique) is set on
-    test rows and null on train rows.
+    test rows and null on train rows. ``answers`` (GSM8K only, the one set whose answer
+    texts were published) fills ``response`` on the test rows with the LLM's answers,
+    so the log can be replayed (``oirl answer --backend replay:LOG``); null elsewhere.
     """
+    if answers and dataset != "gsm8k":
+        raise OirlError(f"only gsm8k has published answer texts; {dataset} has verdicts only")
     src = _source(source)
     prompts = load_prompts(src)
     questions = load_questions(dataset, src)
@@ -321,6 +326,7 @@ def import_published(dataset: str, source: Path | None = None, progress: bool = 
     p_parts: list[np.ndarray] = []
     correct_parts: list[np.ndarray] = []
     conf_parts: list[np.ndarray] = []
+    resp_parts: list[list] = []
     with bar:
         confidence: dict[int, np.ndarray] = {}
         for prompt in prompts:
@@ -338,6 +344,9 @@ def import_published(dataset: str, source: Path | None = None, progress: bool = 
             hit = is_test[idx]
             conf[hit] = confidence[prompt.index][test_pos[hit]]
             conf_parts.append(conf)
+            if answers:
+                texts = load_gsm8k_answers(prompt, src)
+                resp_parts.append([texts[t] if h else None for t, h in zip(test_pos, hit)])
             bar.advance()
 
     q_take = pa.array(np.concatenate(q_parts))
@@ -361,7 +370,8 @@ def import_published(dataset: str, source: Path | None = None, progress: bool = 
             "prompt_id": per_prompt([p.id for p in prompts]),
             "prompt": per_prompt([p.text for p in prompts]),
             "correct": pa.array(np.concatenate(correct_parts)),
-            "response": pa.nulls(n, pa.string()),
+            "response": pa.array([r for part in resp_parts for r in part], pa.string()) if answers
+            else pa.nulls(n, pa.string()),
             "sample": pa.array(np.zeros(n, dtype=np.int32)),
             "source": pa.repeat(pa.scalar(SOURCE_TAG, pa.string()), n),
             "split": per_query([q.split for q in questions]),

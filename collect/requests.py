@@ -38,11 +38,12 @@ CRITIQUE_QUESTION = (
 
 @dataclass(frozen=True)
 class QueryItem:
-    """One query: id, text, gold answer, dataset name, the source's split (if any)."""
+    """One query: id, text, gold answer (None only where gold answers are optional), dataset name, the
+    source's split (if any)."""
 
     id: str
     query: str
-    gold: str
+    gold: str | None
     dataset: str
     split: str | None = None
 
@@ -80,11 +81,12 @@ def _string_field(rec: dict, name: str, path: Path, line: int, required: bool = 
 
 
 def load_queries(spec: str | Path, split: str | None = None, limit: int | None = None,
-                 gold_check=None) -> list[QueryItem]:
+                 gold_check=None, require_gold: bool = True) -> list[QueryItem]:
     """Queries from a JSONL file or a bundled dataset name; optionally one ``split`` and the first ``limit``.
 
     ``gold_check(gold)`` (a grader's) raises ``GoldError`` for a gold answer it cannot read:
-    that is an OirlError naming the line, before anything is generated.
+    that is an OirlError naming the line, before anything is generated. ``require_gold=False``:
+    a query without ``answer`` gets gold None (``oirl answer`` on an unlabelled benchmark).
     """
     from .graders import GoldError
 
@@ -105,9 +107,9 @@ def load_queries(spec: str | Path, split: str | None = None, limit: int | None =
         for line, rec in iter_objects(path, "query"):
             qid = _string_field(rec, "id", path, line)
             text = _string_field(rec, "query", path, line)
-            if "answer" not in rec or rec["answer"] is None:
+            if rec.get("answer") is None and require_gold:
                 raise OirlError("query has no gold answer (field 'answer')", path, line)
-            gold = _string_field(rec, "answer", path, line)
+            gold = _string_field(rec, "answer", path, line, required=require_gold)
             if qid in seen:
                 raise OirlError(f"duplicate query id {qid!r} (first on line {seen[qid]})", path, line)
             seen[qid] = line
@@ -123,6 +125,8 @@ def load_queries(spec: str | Path, split: str | None = None, limit: int | None =
         items = items[:limit]
     if gold_check is not None:
         for line, q in items:
+            if q.gold is None:
+                continue
             try:
                 gold_check(q.gold)
             except GoldError as exc:

@@ -22,13 +22,11 @@ from ..atomic import write_text
 from ..errors import OirlError
 from ..progress import ProgressBar
 from ..schema import from_records, group_key, write_logs
+from .asking import Ask, LLMAsker
 from .backends import Backend, SamplingConfig, check_lora, check_model, is_local_path, make_backend
 from .graders import get_grader
-from .requests import (build_requests, critique_messages, digest, encode, load_prompt_set, load_queries,
-                       messages_for, parse_confidence, request_key, request_seed)
+from .requests import build_requests, digest, load_prompt_set, load_queries, request_key
 from .shards import LOGS, SUMMARY, ShardStore
-
-CRITIQUE_SAMPLING = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=24)
 
 
 @dataclass
@@ -179,11 +177,7 @@ def collect(cfg: CollectConfig, backend: Backend | None = None, progress: bool =
     requests = build_requests(len(queries), len(prompts), cfg.samples)
     keys = [request_key(queries[r.query], prompts[r.prompt], r.sample) for r in requests]
     if backend is None and not _all_done(store, keys, cfg.resume):
-        backend = make_backend(
-            cfg.backend, cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype,
-            quantization=cfg.quantization, lora=cfg.lora, device=cfg.device, batch_size=cfg.batch_size,
-            **({"seed": cfg.seed, "max_model_len": cfg.max_model_len} if cfg.backend == "vllm" else {}),
-        )
+        backend = backend_for(cfg)
     store.start()
     pending = [i for i, k in enumerate(keys) if k not in store.completed]
     resumed = len(requests) - len(pending)
@@ -191,38 +185,24 @@ def collect(cfg: CollectConfig, backend: Backend | None = None, progress: bool =
         log(f"resuming: {resumed} of {len(requests)} requests already in {len(store.entries)} shard(s)")
     shard_size = cfg.shard_size or (2048 if cfg.backend == "vllm" else 4 * cfg.batch_size)
     source = cfg.source_name()
-    encoded: dict[tuple[int, int], list[int]] = {}
+    asker = LLMAsker(backend, cfg.sampling, seed=cfg.seed, chat_template=cfg.chat_template, separator=cfg.separator,
+                     critique=cfg.critique) if backend is not None else None
 
     t0 = time.perf_counter()
     generated = tokens = 0
     with ProgressBar("collecting", len(requests), enabled=progress, done=resumed, transient=False) as bar:
         for start in range(0, len(pending), shard_size):
             chunk = [requests[i] for i in pending[start:start + shard_size]]
-            chunk_keys = [keys[i] for i in pending[start:start + shard_size]]
-            messages = [messages_for(queries[r.query], prompts[r.prompt], cfg.separator) for r in chunk]
-            ids = []
-            for r, msgs in zip(chunk, messages):
-                if (r.query, r.prompt) not in encoded:
-                    encoded[(r.query, r.prompt)] = encode(backend.tokenizer, msgs, cfg.chat_template)
-                ids.append(encoded[(r.query, r.prompt)])
-            seeds = [request_seed(cfg.seed, k) for k in chunk_keys]
-            gens = backend.generate(ids, cfg.sampling, seeds)
-            n_tokens = sum(g.n_tokens for g in gens)
-            confidence: list[float | None] = [None] * len(chunk)
-            if cfg.critique:
-                crit_ids = [encode(backend.tokenizer, critique_messages(m, g.text), cfg.chat_template)
-                            for m, g in zip(messages, gens)]
-                crit = backend.generate(crit_ids, CRITIQUE_SAMPLING, seeds)
-                confidence = [parse_confidence(c.text) for c in crit]
-                n_tokens += sum(c.n_tokens for c in crit)
+            replies = asker.ask([Ask(queries[r.query], prompts[r.prompt], r.sample) for r in chunk])
+            n_tokens = sum(rep.n_tokens for rep in replies)
             records = []
-            for r, g, conf in zip(chunk, gens, confidence):
+            for r, rep in zip(chunk, replies):
                 q, p = queries[r.query], prompts[r.prompt]
                 records.append({
                     "dataset": q.dataset, "query_id": q.id, "query": q.query, "group": group_key(q.query),
-                    "gold": q.gold, "prompt_id": p.id, "prompt": p.text, "correct": grader(g.text, q.gold),
-                    "response": g.text, "sample": r.sample, "source": source, "split": q.split,
-                    "confidence": conf,
+                    "gold": q.gold, "prompt_id": p.id, "prompt": p.text, "correct": grader(rep.text, q.gold),
+                    "response": rep.text, "sample": r.sample, "source": source, "split": q.split,
+                    "confidence": rep.confidence,
                 })
             store.write_shard(from_records(records), n_tokens)
             generated += len(chunk)
@@ -245,6 +225,16 @@ def collect(cfg: CollectConfig, backend: Backend | None = None, progress: bool =
     )
     write_text(Path(cfg.out) / SUMMARY, json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
+
+
+def backend_for(cfg, model: str | None = None) -> Backend:
+    """The LLM backend a config names (``backend``, ``model`` unless given, and the engine options ``oirl collect``
+    and ``oirl answer`` share: tensor parallelism, dtype, quantization, LoRA, device, batch size, seed, context)."""
+    return make_backend(
+        cfg.backend, model or cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype,
+        quantization=cfg.quantization, lora=cfg.lora, device=cfg.device, batch_size=cfg.batch_size,
+        **({"seed": cfg.seed, "max_model_len": cfg.max_model_len} if cfg.backend == "vllm" else {}),
+    )
 
 
 def _all_done(store: ShardStore, keys: list, resume: bool) -> bool:

@@ -25,6 +25,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,7 +46,27 @@ _SHARD_NAME = re.compile(r"shard-(\d{6,})\.parquet")
 IDENTITY = ("format", "model", "lora", "quantization", "queries_sha256", "prompt_set_sha256", "prompt_ids",
             "grader", "samples", "sampling", "seed", "chat_template", "separator", "critique")
 
-Key = tuple  # (query_id, prompt_id, sample)
+Key = tuple  # (query_id, prompt_id, sample) for a collection
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a shard store holds: ``oirl collect``'s log records, or another command's (``oirl answer``'s calls).
+
+    ``format`` is written into the manifest; ``identity``: manifest fields that must match for --resume;
+    ``key_columns``: the columns identifying a record (each key at most once over all shards);
+    ``conform(table, path)``: checks and casts a shard to the record schema; ``what``: the name in messages.
+    """
+
+    format: str
+    identity: tuple[str, ...]
+    key_columns: tuple[str, ...]
+    conform: Callable[[pa.Table, str | Path], pa.Table]
+    empty: Callable[[], pa.Table]
+    what: str = "collection"
+
+
+COLLECT = Layout(FORMAT, IDENTITY, ("query_id", "prompt_id", "sample"), conform, LOG_SCHEMA.empty_table)
 
 
 @dataclass
@@ -62,10 +83,9 @@ class ShardEntry:
                            "keys": [list(k) for k in self.keys]}, ensure_ascii=False)
 
 
-def record_keys(table: pa.Table) -> list[Key]:
-    """(query_id, prompt_id, sample) of every row of a shard."""
-    return list(zip(table.column("query_id").to_pylist(), table.column("prompt_id").to_pylist(),
-                    table.column("sample").to_pylist()))
+def record_keys(table: pa.Table, columns: tuple[str, ...] = COLLECT.key_columns) -> list[Key]:
+    """The key of every row of a shard: (query_id, prompt_id, sample) for a collection."""
+    return list(zip(*(table.column(c).to_pylist() for c in columns)))
 
 
 class ShardStore:
@@ -76,9 +96,10 @@ class ShardStore:
     after a crash), then :meth:`write_shard` per finished batch and :meth:`merged` at the end.
     """
 
-    def __init__(self, root: str | Path, manifest: dict):
+    def __init__(self, root: str | Path, manifest: dict, layout: Layout = COLLECT):
         self.root = Path(root)
-        self.manifest = {"format": FORMAT, **manifest}
+        self.layout = layout
+        self.manifest = {"format": layout.format, **manifest}
         self.entries: list[ShardEntry] = []
         self.completed: set[Key] = set()
 
@@ -99,15 +120,18 @@ class ShardStore:
                 old = json.loads(manifest_path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as exc:
                 raise OirlError(f"unreadable collection manifest ({exc})", manifest_path) from None
+            what = self.layout.what
             if not resume:
-                raise OirlError(f"--out already holds a collection (model {old.get('model')!r}); pass --resume "
-                                "to continue it, or choose another --out", root)
-            diff = [k for k in IDENTITY if old.get(k) != self.manifest.get(k)]
+                raise OirlError(f"--out already holds a{'n' if what[0] in 'aeiou' else ''} {what} "
+                                f"(model {old.get('model')!r}); pass --resume to continue it, or choose another --out",
+                                root)
+            diff = [k for k in self.layout.identity if old.get(k) != self.manifest.get(k)]
             if diff:
                 shown = "; ".join(f"{k}: {_short(old.get(k))} there, {_short(self.manifest.get(k))} now" for k in diff)
-                raise OirlError(f"--out holds logs of another collection, refusing to mix them ({shown})", root)
+                raise OirlError(f"--out holds records of another {what}, refusing to mix them ({shown})", root)
         elif root.is_dir() and any(root.iterdir()):
-            raise OirlError("--out is not empty and holds no collection manifest; choose an empty or new folder", root)
+            raise OirlError(f"--out is not empty and holds no {self.layout.what} manifest; choose an empty or new "
+                            "folder", root)
 
     # ------------------------------------------------------------------ writes
 
@@ -140,7 +164,8 @@ class ShardStore:
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 break
             if not (self.shard_dir / entry.shard).is_file():
-                raise OirlError(f"the index lists {entry.shard}, which is missing; the collection is damaged", path)
+                raise OirlError(f"the index lists {entry.shard}, which is missing; the {self.layout.what} is "
+                                "damaged", path)
             self._register(entry)
             good += len(line)
         if good < len(raw):  # a torn last line from a crash: drop it (the shard, if any, is adopted)
@@ -152,7 +177,7 @@ class ShardStore:
             table = pq.read_table(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise OirlError(f"unreadable shard ({exc})", path) from None
-        self._append_index(ShardEntry(path.name, table.num_rows, 0, record_keys(table)))
+        self._append_index(ShardEntry(path.name, table.num_rows, 0, record_keys(table, self.layout.key_columns)))
 
     def _register(self, entry: ShardEntry) -> None:
         dup = self.completed.intersection(entry.keys)
@@ -176,8 +201,8 @@ class ShardStore:
 
     def write_shard(self, table: pa.Table, tokens: int) -> Path:
         """Write finished records atomically as the next shard, then list them in the index."""
-        table = conform(table)
-        keys = record_keys(table)
+        table = self.layout.conform(table, "<records>")
+        keys = record_keys(table, self.layout.key_columns)
         path = self.shard_dir / self._next_name()
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp, compression="zstd")
@@ -185,10 +210,10 @@ class ShardStore:
         return path
 
     def merged(self) -> pa.Table:
-        """Every indexed shard, concatenated in index order (LOG_SCHEMA)."""
+        """Every indexed shard, concatenated in index order (the layout's schema: LOG_SCHEMA for a collection)."""
         if not self.entries:
-            return LOG_SCHEMA.empty_table()
-        return pa.concat_tables([conform(pq.read_table(self.shard_dir / e.shard), self.shard_dir / e.shard)
+            return self.layout.empty()
+        return pa.concat_tables([self.layout.conform(pq.read_table(self.shard_dir / e.shard), self.shard_dir / e.shard)
                                  for e in self.entries])
 
     @property

@@ -158,12 +158,12 @@ class Model:
         embedding cache."""
         return self.embedder.embed(_texts(texts, "texts"))
 
-    def scores(self, query_embeddings: np.ndarray) -> np.ndarray:
-        """float32 (n, P): the probability that each of the P prompts answers each query right.
+    def scores(self, query_embeddings: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """float32 (n, P) (or ``dtype``): the probability that each of the P prompts answers each query right.
 
         ``query_embeddings``: float32 (n, d), n >= 1, d = :attr:`embedding_dim`, from :meth:`embed`
         (or the same embedder). Columns follow :attr:`prompt_ids`."""
-        return self._get_scorer().scores(self._check_embeddings(query_embeddings))
+        return self._get_scorer().scores(self._check_embeddings(query_embeddings), dtype=dtype)
 
     def pick(self, queries: Sequence[str] | np.ndarray, top_k: int = 1) -> Picks:
         """The ``top_k`` best prompts for each query, best first (ties go to the earlier prompt).

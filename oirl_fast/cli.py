@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from . import cli_collect, cli_rerank, cli_score
+from . import cli_answer, cli_collect, cli_rerank, cli_score
 from .cli_common import (CacheOpt, DATASETS, DeviceOpt, EmbedderOpt, SchedulerOpt, WorkersOpt, app, cli_errors, err,
                          make_embedder)
 from .errors import OirlError
@@ -33,6 +33,11 @@ def import_cmd(
     source: Optional[Path] = typer.Option(
         None, help="Folder laid out like shared/data (plain or .gz files) \\[default: the copy bundled with oirl-fast]."
     ),
+    answers: bool = typer.Option(
+        False, "--answers",
+        help="gsm8k: keep the LLM's published answer texts (column response, test rows), e.g. for "
+             "oirl answer --backend replay:LOG.",
+    ),
 ):
     """Import the published Prompt-OIRL LLaMA-2 logs of one dataset into the oirl log format.
 
@@ -45,7 +50,7 @@ def import_cmd(
     if dataset not in DATASETS:
         raise OirlError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
     check_paths({"--source": source}, [Output(out, "--out", LOG_SUFFIXES)])
-    table = import_published(dataset, source, progress=True)
+    table = import_published(dataset, source, progress=True, answers=answers)
     write_logs(table, out)
     err.print(f"wrote {table.num_rows} records of {dataset} to {out}")
 
@@ -313,6 +318,7 @@ def tradeoff_cmd(
 
 cli_score.register(app)
 cli_collect.register(app)
+cli_answer.register(app)
 cli_rerank.register(app)
 
 

@@ -33,13 +33,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .answer.policies import majority
 from .atomic import atomic_path
 from .collect.published import import_published
 from .encoders import check_same_encoder
 from .errors import OirlError
 from .metrics import paired_bootstrap_ci
+from .ranking import prompt_order, rank_prompts
 from .schema import read_logs
-from .scoring.candidates import Candidates
+from .scoring.candidates import model_candidates
 from .scoring.scorer import Scorer
 from .splits import Protocol
 from .tradeoff_answers import log_answers, published_answers
@@ -48,18 +50,11 @@ from .train.fit import fit_reward_model
 
 
 def vote(values: np.ndarray, order: np.ndarray) -> float:
-    """Majority value among ``values[order]`` (NaN = no answer); ties go to the earliest in ``order``."""
-    counts: dict[float, int] = {}
-    first: dict[float, int] = {}
-    for rank, j in enumerate(order):
-        v = values[j]
-        if np.isnan(v):
-            continue
-        counts[v] = counts.get(v, 0) + 1
-        first.setdefault(v, rank)
-    if not counts:
-        return float("nan")
-    return max(counts, key=lambda v: (counts[v], -first[v]))
+    """Majority value among ``values[order]`` (NaN = no answer); ties go to the earliest in ``order``
+    (:func:`oirl_fast.answer.policies.majority`, the rule ``oirl answer`` votes with)."""
+    picked = [None if np.isnan(values[j]) else float(values[j]) for j in order]
+    winner = majority(picked)
+    return float("nan") if winner is None else picked[winner]
 
 
 def _correct(picked: np.ndarray, gold: np.ndarray) -> np.ndarray:
@@ -143,7 +138,7 @@ def policy_outcomes(
     U, P = values.shape
     rows = np.arange(U)
     one = np.ones(U)
-    rank = np.argsort(-scores, axis=1, kind="stable")
+    rank = prompt_order(scores)
     orders = fixed_orders(scores, train_accuracy, best_single)
     references: dict[str, dict[int, PolicyOutcome]] = {}
     for family, order in orders.items():
@@ -259,6 +254,59 @@ def _seed_models(artifact, table, embedder, seeds: int) -> list:
     return models
 
 
+@dataclass
+class Simulation:
+    """What :func:`simulate` computed: the logged ``answers`` (columns in the model's prompt order), one
+    ``runs`` entry per model seed (:func:`policy_outcomes`'s result), and the first model's float64 (U, P)
+    ``scores``."""
+
+    answers: object
+    runs: list
+    scores: np.ndarray
+    dataset: str
+
+
+def simulate(model_dir, embedder, source=None, dataset: str = "gsm8k", limit: int | None = None,
+             log=None, seeds: int = 1, progress=lambda *_: None) -> Simulation:
+    """Every policy's per-query outcome on logged answers, for the artifact's model and ``seeds`` - 1 refits
+    (see :func:`run_tradeoff`). Prompts are ranked in the model's own prompt order, as ``oirl answer``
+    ranks them (:func:`oirl_fast.ranking.rank_prompts`), so ties between prompts break the same way."""
+    if seeds < 1:
+        raise OirlError(f"--seeds must be at least 1, got {seeds}")
+    artifact = load_artifact(model_dir, embedding_model=embedder.model_id)
+    if getattr(embedder, "encoder", None) is not None:
+
+        check_same_encoder(artifact.metadata.embedder_record, embedder.encoder, artifact.path / "metadata.json")
+    if log is not None:
+        answers = log_answers(log, artifact.metadata.protocol, artifact.metadata.prompt_ids, limit)
+    else:
+        if dataset != "gsm8k":
+            raise OirlError(f"the {dataset} logs hold verdicts but no answer texts, so votes cannot be simulated; "
+                            "only gsm8k has logged answers (or pass --log with a log that keeps responses)")
+        answers = published_answers(source, limit)
+        if sorted(answers.prompt_ids) != sorted(artifact.metadata.prompt_ids):
+            raise OirlError(f"model was built for prompts {artifact.metadata.prompt_ids}, the answers cover "
+                            f"{answers.prompt_ids}", artifact.path / "metadata.json")
+        answers = answers.in_order(artifact.metadata.prompt_ids)
+    if seeds > 1:
+        progress(f"refitting the model with seeds 1..{seeds - 1} on its own split")
+        table = read_logs(log) if log is not None else import_published("gsm8k", source)
+        models = _seed_models(artifact, table, embedder, seeds)
+    else:
+        models = [artifact.model]
+    queries = embedder.embed(answers.queries)
+    runs, first_scores = [], None
+    for s, model in enumerate(models):
+        # the artifact's model through its fastest route, the refitted seeds (in memory) through theirs
+        scorer = (Scorer.for_artifact(artifact) if model is artifact.model
+                  else Scorer.for_model(model, queries.shape[1], model_candidates(artifact)))
+        ranking = rank_prompts(scorer.scores(queries, dtype=np.float64), model.calibrator)
+        first_scores = ranking.scores if first_scores is None else first_scores
+        runs.append(policy_outcomes(answers.values, answers.gold, ranking.scores, ranking.confidence,
+                                    answers.best_single, seed=s, train_accuracy=answers.train_accuracy))
+    return Simulation(answers, runs, first_scores, artifact.metadata.dataset if log is not None else dataset)
+
+
 def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit: int | None = None,
                  log=None, seeds: int = 1, n_boot: int = 2000, progress=lambda *_: None) -> dict:
     """Simulate the policies with a trained model artifact on logged answers.
@@ -269,60 +317,22 @@ def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit
     with seeds 1..seeds-1 on the same split (the split itself is not re-drawn) and reports
     every policy's mean and spread over the seeds; CIs are over the per-query seed means.
     """
-    if seeds < 1:
-        raise OirlError(f"--seeds must be at least 1, got {seeds}")
-    artifact = load_artifact(model_dir, embedding_model=embedder.model_id)
-    if getattr(embedder, "encoder", None) is not None:
-
-        check_same_encoder(artifact.metadata.embedder_record, embedder.encoder, artifact.path / "metadata.json")
-    if log is not None:
-        answers = log_answers(log, artifact.metadata.protocol, artifact.metadata.prompt_ids, limit)
-        dataset = artifact.metadata.dataset
-    else:
-        if dataset != "gsm8k":
-            raise OirlError(f"the {dataset} logs hold verdicts but no answer texts, so votes cannot be simulated; "
-                            "only gsm8k has logged answers (or pass --log with a log that keeps responses)")
-        answers = published_answers(source, limit)
-        if sorted(answers.prompt_ids) != sorted(artifact.metadata.prompt_ids):
-            raise OirlError(f"model was built for prompts {artifact.metadata.prompt_ids}, the answers cover "
-                            f"{answers.prompt_ids}", artifact.path / "metadata.json")
-    if seeds > 1:
-    
-        progress(f"refitting the model with seeds 1..{seeds - 1} on its own split")
-        table = read_logs(log) if log is not None else import_published("gsm8k", source)
-        models = _seed_models(artifact, table, embedder, seeds)
-    else:
-        models = [artifact.model]
+    sim = simulate(model_dir, embedder, source, dataset, limit, log, seeds, progress)
+    answers, runs, first_scores = sim.answers, sim.runs, sim.scores
     ours = np.isclose(answers.values, answers.gold[:, None]) & ~np.isnan(answers.values)
-    order = [artifact.metadata.prompt_ids.index(i) for i in answers.prompt_ids]
-    texts = {p["id"]: p["text"] for p in artifact.metadata.prompts}
-    cands = Candidates(list(answers.prompt_ids), [texts[i] for i in answers.prompt_ids],
-                       np.ascontiguousarray(artifact.prompt_embeddings[order], dtype=np.float32), "model")
-    queries = embedder.embed(answers.queries)
-    runs, first_scores = [], None
-    for s, model in enumerate(models):
-        # the artifact's model through its fastest route, the refitted seeds (in memory) through theirs
-        scorer = (Scorer.for_artifact(artifact, cands) if model is artifact.model
-                  else Scorer.for_model(model, queries.shape[1], cands))
-        scores = scorer.scores(queries, dtype=np.float64)
-        first_scores = scores if first_scores is None else first_scores
-        top = scores.max(axis=1)
-        confidence = model.calibrator(top) if model.calibrator is not None else top
-        runs.append(policy_outcomes(answers.values, answers.gold, scores, confidence, answers.best_single,
-                                    seed=s, train_accuracy=answers.train_accuracy))
     points = compare_policies(runs, n_boot=n_boot)
     # The prompt orders the fixed sets are cut from (the model-mean one: the artifact's model, seed 0).
     fixed = {family: [answers.prompt_ids[j] for j in o]
              for family, o in fixed_orders(first_scores, answers.train_accuracy, answers.best_single).items()}
     return {
-        "dataset": dataset,
+        "dataset": sim.dataset,
         "model": str(model_dir),
         "n_queries": len(answers.queries),
         "n_prompts": len(answers.prompt_ids),
         "grader_agreement_with_published_verdicts": float(np.mean(ours == answers.verdicts)),
-        "seeds": len(models),
+        "seeds": len(runs),
         "seed_variation": "model refitted with seeds 0..K-1 on the model's own split (split not re-drawn)"
-        if len(models) > 1 else "one model (the artifact's)",
+        if len(runs) > 1 else "one model (the artifact's)",
         "fixed_sets": fixed,
         "points": points,
         "pareto_front": [p["policy"] for p in pareto_front(points)],

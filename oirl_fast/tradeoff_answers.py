@@ -20,7 +20,8 @@ class AnswerTable:
 
     queries (U,), gold float (U,), values float (U, P) numeric answers (NaN if none),
     verdicts bool (U, P) the log's own grading, prompt_ids (P,), train_accuracy float (P,)
-    each prompt's accuracy on the training rows (NaN where it has none); best_single its argmax.
+    each prompt's accuracy on the training rows (NaN where it has none); best_single its argmax;
+    query_ids (U,).
     """
 
     queries: list
@@ -29,10 +30,17 @@ class AnswerTable:
     verdicts: np.ndarray
     prompt_ids: list
     train_accuracy: np.ndarray
+    query_ids: list
 
     @property
     def best_single(self) -> int:
         return int(np.nanargmax(self.train_accuracy))
+
+    def in_order(self, prompt_ids: list) -> "AnswerTable":
+        """The same answers with the prompt columns in the order of ``prompt_ids`` (a permutation of them)."""
+        cols = [self.prompt_ids.index(p) for p in prompt_ids]
+        return AnswerTable(self.queries, self.gold, self.values[:, cols], self.verdicts[:, cols], list(prompt_ids),
+                           self.train_accuracy[cols], self.query_ids)
 
 
 def _number(text) -> float:
@@ -60,7 +68,7 @@ def published_answers(source, limit: int | None) -> AnswerTable:
         if p.role == "train":
             acc[j] = np.mean(train.filter(pc.equal(train.column("prompt_id"), p.id)).column("correct").to_numpy())
     return AnswerTable(first.column("query").to_pylist()[:U], np.array([float(g) for g in first.column("gold").to_pylist()[:U]]),
-                       values, verdicts, ids, acc)
+                       values, verdicts, ids, acc, first.column("query_id").to_pylist()[:U])
 
 
 def log_answers(log_path, protocol: dict, prompt_ids: list, limit: int | None) -> AnswerTable:
@@ -89,8 +97,14 @@ def log_answers(log_path, protocol: dict, prompt_ids: list, limit: int | None) -
         raise OirlError("votes compare numbers, but some gold answers are not numeric", log_path) from None
     values = np.array([[_number(cells[q][p]["response"]) for p in prompt_ids] for q in complete])
     verdicts = np.array([[cells[q][p]["correct"] for p in prompt_ids] for q in complete])
+    return AnswerTable([r["query"] for r in first], gold, values, verdicts, list(prompt_ids),
+                       train_accuracy(split, prompt_ids), list(complete))
+
+
+def train_accuracy(split, prompt_ids: list) -> np.ndarray:
+    """float (P,): each prompt's accuracy on the training rows of ``split`` (a :func:`split_log` result),
+    NaN where a prompt has none. The best single prompt is its argmax (first on a tie)."""
     correct = np.array(split.train.column("correct").to_pylist(), dtype=float)
     pids = split.train.column("prompt_id").to_pylist()
-    acc = np.array([correct[[x == p for x in pids]].mean() if p in split.train_prompt_ids else np.nan
-                    for p in prompt_ids])
-    return AnswerTable([r["query"] for r in first], gold, values, verdicts, list(prompt_ids), acc)
+    return np.array([correct[[x == p for x in pids]].mean() if p in split.train_prompt_ids else np.nan
+                     for p in prompt_ids])

@@ -72,3 +72,16 @@ def test_tradeoff_and_published_use_the_one_parser():
                                         ("Confidence: 300", 1.0), ("yes", None)])
 def test_parse_confidence(text, value):
     assert parse_confidence(text) == value
+
+
+@pytest.mark.parametrize("name,response,gold", [
+    ("numeric", "so she makes $1,234.0 a day", "1234"), ("numeric", "about 7 or 8", "7"),
+    ("numeric", "no number", "3"), ("gsm8k", "first 5 then #### 12 and 40", "x #### 12"),
+    ("gsm8k", "it is 40", "x #### 12"), ("choice", "The answer is (C).", "C"), ("choice", "hmm", "B"),
+    ("prompt-oirl", "$57,500 per year", "500"), ("prompt-oirl", "-15 years", "15"), ("numeric", "-15 years", "15"),
+])
+def test_value_and_verdict_agree_with_the_grade(name, response, gold):
+    """oirl answer votes over Grader.value and grades the winner with Grader.verdict: the same verdict as grade."""
+    g = get_grader(name)
+    assert g.verdict(g.value(response), gold) == g(response, gold)
+    assert g.verdict(None, gold) is False and g.value(None) is None

@@ -46,3 +46,18 @@ def test_sentence_transformers_imports():
     import sentence_transformers
 
     assert sentence_transformers.SentenceTransformer is not None
+
+
+def test_every_package_folder_is_installed():
+    # Editable installs import any folder under oirl_fast/, so a package missing from pyproject.toml's
+    # explicit list passes every test here and is absent from a built wheel.
+    import tomllib
+
+    setup = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {name: REPO_ROOT / path for name, path in setup["package-dir"].items()}
+    found = set()
+    for name, root in folders.items():
+        for init in root.rglob("__init__.py"):
+            rel = init.parent.relative_to(root).parts
+            found.add(".".join((name, *rel)))
+    assert found - set(setup["packages"]) == set(), "add these to [tool.setuptools] packages"

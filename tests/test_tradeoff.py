@@ -128,30 +128,6 @@ def test_real_answers_agree_with_published_verdicts_mostly():
     assert agreement > 0.9  # the published grader also took the last number
 
 
-@pytest.fixture(scope="module")
-def gsm8k_model(real_pairs, embedder, tmp_path_factory):
-    """A small reward model over the 16 GSM8K prompts, trained on real test-set pairs."""
-    from oirl_fast.features import FeatureLayout
-    from oirl_fast.train import artifact as art
-    from oirl_fast.train.reward_model import RewardModel, TrainConfig
-
-    X, y = real_pairs
-    prompts = load_prompts()
-    p_emb = embedder.embed([p.text for p in prompts])
-    model = RewardModel(TrainConfig(n_estimators=20)).fit(X, y)
-    meta = art.ModelMetadata(
-        dataset="gsm8k", backend="lightgbm", embedding_model=embedder.model_id,
-        feature_layout=FeatureLayout(384, 384).to_dict(),
-        prompts=[{"id": p.id, "text": p.text, "seen_in_training": p.role == "train"} for p in prompts],
-        prompt_embeddings_sha256=art.embeddings_hash(p_emb), protocol={"name": "published"},
-        train_config=model.config.to_dict(), best_iteration=model.best_iteration, n_train_examples=len(y),
-        calibration=model.calibrator.to_dict(),
-    )
-    out = tmp_path_factory.mktemp("tradeoff") / "m"
-    art.save_artifact(out, model, meta, p_emb, compile_library=False)
-    return out
-
-
 def test_tradeoff_command_on_a_real_subset(gsm8k_model, cache_dir, tmp_path):
     import json
 
