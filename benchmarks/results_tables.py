@@ -4,9 +4,11 @@ or from the output of `oirl tradeoff --json`.
     python benchmarks/results_tables.py oirl-demo/summary.json
     python benchmarks/results_tables.py static=/tmp/demo-static/summary.json minilm=/tmp/demo-minilm/summary.json
     oirl tradeoff --seeds 5 --json > tradeoff.json && python benchmarks/results_tables.py tradeoff.json
+    python benchmarks/results_tables.py mawps-report.json svamp-report.json   # `oirl rerank --report-json` files
 
 The first summary gives the main table (every dataset and protocol) and, when it has
-one, the transfer table (leave-one-dataset-out). With two or more summaries a
+them, the transfer table (leave-one-dataset-out) and the cross-fitting table (`crossfit`:
+every question of each log picked by models that never saw it). With two or more summaries a
 side-by-side table compares them cell by cell. Every figure is read from the files:
 nothing here is typed in by hand.
 """
@@ -87,7 +89,7 @@ def prompt_counts(summaries) -> dict[str, str]:
 
 
 def _cells(summary: dict) -> list[tuple[str, dict]]:
-    return [(f"{ds} {proto}", upgrade(s)) for ds, by_proto in summary.items() if ds != "transfer"
+    return [(f"{ds} {proto}", upgrade(s)) for ds, by_proto in summary.items() if ds not in ("transfer", "crossfit")
             for proto, s in by_proto.items()]
 
 
@@ -128,6 +130,13 @@ def transfer_table(transfer: dict) -> str:
             f"{leak.get('in_training_datasets', '-')} of {leak.get('heldout_questions', '-')}",
             str(leak.get("dropped_rows", "-")),
         ])
+    return _table(header, rows)
+
+
+def crossfit_table(crossfit: dict) -> str:
+    from oirl_fast.rerank.report import crossfit_rows
+
+    header, rows = crossfit_rows(crossfit)
     return _table(header, rows)
 
 
@@ -179,6 +188,15 @@ def main() -> None:
         name, _, path = item.rpartition("=")
         named.append((name or Path(path).parent.name, json.loads(Path(path).read_text(encoding="utf-8"))))
     first = named[0][1]
+    if "settings" in first and "datasets" in first:  # oirl rerank --report-json: one cross-fitting table
+        from oirl_fast.rerank.report import summary
+
+        figures = {}
+        for _, report in named:
+            for ds, row in summary(report).items():
+                figures[ds] = {**row, "seconds": report["settings"].get("seconds")}
+        print(crossfit_table(figures))
+        return
     if "points" in first:  # oirl tradeoff --json
         print(tradeoff_table(first))
         return
@@ -186,6 +204,9 @@ def main() -> None:
     if "transfer" in first:
         print("\nTransfer (leave-one-dataset-out):\n")
         print(transfer_table(first["transfer"]))
+    if "crossfit" in first:
+        print("\nCross-fitted re-ranking (grouped 5-fold, every question tested once):\n")
+        print(crossfit_table(first["crossfit"]))
     if len(named) > 1:
         print("\nSide by side:\n")
         print(side_by_side(named))

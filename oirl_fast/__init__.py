@@ -6,13 +6,14 @@ The Python API (see :mod:`oirl_fast.api`)::
     model = oirl.load("oirl-demo/gsm8k/model")            # or oirl.fit(log, out=...)
     picks = model.pick(["question 1", "question 2"], top_k=3)
     report = oirl.evaluate(model, "oirl-demo/gsm8k/logs.parquet")
+    result = oirl.rerank("oirl-demo/mawps/logs.parquet", folds=5)   # cross-fitted picks of every question
 
 ``import oirl_fast`` stays light: the API and its libraries (pyarrow, lightgbm, torch, numba)
 are imported on first use of one of these names.
 """
 __version__ = "0.1.0"
 
-_API = ("Model", "Picks", "load", "fit", "evaluate", "read_log")
+_API = ("Model", "Picks", "load", "fit", "evaluate", "read_log", "rerank")
 __all__ = [*_API, "OirlError", "__version__"]
 
 

@@ -38,7 +38,7 @@ from .train.reward_model import TrainConfig
 if TYPE_CHECKING:  # the scorer's import brings numba; it is built on first use
     from .scoring.scorer import Scorer
 
-__all__ = ["Model", "Picks", "load", "fit", "evaluate", "read_log"]
+__all__ = ["Model", "Picks", "load", "fit", "evaluate", "read_log", "rerank"]
 
 def _quiet(_message: str) -> None:
     pass
@@ -275,6 +275,7 @@ def fit(
     learning_rate: float = 0.05,
     seed: int = 0,
     embedder: str = "static",
+    fallback_margin: float | str | None = None,
     compile: bool = True,
     cache_dir: str | Path | None = None,
     device: str = "auto",
@@ -290,8 +291,14 @@ def fit(
     ``embedder``: static, minilm or a sentence-transformers folder. ``compile``: also build the native
     library (treelite + tl2cgen). ``out`` is replaced atomically; it must be new, empty or a model artifact.
     A log no model can learn from is refused before the embedder is built. ``log_fn`` receives one-line
-    progress messages. Returns the written model, loaded."""
+    progress messages. ``fallback_margin``: also store the abstention rule ``oirl score`` applies
+    (:mod:`oirl_fast.rerank.fallback`): keep the prompt best on the training rows unless the pick's score beats
+    it by more than this margin; ``"auto"`` chooses the margin by cross-fitting on the training side only.
+    Returns the written model, loaded."""
+    from .rerank.fallback import fallback_for_split, parse_margin
+
     say = log_fn or _quiet
+    margin = parse_margin(fallback_margin)
     config = TrainConfig(backend=backend, n_estimators=n_estimators, learning_rate=learning_rate, seed=seed)
     proto = Protocol(protocol, test_fraction=test_fraction, seed=seed, heldout_dataset=heldout_dataset)
     inputs = {} if isinstance(log, pa.Table) else {"log": log}
@@ -302,6 +309,11 @@ def fit(
     encoder = make_encoder(embedder, cache_dir, device, log=say)
     emb = Embedder(cache_dir=cache_dir, progress=progress, encoder=encoder)
     fitted = fit_reward_model(table, proto, config, emb, say, source, split=split)
+    if margin is not None:
+        fitted.metadata.fallback = fallback_for_split(split, emb, fitted.prompt_embeddings, config, margin, seed)
+        fb = fitted.metadata.fallback
+        say(f"  fallback: {fb['prompt_id']} unless the pick beats it by more than "
+            + ("(never: no switch paid on the inner folds)" if fb["margin"] is None else f"{fb['margin']:.4f}"))
     artifact = write_artifact(fitted, out, compile_library=compile)
     model = Model(artifact, cache_dir=cache_dir, device=device, progress=progress, log_fn=log_fn)
     model._embedder = emb  # the same encoder the artifact records
@@ -337,3 +349,14 @@ def evaluate(model: Model | str | Path, log, *, seeds: int = 1, knn_k: int = 50,
             report["per_dataset"] = by_dataset
     return report
 
+
+
+def rerank(logs, *, folds: int = 5, seed: int = 0, seeds: int = 1, top_k: int = 3, **options):
+    """Cross-fitted best-of-N picks for every logged question of ``logs`` and the report on them
+    (``oirl rerank``): see :func:`oirl_fast.rerank.run.rerank` for ``options`` (inner_folds, candidates,
+    knn_k, fast, nthread, embedder, cache_dir, progress, ...). Returns a
+    :class:`~oirl_fast.rerank.run.RerankResult`: ``.records()`` one dict per question, ``.report`` the figures,
+    ``.write_picks(path)``."""
+    from .rerank.run import rerank as run
+
+    return run(logs, folds=folds, seed=seed, seeds=seeds, top_k=top_k, **options)

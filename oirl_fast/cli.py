@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from . import cli_answer, cli_collect, cli_score
+from . import cli_answer, cli_collect, cli_rerank, cli_score
 from .cli_common import (CacheOpt, DATASETS, DeviceOpt, EmbedderOpt, SchedulerOpt, WorkersOpt, app, cli_errors, err,
                          make_embedder)
 from .errors import OirlError
@@ -115,6 +115,11 @@ def train_cmd(
     seed: int = typer.Option(0),
     test_fraction: float = typer.Option(0.25, help="grouped protocol: share of questions held out."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="Build the native library with treelite + tl2cgen."),
+    fallback_margin: Optional[str] = typer.Option(
+        None, "--fallback-margin",
+        help="Store an abstention rule that `oirl score` applies: keep the prompt best on the training rows unless "
+             "the pick's score beats it by more than this margin. auto: choose the margin by 3-fold cross-fitting "
+             "on the training side (3 more fits); a number: that margin."),
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
     embedder: str = EmbedderOpt,
@@ -135,6 +140,8 @@ def train_cmd(
         raise OirlError(f"unknown engine {engine!r}; use local or dask")
     if engine == "local" and (scheduler or workers or partitions):
         raise OirlError("--scheduler, --workers and --partitions need --engine dask")
+    if engine == "dask" and fallback_margin is not None:
+        raise OirlError("--fallback-margin needs --engine local")
     # before the log is read or a tree fitted: --out must be new, empty or a model to replace, and writable
     check_paths({"LOG": logs, "--cache-dir": cache_dir}, [Output(out, "--out", kind="artifact")])
     if engine == "dask":
@@ -156,7 +163,8 @@ def train_cmd(
         # A log no model can learn from is refused before the embedder is built (a first static build takes a while).
         api.fit(logs, out, protocol=protocol, heldout_dataset=heldout_dataset, test_fraction=test_fraction,
                 backend=backend, n_estimators=n_estimators, learning_rate=learning_rate, seed=seed,
-                embedder=embedder, compile=compile, cache_dir=cache_dir, device=device, progress=True, log_fn=_say)
+                embedder=embedder, fallback_margin=fallback_margin, compile=compile, cache_dir=cache_dir, device=device,
+                progress=True, log_fn=_say)
     err.print(f"wrote model artifact {out}")
 
 
@@ -224,6 +232,10 @@ def demo_cmd(
         help="With two datasets or more: per dataset, a model trained on the others only (leave-one-dataset-out, "
              "shared questions dropped), against the prompt best on them.",
     ),
+    crossfit: bool = typer.Option(
+        True, "--crossfit/--no-crossfit",
+        help="Per dataset, also `oirl rerank --fast`: every question picked by models that never saw it (grouped "
+             "5-fold cross-fitting); a `crossfit` section in summary.json and --json."),
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
     embedder: str = EmbedderOpt,
@@ -233,7 +245,8 @@ def demo_cmd(
     Leaves per dataset: logs.parquet, model/ (grouped protocol), model-published/,
     report-<protocol>.json; and summary.json, summary.png for all. With --transfer (the
     default) also transfer/<dataset>/model and report.json, and a `transfer` section in
-    summary.json and --json.
+    summary.json and --json; with --crossfit (the default) crossfit/<dataset>/picks.jsonl,
+    report.json and report.png, and a `crossfit` section.
     """
     from .demo import run_demo
 
@@ -241,7 +254,7 @@ def demo_cmd(
     summaries = run_demo(
         out=out, datasets=datasets, protocols=protocols, backend=backend, source=source,
         compile_library=compile, embedder=make_embedder(cache_dir, device, spec=embedder), console=err, seeds=seeds,
-        transfer=transfer,
+        transfer=transfer, crossfit=crossfit,
     )
     if as_json:
         print(json.dumps(summaries, indent=2))
@@ -306,6 +319,7 @@ def tradeoff_cmd(
 cli_score.register(app)
 cli_collect.register(app)
 cli_answer.register(app)
+cli_rerank.register(app)
 
 
 def main():  # pragma: no cover

@@ -197,10 +197,22 @@ def test_demo_json_on_one_dataset(tmp_path, static_cache):
     assert lo <= s["best_of_n"] - s["best_single"] <= hi
     assert (tmp_path / "demo" / "mawps" / "model" / "metadata.json").is_file()
     assert (tmp_path / "demo" / "summary.png").is_file()
+    # the cross-fitted section: every MAWPS question tested once, by models that never saw it
+    cf = json.loads(res.stdout)["crossfit"]["mawps"]
+    assert cf["n_questions"] == 1744 and cf["n_prompts"] == 6 and cf["n_prompts_all_prompts"] == 16
+    for key in ("rerank", "rerank_all_prompts", "best_single", "default_model"):
+        assert cf["random"] <= cf[key] <= cf["oracle"] if "all" not in key else cf[key] <= cf["oracle_all_prompts"]
+    lo, hi = cf["rerank_diff_ci"]
+    assert lo - 1e-9 <= cf["rerank"] - cf["best_single"] <= hi + 1e-9
+    assert set(cf["candidates"]) == {"pointwise", "ranking", "knn", "blend"}
+    assert cf["ceiling"]["ceiling"] > 0
+    picks = (tmp_path / "demo" / "crossfit" / "mawps" / "picks.jsonl").read_text().splitlines()
+    assert len(picks) == 1744
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["crossfit"]["mawps"] == cf
 
 
 def test_demo_reports_headroom_for_repeated_questions(tmp_path, cache_dir):
-    res = run("demo", "--dataset", "mawps", "--protocol", "grouped", "--seeds", "1", "--no-compile",
+    res = run("demo", "--dataset", "mawps", "--protocol", "grouped", "--seeds", "1", "--no-compile", "--no-crossfit",
               "--out", str(tmp_path / "demo"), "--json", cache_dir=cache_dir)
     h = json.loads(res.stdout)["mawps"]["grouped"]["headroom"]
     assert set(h) == {"ceiling", "best_single", "captured_share"}
@@ -210,7 +222,7 @@ def test_demo_reports_headroom_for_repeated_questions(tmp_path, cache_dir):
 
 def test_demo_transfer_section(tmp_path, static_cache):
     res = run("demo", "--dataset", "mawps", "--dataset", "svamp", "--protocol", "grouped", "--seeds", "1",
-              "--no-compile", "--out", str(tmp_path / "demo"), "--json", cache_dir=static_cache)
+              "--no-compile", "--no-crossfit", "--out", str(tmp_path / "demo"), "--json", cache_dir=static_cache)
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     transfer = out["transfer"]

@@ -16,6 +16,7 @@ from ..encoders import artifact_record, encoder_for_record
 from ..errors import OirlError
 from ..paths import is_stdio, is_stream
 from ..pipelined import run_pipeline
+from ..rerank.fallback import apply_fallback, resolve
 from ..train.artifact import file_sha256, load_artifact
 from .candidates import Candidates, candidates_sha256, model_candidates, read_prompts_file
 from .options import ScoreOptions
@@ -43,6 +44,7 @@ class Scoring:
         self.k = options.top_k
         self.calibrator = artifact.model.calibrator
         self.get_embedder = get_embedder
+        self.fallback = resolve(artifact.metadata.fallback, cands.ids, cands.texts, artifact.metadata.prompts)
 
     def annotate(self, rec: dict, confidence: float | None, summary: "ScoreSummary") -> dict:
         """Add the pick's calibrated success probability and, with a threshold, whether it is too low."""
@@ -64,7 +66,8 @@ class Scoring:
         chunk_size = self.options.chunk_size
         score = lambda chunk: _score_chunk(chunk, self.cands, self.scorer, self.k, self.options.with_scores, emb_matrix,
                                            self.get_embedder, summary, self.options.strict, src,
-                                           lambda rec, conf: self.annotate(rec, conf, summary), self.calibrator)
+                                           lambda rec, conf: self.annotate(rec, conf, summary), self.calibrator,
+                                           self.fallback)
         if pipeline:
             run_pipeline(chunks(items, chunk_size), score, lambda lines, n: _write_lines(fh, lines, n, summary, on_chunk),
                          summary)
@@ -154,7 +157,7 @@ def load_scoring(
 
 
 def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder, summary, strict, src,
-                 annotate=lambda rec, conf: rec, calibrate=None) -> list[str]:
+                 annotate=lambda rec, conf: rec, calibrate=None, fallback=None) -> list[str]:
     ok = [it for it in chunk if it.error is None]
     if ok:
         t0 = time.perf_counter()
@@ -186,6 +189,9 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
         else:
             full = None
             idx, sc = scorer.top(Q, k, dtype=np.float64)
+        if fallback is not None:  # the model's abstention rule (metadata.fallback), one step on the top-k
+            fb = (full if full is not None else scorer.scores(Q, dtype=np.float64))[:, fallback[0]]
+            idx, sc = apply_fallback(idx, sc, fb, *fallback)
         summary.score_seconds += time.perf_counter() - t0
         summary.pairs += len(ok) * len(cands)
         # one vectorized call per chunk: calibrating pick by pick cost more than scoring
