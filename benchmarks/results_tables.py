@@ -134,7 +134,7 @@ def transfer_table(transfer: dict) -> str:
 
 
 def crossfit_table(crossfit: dict) -> str:
-    from oirl_fast.rerank.report import crossfit_rows
+    from oirl_fast.reranking.report import crossfit_rows
 
     header, rows = crossfit_rows(crossfit)
     return _table(header, rows)
@@ -189,7 +189,7 @@ def main() -> None:
         named.append((name or Path(path).parent.name, json.loads(Path(path).read_text(encoding="utf-8"))))
     first = named[0][1]
     if "settings" in first and "datasets" in first:  # oirl rerank --report-json: one cross-fitting table
-        from oirl_fast.rerank.report import summary
+        from oirl_fast.reranking.report import summary
 
         figures = {}
         for _, report in named:

@@ -292,10 +292,10 @@ def fit(
     library (treelite + tl2cgen). ``out`` is replaced atomically; it must be new, empty or a model artifact.
     A log no model can learn from is refused before the embedder is built. ``log_fn`` receives one-line
     progress messages. ``fallback_margin``: also store the abstention rule ``oirl score`` applies
-    (:mod:`oirl_fast.rerank.fallback`): keep the prompt best on the training rows unless the pick's score beats
+    (:mod:`oirl_fast.reranking.fallback`): keep the prompt best on the training rows unless the pick's score beats
     it by more than this margin; ``"auto"`` chooses the margin by cross-fitting on the training side only.
     Returns the written model, loaded."""
-    from .rerank.fallback import fallback_for_split, parse_margin
+    from .reranking.fallback import fallback_for_split, parse_margin
 
     say = log_fn or _quiet
     margin = parse_margin(fallback_margin)
@@ -353,10 +353,10 @@ def evaluate(model: Model | str | Path, log, *, seeds: int = 1, knn_k: int = 50,
 
 def rerank(logs, *, folds: int = 5, seed: int = 0, seeds: int = 1, top_k: int = 3, **options):
     """Cross-fitted best-of-N picks for every logged question of ``logs`` and the report on them
-    (``oirl rerank``): see :func:`oirl_fast.rerank.run.rerank` for ``options`` (inner_folds, candidates,
+    (``oirl rerank``): see :func:`oirl_fast.reranking.run.rerank` for ``options`` (inner_folds, candidates,
     knn_k, fast, nthread, embedder, cache_dir, progress, ...). Returns a
-    :class:`~oirl_fast.rerank.run.RerankResult`: ``.records()`` one dict per question, ``.report`` the figures,
+    :class:`~oirl_fast.reranking.run.RerankResult`: ``.records()`` one dict per question, ``.report`` the figures,
     ``.write_picks(path)``."""
-    from .rerank.run import rerank as run
+    from .reranking.run import rerank as run
 
     return run(logs, folds=folds, seed=seed, seeds=seeds, top_k=top_k, **options)

@@ -52,8 +52,8 @@ def register(app: typer.Typer) -> None:
         the oracle and the repeat-based ceiling, with paired-bootstrap 95% CIs over all questions.
         """
         from .console import make_console
-        from .rerank import rerank
-        from .rerank.report import plot_report, report_table
+        from .reranking.run import rerank
+        from .reranking.report import plot_report, report_table
         from .report import write_json
 
         check_paths({"LOG": logs, "--cache-dir": cache_dir},

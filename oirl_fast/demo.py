@@ -107,7 +107,7 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
         console.print(summary_table({"held out": {k: v for k, v in summaries["transfer"].items() if "skipped" not in v}},
                                     title="Transfer: trained on the other datasets only (best single = best on them)"))
     if "crossfit" in summaries:
-        from .rerank.report import crossfit_table
+        from .reranking.report import crossfit_table
 
         console.print(crossfit_table(summaries["crossfit"]))
     console.print(f"reports in {out}/ (summary.json, summary.png); total {time.perf_counter() - t_start:.0f}s")
@@ -120,9 +120,9 @@ CROSSFIT_FOLDS = 5
 def run_crossfit(table, embedder, out: Path, console: Console) -> dict:
     """``oirl rerank --fast`` on one dataset's log (5 folds, 2 inner folds, every candidate, seed 0), with the
     embeddings already computed: picks.jsonl, report.json and report.png in ``out``; returns the dataset's
-    figures of :func:`oirl_fast.rerank.report.summary` plus the seconds it took."""
-    from .rerank import rerank
-    from .rerank.report import plot_report, summary
+    figures of :func:`oirl_fast.reranking.report.summary` plus the seconds it took."""
+    from .reranking.run import rerank
+    from .reranking.report import plot_report, summary
     from .report import write_json
 
     t0, c0 = time.perf_counter(), time.process_time()

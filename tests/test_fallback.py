@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from oirl_fast.cli import app
-from oirl_fast.rerank.fallback import apply_fallback, parse_margin, resolve
+from oirl_fast.reranking.fallback import apply_fallback, parse_margin, resolve
 from oirl_fast.schema import write_logs
 
 runner = CliRunner()

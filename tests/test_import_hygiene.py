@@ -61,3 +61,10 @@ def test_every_package_folder_is_installed():
             rel = init.parent.relative_to(root).parts
             found.add(".".join((name, *rel)))
     assert found - set(setup["packages"]) == set(), "add these to [tool.setuptools] packages"
+
+
+def test_importing_the_reranking_package_keeps_the_public_function():
+    import oirl_fast
+    import oirl_fast.reranking.run  # noqa: F401  binds oirl_fast.reranking, never oirl_fast.rerank
+
+    assert callable(oirl_fast.rerank) and oirl_fast.rerank.__module__ == "oirl_fast.api"

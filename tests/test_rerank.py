@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from oirl_fast.cli import app
-from oirl_fast.rerank.folds import assign_folds, build_units
-from oirl_fast.rerank.selection import choose_margin, predicted_gain, ranked
+from oirl_fast.reranking.folds import assign_folds, build_units
+from oirl_fast.reranking.selection import choose_margin, predicted_gain, ranked
 from oirl_fast.schema import write_logs
 
 runner = CliRunner()
@@ -205,7 +205,7 @@ def test_ranking_model_is_scored_by_the_kernel_and_compiles(tmp_path):
 
     from oirl_fast.features import grid_features
     from oirl_fast.kernels.quickscorer import FactorizedScorer
-    from oirl_fast.rerank.candidates import RankingModel
+    from oirl_fast.reranking.candidates import RankingModel
     from oirl_fast.train.model_format import read_treelite
     from oirl_fast.train.reward_model import TrainConfig
 

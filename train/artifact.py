@@ -82,7 +82,7 @@ class ModelMetadata:
     train_questions: dict | None = None
     # oirl_fast.encoders.encoder_record(): kind, name, dim, identity, weights_sha256; None (older artifacts) = MiniLM
     embedder: dict | None = None
-    # oirl_fast.rerank.fallback: {"prompt_id", "margin", ...}: keep that prompt unless the pick's score beats its
+    # oirl_fast.reranking.fallback: {"prompt_id", "margin", ...}: keep that prompt unless the pick's score beats its
     # score by more than margin (None: always keep it); None (older artifacts, or not asked for) = no fallback
     fallback: dict | None = None
     schema_version: int = ARTIFACT_SCHEMA_VERSION

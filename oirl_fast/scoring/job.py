@@ -16,7 +16,7 @@ from ..encoders import artifact_record, encoder_for_record
 from ..errors import OirlError
 from ..paths import is_stdio, is_stream
 from ..pipelined import run_pipeline
-from ..rerank.fallback import apply_fallback, resolve
+from ..reranking.fallback import apply_fallback, resolve
 from ..train.artifact import file_sha256, load_artifact
 from .candidates import Candidates, candidates_sha256, model_candidates, read_prompts_file
 from .options import ScoreOptions

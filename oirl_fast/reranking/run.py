@@ -1,9 +1,9 @@
 """``rerank(logs, folds=5, seed=0, ...)``: re-rank a whole logged benchmark with cross-fitted picks.
 
 Every logged question gets prompts from models that never saw it (grouped K-fold
-cross-fitting, :mod:`oirl_fast.rerank.crossfit`); the result holds one pick record per
+cross-fitting, :mod:`oirl_fast.reranking.crossfit`); the result holds one pick record per
 question (:meth:`RerankResult.records`, written by :meth:`RerankResult.write_picks`) and the
-report of :mod:`oirl_fast.rerank.report`.
+report of :mod:`oirl_fast.reranking.report`.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ FAST_GBDT = TrainConfig(learning_rate=0.1, num_leaves=31, n_estimators=200, earl
 @dataclass
 class RerankResult:
     """units: the pooled questions; seeds: one cross-fit per seed (the first one's picks are the records);
-    report: :func:`oirl_fast.rerank.report.build_report`; seconds: wall time of the cross-fitting."""
+    report: :func:`oirl_fast.reranking.report.build_report`; seconds: wall time of the cross-fitting."""
 
     units: Units
     seeds: list[SeedResult]

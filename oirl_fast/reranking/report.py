@@ -1,6 +1,6 @@
 """The cross-fitted report: per dataset and prompt set, every selector's accuracy against the best fixed prompt.
 
-:func:`build_report` turns the seeds' :class:`~oirl_fast.rerank.crossfit.SeedResult` into a JSON-ready
+:func:`build_report` turns the seeds' :class:`~oirl_fast.reranking.crossfit.SeedResult` into a JSON-ready
 dict; :func:`report_table` renders it for the terminal (rich), :func:`plot_report` as a PNG.
 Accuracies are over the units logged with every prompt of the set; with several seeds each figure is
 the seed mean (``*_sd`` the spread) and the CIs are paired bootstraps over the per-question seed means.

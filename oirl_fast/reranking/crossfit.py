@@ -5,7 +5,7 @@ Outer fold ``k``: every candidate is fitted on the units outside ``k`` and score
 in fold order): the inner model for inner fold ``j`` is the one fitted without ``{j, k}``, which
 also serves outer fold ``j``. On the inner folds' questions only, each candidate's best-of-N
 accuracy chooses the default model of fold ``k``, and that model's predicted gains choose the
-abstention margin per dataset (:func:`oirl_fast.rerank.selection.choose_margin`). The test fold
+abstention margin per dataset (:func:`oirl_fast.reranking.selection.choose_margin`). The test fold
 is never looked at until its picks are written.
 
 The best fixed prompt of a unit is the training prompt best on its dataset's rows of the same

@@ -4,7 +4,7 @@
 the training prompt best on the training rows, and the margin (in the model's own score units)
 by which the top pick's score must exceed that prompt's before ``oirl score`` switches away from
 it. ``auto`` chooses the margin by grouped cross-fitting of the same model on the training side
-only (:func:`fit_fallback`, with :func:`oirl_fast.rerank.selection.choose_margin`); a margin of
+only (:func:`fit_fallback`, with :func:`oirl_fast.reranking.selection.choose_margin`); a margin of
 ``None`` means the inner folds found no switch that pays, and every query gets the fixed prompt.
 :func:`apply_fallback` is the one post-processing step of a top-k that ``oirl score`` runs.
 """
@@ -43,7 +43,7 @@ def fit_fallback(train, query_emb: np.ndarray, prompt_emb: np.ndarray, prompt_id
 
     ``margin``: a number is stored as given; ``"auto"`` cross-fits the model (``config``, a TrainConfig) in
     ``folds`` grouped folds of the training side, takes each question's out-of-fold predicted gain over the
-    fixed prompt and keeps the margin of :func:`~oirl_fast.rerank.selection.choose_margin`."""
+    fixed prompt and keeps the margin of :func:`~oirl_fast.reranking.selection.choose_margin`."""
     # here, not at the top: oirl score imports this module for apply_fallback and must not load pyarrow/lightgbm
     from ..features import grid_features
     from .candidates import fit_pointwise
