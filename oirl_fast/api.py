@@ -166,11 +166,14 @@ class Model:
         (or the same embedder). Columns follow :attr:`prompt_ids`."""
         return self._get_scorer().scores(self._check_embeddings(query_embeddings), dtype=dtype)
 
-    def pick(self, queries: Sequence[str] | np.ndarray, top_k: int = 1) -> Picks:
+    def pick(self, queries: Sequence[str] | np.ndarray, top_k: int = 1, fallback: bool = True) -> Picks:
         """The ``top_k`` best prompts for each query, best first (ties go to the earlier prompt).
 
         ``queries``: a list of n query texts (embedded with the model's embedder), or their float32
-        (n, d) embeddings. ``top_k``: 1 <= top_k <= P. Returns :class:`Picks` with (n, top_k) arrays."""
+        (n, d) embeddings. ``top_k``: 1 <= top_k <= P. ``fallback``: apply the model's abstention rule
+        (``metadata.fallback``, from ``oirl train --fallback-margin``) as ``oirl score`` does: the fixed
+        prompt goes first wherever the top pick's score does not clear it by the margin; no-op for a
+        model without one. Returns :class:`Picks` with (n, top_k) arrays."""
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
             raise OirlError(f"top_k must be an integer, got {type(top_k).__name__}")
         if not 1 <= top_k <= self.n_prompts:
@@ -190,10 +193,23 @@ class Model:
             if len(empty):
                 raise OirlError(f"queries[{int(empty[0])}] {ZERO_VECTOR}: no question to pick a prompt for")
         idx, sc = self._get_scorer().top(emb, int(top_k))
+        rule = self._fallback_rule() if fallback else None
+        if rule is not None:
+            from .reranking.fallback import apply_fallback
+
+            col, margin = rule
+            idx, sc = apply_fallback(idx, sc, self._get_scorer().scores(emb, dtype=sc.dtype)[:, col], col, margin)
         idx = idx.astype(np.int64, copy=False)
         ids = np.asarray(self.prompt_ids, dtype=object)
         prompts = np.asarray(self.prompt_texts, dtype=object)
         return Picks(indices=idx, ids=ids[idx], texts=prompts[idx], scores=sc, queries=texts)
+
+    def _fallback_rule(self) -> tuple[int, float] | None:
+        """(prompt column, margin) of the model's abstention rule, or None (the same rule ``oirl score`` resolves)."""
+        from .reranking.fallback import resolve
+
+        meta = self.artifact.metadata
+        return resolve(meta.fallback, list(self.prompt_ids), list(self.prompt_texts), meta.prompts)
 
     def _get_scorer(self) -> "Scorer":
         """The scoring core (:class:`oirl_fast.scoring.scorer.Scorer`), built on first use: its

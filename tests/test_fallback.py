@@ -1,6 +1,7 @@
 """The abstention rule a model carries (metadata.fallback): written by `oirl train --fallback-margin`, applied by
-`oirl score`. A model without signal falls back everywhere; one with signal switches where it predicts a gain."""
+`oirl score` and `Model.pick`. A model without signal falls back everywhere; one with signal switches where it predicts a gain."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -8,6 +9,7 @@ import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
+import oirl_fast as oirl
 from oirl_fast.cli import app
 from oirl_fast.reranking.fallback import apply_fallback, parse_margin, resolve
 from oirl_fast.schema import write_logs
@@ -91,6 +93,10 @@ def _train_and_score(log, queries, tmp_path, cache):
                               "--scores", "--top-k", "2", "--cache-dir", str(cache)])
     assert res.exit_code == 0, res.output
     picks = [json.loads(x) for x in (tmp_path / "picks.jsonl").read_text().splitlines()]
+    # the Python API applies the same rule: Model.pick agrees with oirl score query by query
+    texts = [json.loads(x)["query"] for x in Path(queries).read_text().splitlines()]
+    api_picks = oirl.load(model, cache_dir=cache).pick(texts, top_k=2)
+    assert list(api_picks.ids[:, 0]) == [p["prompt_id"] for p in picks]
     return fb, picks
 
 
