@@ -204,7 +204,7 @@ def plot_report(report: dict, path: str | Path) -> Path:
             lo = np.array([100 * f["diff_to_best_single_ci95"][c][0] for c in sel])
             hi = np.array([100 * f["diff_to_best_single_ci95"][c][1] for c in sel])
             ax.errorbar(d, y, xerr=[d - lo, hi - d], fmt="o", capsize=3, label=f"best of {f['n_prompts']}")
-            ax.set_yticks(np.arange(len(sel)) + 0.17, sel)
+            ax.set_yticks(np.arange(len(sel)) + 0.17, ["policy (abstains)" if c == "rerank" else c for c in sel])
         ax.axvline(0, color="grey", lw=1)
         ax.set_title(f"{ds}: gain over best single (points)")
         ax.legend(fontsize=8)
@@ -213,7 +213,7 @@ def plot_report(report: dict, path: str | Path) -> Path:
             cv = f["coverage_curve"]
             ax.plot([c["switched"] for c in cv], [100 * c["gain"] for c in cv], "o-", label=f"best of {f['n_prompts']}")
         ax.axhline(0, color="grey", lw=1)
-        ax.set_xlabel("share of questions switched from the best single prompt")
+        ax.set_xlabel("share of questions switched")
         ax.set_ylabel("gain (points)")
         ax.set_title(f"{ds}: coverage-gain (default model)")
         ax.legend(fontsize=8)
