@@ -130,38 +130,47 @@ def test_static_build_is_deterministic_cached_and_atomic(static_cache, tmp_path,
     assert encoders.make_encoder("static", static_cache).weights_sha256 == enc.weights_sha256
 
 
-# texts the piece-splitting fast path must hand to the tokenizer whole, or handle as model2vec does
+# texts the word table must hand to the tokenizer whole, or split as the tokenizer does
 EDGE_TEXTS = [
     "", " ", "\t\n\r", "??!!", "#####", "[UNK]", "a [unk] b [PAD] c", "x[UNK]y", "[UNK] [UNK]", "[MASK] [CLS] [SEP]",
     "zzqx qqqzv xkcdw", "x" * 101, "y" * 100 + " ok", "a" * 5000, "word " * 2000, "caf\u00e9 na\u00efve \u00c5ngstr\u00f6m",
     "\u4e2d\u6587 text", "emoji \U0001F600 ok", "\x00nul", "\x0bvt\x0cff\x1fus", "line\u2028sep", "\u00a0nbsp",
     "\u0301", "\ufffd", "a\u200bb", "\u00dcn\u00efc\u00f6d\u00e9 " * 700, "tab\tsep\rcr\nlf", "It costs $3.50 (or 35%)!",
-    "\u201cquoted\u201d \u2014 dash", "MiXeD CaSe 12abc 3.0e5",
+    "\u201cquoted\u201d \u2014 dash", "MiXeD CaSe 12abc 3.0e5", "a\x01b c\x7fd", "x\x85y", "\u00e9" * 3100,
 ]
+
+
+def _fuzz_texts(rng) -> list[str]:
+    """Random ASCII (printable, spaces, controls) and unicode the normalizer changes (accents, case, CJK,
+    spaces, controls, combining marks, final sigma)."""
+    ascii_chars = np.array([chr(c) for c in range(32, 127)] + ["\t", "\n", "\r", "\x01", "\x0b", "\x1f", "\x7f"])
+    fuzz = ["".join(rng.choice(ascii_chars, size=rng.integers(0, 80))) for _ in range(1500)]
+    fuzz += ["".join(rng.choice(list("ab1 .,-'#[]UNK"), size=rng.integers(0, 200))) for _ in range(500)]
+    uni = np.array(list("aAzZ09 .,'-#\t\n\r\x01\x7f\x0b\x1f\x85\xa0\u00e9\u00c9\u0301\u03a3\u03c3\u0130\u00df\u4e2d\u3000"
+                        "\u2028\u200b\u2019\u201c\u20ac\u00bd\ufb01\U0001F600\ufffd"))
+    return fuzz + ["".join(rng.choice(uni, size=rng.integers(0, 60))) for _ in range(1800)]
 
 
 @pytest.mark.slow
 def test_static_encode_is_model2vec_bit_for_bit(static_cache, monkeypatch):
-    """The fast path (texts split at whitespace, each piece tokenized once, a compiled sum) gives
-    StaticModel.encode's vectors exactly: on every bundled GSM8K question, across batch
-    boundaries, with the piece memory cleared mid-run, and on texts it must hand over whole."""
+    """The fast path (texts split into words in compiled code, each word tokenized once by the
+    model's tokenizer, compiled sums and pooling) gives StaticModel.encode's vectors exactly: on
+    every bundled GSM8K question, on the same questions with their numbers redrawn, across batch
+    boundaries, with the word memory cleared mid-run, on texts it must hand over whole, and on any
+    number of threads."""
+    import random
+    import re
+
     from oirl_fast.collect.published import import_published
 
     enc = encoders.make_encoder("static", static_cache)
-    assert enc._fast and enc._vocab  # no per-token weights or vocabulary mapping; a BERT WordPiece tokenizer
+    assert enc._fast and enc._words is not None  # no per-token weights or vocabulary mapping; BERT's tokenizer
     questions = sorted(set(import_published("gsm8k").column("query").to_pylist()))
     rng = np.random.default_rng(0)
-    ascii_chars = np.array([chr(c) for c in range(32, 127)] + ["\t", "\n", "\r"])
-    fuzz = ["".join(rng.choice(ascii_chars, size=rng.integers(0, 80))) for _ in range(1500)]
-    fuzz += ["".join(rng.choice(list("ab1 .,-'#[]UNK"), size=rng.integers(0, 200))) for _ in range(500)]
-    # unicode the normalizer changes (accents, case, CJK, spaces, controls, combining marks, final sigma)
-    uni = np.array(list("aAzZ09 .,'-#\t\n\r\x01\x7f\x0b\x1f\x85\xa0\u00e9\u00c9\u0301\u03a3\u03c3\u0130\u00df\u4e2d\u3000"
-                        "\u2028\u200b\u2019\u201c\u20ac\u00bd\ufb01\U0001F600\ufffd"))
-    split_same = np.array([c for c in uni if c not in "\x0b\x1f\x85"])  # texts that are split into pieces
-    fuzz += ["".join(rng.choice(split_same, size=rng.integers(0, 60))) for _ in range(1500)]
-    fuzz += ["".join(rng.choice(uni, size=rng.integers(0, 60))) for _ in range(300)]
-    texts = (questions + EDGE_TEXTS + fuzz + [t.upper() for t in questions[:200]]
-             + questions[:300])  # repeats: memorised pieces
+    draw = random.Random(0)
+    redrawn = [re.sub(r"\d+", lambda m: str(draw.randrange(10 ** len(m.group()))), q) for q in questions[:2000]]
+    texts = (questions + EDGE_TEXTS + _fuzz_texts(rng) + [t.upper() for t in questions[:200]] + redrawn
+             + questions[:300])  # repeats: remembered words
     want = enc._model.encode(texts, use_multiprocessing=False).astype(np.float32)
     got = enc.encode(texts)
     assert got.dtype == np.float32 and got.shape == want.shape
@@ -169,24 +178,57 @@ def test_static_encode_is_model2vec_bit_for_bit(static_cache, monkeypatch):
     edge = got[len(questions):]
     assert not edge[EDGE_TEXTS.index("")].any() and not edge[EDGE_TEXTS.index("[UNK] [UNK]")].any()  # no tokens: zeros
 
-    # small batches and a piece memory that fills up and starts again: the same bits
-    monkeypatch.setattr(encoders.static, "MAX_CACHED_PIECES", 500)
-    small = encoders.StaticEncoder(enc.folder, batch_size=97)
-    calls = []
-    got = small.encode(texts, progress=calls.append)
-    assert sum(calls) == len(texts) and len(small._pieces) < len(enc._pieces)  # it was cleared on the way
-    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    # small batches, one to three threads, and a word memory that fills up and starts again: the same bits
+    monkeypatch.setattr(encoders.words, "MAX_WORDS", 500)
+    for threads, batch in ((1, 97), (2, 1000), (3, 4096)):
+        small = encoders.StaticEncoder(enc.folder, batch_size=batch, threads=threads)
+        calls = []
+        got = small.encode(texts, progress=calls.append)
+        assert sum(calls) == len(texts) and len(small._words) < len(enc._words)  # it was cleared on the way
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     # one text at a time, as a single query would come
     for i in (0, len(questions) + EDGE_TEXTS.index("[UNK]"), len(questions) + EDGE_TEXTS.index("a" * 5000)):
         assert np.array_equal(small.encode([texts[i]])[0], want[i])
     assert small.encode([]).shape == (0, 256)
 
-    # a tokenizer the Python WordPiece does not stand in for: every piece goes to the tokenizer
-    rust_only = encoders.StaticEncoder(enc.folder)
-    rust_only._vocab = None
-    some = texts[:300] + EDGE_TEXTS + fuzz[::10]
+    # a tokenizer the word table does not stand in for: every text goes to the tokenizer whole
+    whole = encoders.StaticEncoder(enc.folder)
+    whole._words = None
+    some = texts[:300] + EDGE_TEXTS + texts[len(questions) + len(EDGE_TEXTS)::10]
     ref = enc._model.encode(some, use_multiprocessing=False).astype(np.float32)
-    assert np.array_equal(rust_only.encode(some).view(np.uint32), ref.view(np.uint32))
+    assert np.array_equal(whole.encode(some).view(np.uint32), ref.view(np.uint32))
+
+
+def test_static_threads_are_checked(static_cache):
+    enc = encoders.make_encoder("static", static_cache, threads=2)
+    assert enc.threads == 2
+    for bad in (0, -1, 1.5, True):
+        enc.threads = bad
+        with pytest.raises(OirlError, match="threads"):
+            enc.encode(["a question"])
+
+
+def test_half_rounding_is_numpys():
+    """The compiled float64 -> float16 rounding (ties to even, float16 subnormals, overflow) gives
+    numpy's cast on every float16 value, the midpoints between neighbours and the values around them."""
+    from oirl_fast.encoders.words import _mean_rows
+
+    halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    h = np.sort(halves[np.isfinite(halves)].astype(np.float32))
+    mids = (h[1:] + h[:-1]) / np.float32(2)  # exact in float32: the ties
+    rng = np.random.default_rng(0)
+    wide = (rng.standard_normal(100_000) * 10.0 ** rng.integers(-9, 6, 100_000)).astype(np.float32)
+    x = np.concatenate([h, mids, np.nextafter(mids, np.float32(np.inf)), np.nextafter(mids, np.float32(-np.inf)),
+                        np.array([65519.99, 65520.0, -7e4, 3e38, -0.0, 1e-45, np.inf, -np.inf], np.float32), wide])
+    sums = np.resize(x, (-(-len(x) // 256), 256))  # rows of 256, the last one padded by repetition
+    counts = np.ones(len(sums), dtype=np.int64)
+    out = np.empty_like(sums)
+    for count in (1, 3):  # 3: a division that rounds
+        counts[:] = count
+        _mean_rows(sums, counts, 0, len(sums), True, out)
+        with np.errstate(over="ignore"):
+            want = (sums / counts[:, None]).astype(np.float16).astype(np.float32)
+        assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
 
 
 def test_static_build_is_keyed_by_its_settings(monkeypatch, tmp_path):

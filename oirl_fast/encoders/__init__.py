@@ -24,11 +24,13 @@ from typing import Callable
 from ..errors import OirlError
 from .base import (DEFAULT_ENCODER, ENCODER_KINDS, MAX_TOKENS, MINILM_DIM, MINILM_ID, STATIC_PCA_DIMS, Encoder,
                    identity_key, minilm_path, resolve_device, sha256_of_files)
-from .static import StaticEncoder, _array_sha256, build_static, static_model_dir, static_settings
+from . import words
+from .static import StaticEncoder, _array_sha256, available_cores, build_static, static_model_dir, static_settings
 from .static_files import StaticBuildChanged, discard_static, static_files_sha256
 from .transformer import FolderEncoder, MiniLMEncoder, TransformerEncoder, read_st_folder
 
 __all__ = ["DEFAULT_ENCODER", "ENCODER_KINDS", "MAX_TOKENS", "MINILM_DIM", "MINILM_ID", "STATIC_PCA_DIMS", "Encoder",
+           "available_cores",
            "FolderEncoder", "MiniLMEncoder", "StaticEncoder", "TransformerEncoder", "artifact_record", "build_static",
            "check_same_encoder", "encoder_for_record", "encoder_record", "identity_key", "legacy_record", "make_encoder",
            "minilm_path", "read_st_folder", "resolve_device", "sha256_of_files", "spec_of", "static_files_sha256", "static_model_dir",
@@ -39,8 +41,12 @@ __all__ = ["DEFAULT_ENCODER", "ENCODER_KINDS", "MAX_TOKENS", "MINILM_DIM", "MINI
 
 
 def make_encoder(spec: str | None = None, cache_dir: str | Path | None = None, device: str = "auto",
-                 batch_size: int = 128, precision: str = "fp32", log: Callable[[str], None] = lambda s: None):
-    """``spec``: "static" (default), "minilm" or a folder path -> an :class:`Encoder`."""
+                 batch_size: int = 128, precision: str = "fp32", log: Callable[[str], None] = lambda s: None,
+                 threads: int | None = None):
+    """``spec``: "static" (default), "minilm" or a folder path -> an :class:`Encoder`.
+
+    ``threads``: the static embedder's threads (default every core; its ``threads`` attribute may
+    also be set later); the vectors do not depend on it. Transformer embedders use torch's threads."""
     from ..embed import default_cache_dir  # embed imports this package
 
     spec = spec or DEFAULT_ENCODER
@@ -49,11 +55,11 @@ def make_encoder(spec: str | None = None, cache_dir: str | Path | None = None, d
             raise OirlError("--precision applies to transformer embedders; the static embedder has one precision")
         folder = build_static(cache_dir or default_cache_dir(), log)
         try:
-            return StaticEncoder(folder)
+            return StaticEncoder(folder, threads=threads)
         except StaticBuildChanged as exc:
             log(f"{exc}; building it again")
             discard_static(folder)
-            return StaticEncoder(build_static(cache_dir or default_cache_dir(), log))
+            return StaticEncoder(build_static(cache_dir or default_cache_dir(), log), threads=threads)
     if spec == "minilm":
         return MiniLMEncoder(device=device, batch_size=batch_size, precision=precision)
     path = Path(spec)

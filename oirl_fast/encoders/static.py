@@ -8,6 +8,7 @@ import re
 import shutil
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,6 +18,7 @@ import numpy as np
 from ..errors import OirlError
 from .static_files import StaticBuildChanged, _ordinary_permissions, static_files_sha256
 from .base import MINILM_ID, STATIC_PCA_DIMS, _offline, identity_key, minilm_path
+from .words import WordTable, pool_rows, sum_texts
 
 # --------------------------------------------------------------------------------------
 # Static (model2vec) encoder distilled from the bundled MiniLM
@@ -92,17 +94,7 @@ def _array_sha256(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
-# The BERT normalizer (clean text, NFD, lowercase, accents off) changes a text character by
-# character (case and canonical order only look inside a word), and the pre-tokenizer splits at
-# whitespace before it splits off punctuation, so each whitespace-separated piece of a text
-# tokenizes on its own to the ids it gets inside the text. Python's str.split and the
-# tokenizer agree on whitespace, except for the control characters below, which the normalizer
-# deletes and str.split splits at (and NUL, our separator): texts holding one go through the
-# tokenizer whole.
-_SPLITS_OTHERWISE = re.compile("[\x00\x0b\x0c\x1c-\x1f\x85]")
-_SEP = " \x00 "  # between texts of a batch: a piece of its own
-_ASCII_WORDS = re.compile(r"[a-z0-9]+|[^a-z0-9]")  # BERT's words in a lowercase ASCII piece
-MAX_CACHED_PIECES = 100_000  # about 15 MB of dict and arrays
+_SEP = "\x00"  # between the texts of a batch: a text holding one is tokenized whole
 
 
 def _sum_rows_py(pieces, starts, ends, piece_start, piece_len, tokens, limit, unk, table, sums,
@@ -111,7 +103,7 @@ def _sum_rows_py(pieces, starts, ends, piece_start, piece_len, tokens, limit, un
     added one token after the other in float32 (model2vec's order); counts[i] = how many.
 
     Text i is pieces[starts[i]:ends[i]]; piece w is tokens[piece_start[w]:piece_start[w] + piece_len[w]]
-    (a text tokenized whole is one piece)."""
+    (here a text tokenized whole is one piece)."""
     d = table.shape[1]
     for i in range(starts.shape[0]):
         n = 0
@@ -149,58 +141,26 @@ def _sum_rows(*args) -> None:
     fn(*args)
 
 
-class _PieceTable:
-    """Token ids of the pieces seen so far: ``index[piece]`` -> w, tokens of w in ``tokens`` at
-    ``start[w]`` (``length[w]`` of them). Arrays grow by doubling; index 0 is the text separator."""
-
-    def __init__(self):
-        self.index = {_SEP.strip(" "): 0}
-        self.start = np.zeros(1024, dtype=np.int64)
-        self.length = np.zeros(1024, dtype=np.int64)
-        self.tokens = np.zeros(4096, dtype=np.int32)
-        self.n_tokens = 0
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def add(self, pieces: list[str], ids: list[list[int]]) -> None:
-        first = len(self.index)
-        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lens.sum()))
-        self.start = _grown(self.start, first + len(pieces))
-        self.length = _grown(self.length, first + len(pieces))
-        self.tokens = _grown(self.tokens, self.n_tokens + len(flat))
-        self.length[first : first + len(pieces)] = lens
-        self.start[first : first + len(pieces)] = self.n_tokens + np.cumsum(lens) - lens
-        self.tokens[self.n_tokens : self.n_tokens + len(flat)] = flat
-        self.n_tokens += len(flat)
-        self.index.update(zip(pieces, range(first, first + len(pieces))))
-
-
-def _grown(a: np.ndarray, size: int) -> np.ndarray:
-    if size <= len(a):
-        return a
-    b = np.zeros(max(size, 2 * len(a)), dtype=a.dtype)
-    b[: len(a)] = a
-    return b
-
-
 class StaticEncoder:
     """model2vec static embeddings: a token-embedding lookup and a mean; float32 (n, 256), unit rows.
 
     ``encode`` gives the vectors of model2vec's ``StaticModel.encode`` bit for bit (tested), faster:
-    a batch is split at whitespace with one ``str.split``; each distinct piece is tokenized once
-    (ASCII pieces by :meth:`_wordpiece`, others by the model's tokenizer) and remembered (the
-    memory starts again past ``MAX_CACHED_PIECES``); texts the split could get wrong go to the
-    tokenizer whole. A compiled loop sums the token rows in model2vec's order and dtype, and the
-    mean is rounded and normalized with model2vec's own numpy calls. A model with per-token
-    weights or a vocabulary mapping (not what the distillation here builds) is encoded by
-    model2vec itself."""
+    a batch goes to compiled code as UTF-8 bytes, split into words there (:mod:`.words` says how and
+    why that split is exact); each distinct word is tokenized once by the model's own tokenizer
+    (``tokenizers``) and its ids remembered (the memory starts again past ``words.MAX_WORDS``); the
+    token rows are summed in model2vec's order and dtype on ``threads`` threads, and the mean is
+    rounded and normalized with model2vec's own numpy calls. Texts holding NUL or an added token
+    such as ``[UNK]`` go to the tokenizer whole. A model with per-token weights or a vocabulary
+    mapping (not what the distillation here builds) is encoded by model2vec itself.
+
+    ``threads``: how many threads sum token rows (default: every core this process may use); the
+    vectors are the same bits whatever the number. The tokenizer runs its misses on its own pool
+    (``RAYON_NUM_THREADS``)."""
 
     kind = "static"
     name = f"static:{MINILM_ID}@pca{STATIC_PCA_DIMS}"
 
-    def __init__(self, folder: str | Path, batch_size: int = 4096):
+    def __init__(self, folder: str | Path, batch_size: int = 4096, threads: int | None = None):
         from model2vec import StaticModel
 
         self.folder = Path(folder)
@@ -225,6 +185,7 @@ class StaticEncoder:
                             self.folder)
         self.dim = int(weights.shape[1])
         self.batch_size = batch_size
+        self.threads = threads
         self.loaded = True
         m = self._model
         self._fast = m.token_mapping is None and m.weights is None and weights.dtype in (np.float16, np.float32)
@@ -234,28 +195,15 @@ class StaticEncoder:
             self._unk = -1 if m.unk_token_id is None else int(m.unk_token_id)
             self._max_tokens = m.max_length if m.max_length is not None else np.iinfo(np.int64).max
             self._max_chars = None if m.max_length is None else m.max_length * m.median_token_length
-            self._pieces = _PieceTable()
-            self._vocab = self._python_wordpiece_vocab(m.tokenizer)
-            # the tokenizer matches its added tokens ([UNK], [PAD], ...) in the raw text before
-            # splitting it: texts that may hold one go to it whole
-            added = [t.content for t in m.tokenizer.get_added_tokens_decoder().values() if t.content]
-            self._added = re.compile("|".join(map(re.escape, added)), re.IGNORECASE) if added else None
+            self._words = WordTable() if _is_bert_tokenizer(m.tokenizer) else None
+            # the tokenizer matches its added tokens in the raw text before it splits it; IGNORECASE:
+            # one that matches the normalized (lowercased) text is found too
+            added = [t.content for t in m.tokenizer.get_added_tokens_decoder().values() if t.content] or ["\x00"]
+            self._added = re.compile("|".join(map(re.escape, added)), re.IGNORECASE)
+            self._added_first = {c for t in added for c in (t[0].lower(), t[0].upper())}
             self._lock = threading.Lock()
-
-    def _python_wordpiece_vocab(self, tokenizer) -> dict | None:
-        """The vocabulary, when the tokenizer is BERT's (lowercasing normalizer, BERT pre-tokenizer,
-        WordPiece with an [UNK]) so that :meth:`_wordpiece` gives its ids for ASCII pieces; else None."""
-        from tokenizers.models import WordPiece
-
-        spec = json.loads(tokenizer.to_str())
-        norm, pre, model = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}, tokenizer.model
-        if not (isinstance(model, WordPiece) and norm.get("type") == "BertNormalizer" and norm.get("lowercase")
-                and norm.get("clean_text") and pre.get("type") == "BertPreTokenizer" and self._unk >= 0
-                and tokenizer.token_to_id(model.unk_token) == self._unk):
-            return None
-        self._subword_prefix = model.continuing_subword_prefix
-        self._max_word_chars = int(model.max_input_chars_per_word)
-        return tokenizer.get_vocab(with_added_tokens=False)
+            self._pool: ThreadPoolExecutor | None = None
+            self._pool_size = 0
 
     @property
     def identity(self) -> dict:
@@ -276,7 +224,7 @@ class StaticEncoder:
             batch = texts[a : a + self.batch_size]
             if self._fast:
                 with self._lock:
-                    out[a : a + len(batch)] = self._encode_batch(batch)
+                    self._encode_batch(batch, self._thread_count(), out[a : a + len(batch)])
             else:  # in-process: model2vec's multiprocessing pays only for very large batches
                 out[a : a + len(batch)] = self._model.encode(batch, batch_size=len(batch), use_multiprocessing=False,
                                                              show_progress_bar=False)
@@ -284,114 +232,110 @@ class StaticEncoder:
                 progress(len(batch))
         return out
 
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+    def _thread_count(self) -> int:
+        n = self.threads if self.threads is not None else available_cores()
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise OirlError(f"threads must be a whole number of at least 1, got {n!r}")
+        if n > 1 and self._pool_size != n:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool, self._pool_size = ThreadPoolExecutor(n, thread_name_prefix="oirl-embed"), n
+        return n
+
+    def _encode_batch(self, texts: list[str], threads: int, out: np.ndarray) -> None:
         n = len(texts)
         if self._max_chars is not None:
             m = self._max_chars
-            texts = [t[:m] for t in texts]  # model2vec cuts the characters first, then the tokens
-        added = self._added
-        joined = "\n".join(texts)
-        if _SPLITS_OTHERWISE.search(joined) is None and (added is None or added.search(joined) is None):
-            safe = np.ones(n, dtype=bool)
-        else:
-            safe = np.fromiter((_SPLITS_OTHERWISE.search(t) is None and (added is None or added.search(t) is None)
-                                for t in texts), dtype=bool, count=n)
+            if n and max(map(len, texts)) > m:
+                texts = [t[:m] for t in texts]  # model2vec cuts the characters first, then the tokens
         sums = np.zeros((n, self.dim), dtype=np.float32)
         counts = np.zeros(n, dtype=np.int64)
-        if safe.any():
-            idx = np.flatnonzero(safe)
-            pieces = self._piece_indices(texts if len(idx) == n else [texts[i] for i in idx])
-            seps = np.flatnonzero(pieces == 0)
-            part_starts = np.concatenate(([0], seps + 1))
-            part_ends = np.concatenate((seps, [len(pieces)]))
-            part_sums = np.zeros((len(idx), self.dim), dtype=np.float32)
-            part_counts = np.zeros(len(idx), dtype=np.int64)
-            t = self._pieces
-            _sum_rows(pieces, part_starts, part_ends, t.start, t.length, t.tokens, self._max_tokens, self._unk,
-                      self._table, part_sums, part_counts)
-            sums[idx], counts[idx] = part_sums, part_counts
-        if not safe.all():
-            idx = np.flatnonzero(~safe)
-            encs = self._model.tokenizer.encode_batch_fast([texts[i] for i in idx], add_special_tokens=False)
-            ids = [e.ids for e in encs]
-            lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-            tokens = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lens.sum()))
-            one = np.arange(len(idx), dtype=np.int64)  # each text is one piece of its own
-            part_sums = np.zeros((len(idx), self.dim), dtype=np.float32)
-            part_counts = np.zeros(len(idx), dtype=np.int64)
-            _sum_rows(one, one, one + 1, np.cumsum(lens) - lens, lens, tokens, self._max_tokens, self._unk,
-                      self._table, part_sums, part_counts)
-            sums[idx], counts[idx] = part_sums, part_counts
-        # model2vec: a float32 mean stored in the weights' dtype, then normalized in float32 and
-        # stored in that dtype again; a text without tokens stays zero
-        nonempty = counts > 0
-        pooled = np.zeros((n, self.dim), dtype=self._dtype)
-        pooled[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(self._dtype)
-        if self._model.normalize:
-            p32 = pooled.astype(np.float32)
-            norm = np.linalg.norm(p32, axis=1, keepdims=True) + 1e-32
-            pooled = (p32 / norm).astype(self._dtype)
-        return pooled
+        data, whole = self._split_whole(texts)
+        if whole is not None:
+            self._sum_whole(texts, whole, sums, counts)
+        if data is not None:
+            self._sum_words(data, whole, sums, counts, threads)
+        pool_rows(sums, counts, self._dtype == np.float16, bool(self._model.normalize), out, self._pool, threads)
 
-    def _piece_indices(self, texts: list[str]) -> np.ndarray:
-        """The piece-table index of every whitespace-separated piece of piece-safe texts, in order,
-        with 0 between two texts (int64)."""
+    def _split_whole(self, texts: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(UTF-8 bytes of the texts for the word table, NUL between two; bool (n,) of the texts the
+        tokenizer must see whole instead, or None for none of them). Whole: all without a word table;
+        those holding NUL or an added token; those not encodable as UTF-8 (the tokenizer raises)."""
+        n = len(texts)
+        if self._words is None:
+            return None, np.ones(n, dtype=bool)
         joined = _SEP.join(texts)
-        # lowercase ASCII shares table entries across cases; other text is left as it is (the
-        # tokenizer's own lowercasing of it may differ from Python's)
-        pieces = (joined.lower() if joined.isascii() else joined).split()
-        table = self._pieces
-        new = set(pieces).difference(table.index)
-        if new:
-            if len(table) + len(new) > MAX_CACHED_PIECES:
-                table = self._pieces = _PieceTable()
-                new = set(pieces).difference(table.index)
-            new = sorted(new)
-            if self._vocab is None:
-                ids = [e.ids for e in self._model.tokenizer.encode_batch_fast(new, add_special_tokens=False)]
-            else:
-                ids = [None] * len(new)
-                other = []
-                for i, p in enumerate(new):
-                    if p.isascii() and p.isprintable():  # the normalizer deletes ASCII controls
-                        ids[i] = self._wordpiece(p.lower())
-                    else:
-                        other.append(i)
-                if other:
-                    encs = self._model.tokenizer.encode_batch_fast([new[i] for i in other], add_special_tokens=False)
-                    for i, e in zip(other, encs):
-                        ids[i] = e.ids
-            table.add(new, ids)
-        return np.fromiter(map(table.index.__getitem__, pieces), dtype=np.int64, count=len(pieces))
+        if joined.count(_SEP) == n - 1 and not self._may_hold_added(joined):
+            try:
+                return np.frombuffer(joined.encode("utf-8"), dtype=np.uint8), None
+            except UnicodeEncodeError:
+                pass
+        whole = np.fromiter((_SEP in t or self._may_hold_added(t) or not _utf8_ok(t) for t in texts), dtype=bool,
+                            count=n)
+        if whole.all():
+            return None, whole
+        joined = _SEP.join("" if w else t for t, w in zip(texts, whole))
+        return np.frombuffer(joined.encode("utf-8"), dtype=np.uint8), whole
 
-    def _wordpiece(self, piece: str) -> list[int]:
-        """Token ids of a lowercase ASCII piece, as the Rust WordPiece gives them: its words
-        (letter-and-digit runs, single punctuation), each split greedily longest-first into
-        vocabulary entries ("##" before all but the first), [UNK] for a word that cannot be
-        split or is over the model's length limit. Rust's tokenizer costs about 30 us a piece here."""
-        vocab, unk, prefix, longest = self._vocab, self._unk, self._subword_prefix, self._max_word_chars
-        out: list[int] = []
-        for word in _ASCII_WORDS.findall(piece):
-            if len(word) > longest:
-                out.append(unk)
-                continue
-            i = vocab.get(word)
-            if i is not None:  # most words are one token
-                out.append(i)
-                continue
-            sub: list[int] = []
-            start, n = 0, len(word)
-            while start < n:
-                end = n
-                while end > start:
-                    i = vocab.get(word[start:end] if start == 0 else prefix + word[start:end])
-                    if i is not None:
-                        break
-                    end -= 1
-                if end == start:
-                    sub = [unk]
-                    break
-                sub.append(i)
-                start = end
-            out.extend(sub)
-        return out
+    def _may_hold_added(self, text: str) -> bool:
+        # `in` first: a first letter of no added token (BERT's all start with "[") clears most batches
+        return any(c in text for c in self._added_first) and self._added.search(text) is not None
+
+    def _sum_whole(self, texts, whole, sums, counts) -> None:
+        idx = np.flatnonzero(whole)
+        encs = self._model.tokenizer.encode_batch_fast([texts[i] for i in idx], add_special_tokens=False)
+        ids = [e.ids for e in encs]
+        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        tokens = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lens.sum()))
+        one = np.arange(len(idx), dtype=np.int64)  # each text is one piece of its own
+        part_sums = np.zeros((len(idx), self.dim), dtype=np.float32)
+        part_counts = np.zeros(len(idx), dtype=np.int64)
+        _sum_rows(one, one, one + 1, np.cumsum(lens) - lens, lens, tokens, self._max_tokens, self._unk,
+                  self._table, part_sums, part_counts)
+        sums[idx], counts[idx] = part_sums, part_counts
+
+    def _sum_words(self, data, whole, sums, counts, threads: int) -> None:
+        """The word-table path for the texts not in ``whole`` (all when None), summed in place; ``data``
+        holds them (the others as empty texts)."""
+        if self._words.full:
+            self._words = WordTable()
+        ends = np.append(np.flatnonzero(data == 0), len(data))  # no text holds a NUL here
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        order = np.arange(len(counts), dtype=np.int64) if whole is None else np.flatnonzero(~whole)
+        missing = sum_texts(self._words, data, starts, ends, order, self._table, self._max_tokens, self._unk, sums,
+                            counts, self._pool, threads)
+        if missing.any():
+            again = np.flatnonzero(missing)
+            self._words.learn(data, starts, ends, again, self._tokenize)
+            sum_texts(self._words, data, starts, ends, again, self._table, self._max_tokens, self._unk, sums,
+                      counts, self._pool, threads)
+
+    def _tokenize(self, keys: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._model.tokenizer.encode_batch_fast(keys, add_special_tokens=False)]
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _is_bert_tokenizer(tokenizer) -> bool:
+    """Whether the tokenizer is BERT's (BERT normalizer, BERT pre-tokenizer, WordPiece), whose ids
+    the word table may assemble word by word (:mod:`.words`); another one gets every text whole."""
+    from tokenizers.models import WordPiece
+
+    spec = json.loads(tokenizer.to_str())
+    norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
+    return (isinstance(tokenizer.model, WordPiece) and norm.get("type") == "BertNormalizer"
+            and pre.get("type") == "BertPreTokenizer")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity; the machine's count where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
