@@ -38,6 +38,8 @@ ZERO_VECTOR = "has no token the embedder knows (its embedding is the zero vector
 def empty_text_reason(text: str) -> str | None:
     """Why ``text`` is no question (nothing but whitespace, or only control and format characters such
     as NUL, a zero-width space, a soft hyphen or U+FEFF), or None when it has a visible character."""
+    if text[:1].isalnum():  # a letter or digit first (nearly every query): visible, and nothing to copy
+        return None
     if not text.strip():
         return "is empty or only whitespace"
     if all(unicodedata.category(c) in _INVISIBLE for c in text):
@@ -371,6 +373,8 @@ class Embedder:
             if self.cache is not None and add:
                 self.cache.add([unique[j] for j in missing], vecs)
             out_unique[missing] = vecs
+        if len(unique) == len(keys):  # no text twice: already in order
+            return out_unique
         slot = {k: j for j, k in enumerate(unique)}
         return out_unique[[slot[k] for k in keys]]
 

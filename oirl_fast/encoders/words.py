@@ -192,12 +192,21 @@ def _rehash(slots, old):  # pragma: no cover - numba
 def _to_half(buf, bits):  # pragma: no cover - numba
     """Round float64 ``buf`` (``bits``: the same memory as uint64) in place to the nearest float16
     value, ties to even, as numpy's float64 -> float16 cast does (overflow to inf)."""
+    odd = 0
+    for k in range(buf.shape[0]):  # one vectorized pass finds values outside float16's normal range
+        a = abs(buf[k])
+        odd |= np.int64(not (6.103515625e-05 <= a < 65520.0))
+    if odd == 0:  # the common case, vectorized: keep 10 of float64's 52 mantissa bits, ties to even
+        for k in range(bits.shape[0]):
+            u = bits[k]
+            bits[k] = (u + np.uint64(0x1FFFFFFFFFF) + ((u >> np.uint64(42)) & np.uint64(1))) & np.uint64(0xFFFFFC0000000000)
+        return
     for k in range(buf.shape[0]):
         x = buf[k]
         ax = abs(x)
         if ax < 6.103515625e-05:  # 2**-14: float16's subnormals, a fixed step of 2**-24, which is
             buf[k] = math.copysign((ax + 268435456.0) - 268435456.0, x)  # float64's step at 2**28
-        elif ax < 65520.0:  # float16's normal range: keep 10 of float64's 52 mantissa bits
+        elif ax < 65520.0:
             u = bits[k]
             bits[k] = (u + np.uint64(0x1FFFFFFFFFF) + ((u >> np.uint64(42)) & np.uint64(1))) & np.uint64(0xFFFFFC0000000000)
         elif ax == ax:
