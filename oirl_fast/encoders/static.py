@@ -239,7 +239,7 @@ class StaticEncoder:
         if n > 1 and self._pool_size != n:
             if self._pool is not None:
                 self._pool.shutdown()
-            self._pool, self._pool_size = ThreadPoolExecutor(n, thread_name_prefix="oirl-embed"), n
+            self._pool, self._pool_size = ThreadPoolExecutor(n - 1, thread_name_prefix="oirl-embed"), n
         return n
 
     def _encode_batch(self, texts: list[str], threads: int, out: np.ndarray) -> None:

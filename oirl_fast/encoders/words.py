@@ -313,8 +313,8 @@ class WordTable:
 
 
 def _split(pool: ThreadPoolExecutor | None, threads: int, sizes: np.ndarray, fn: Callable[[int, int], None]) -> None:
-    """``fn(a, b)`` over ``threads`` runs [a, b) of items of about equal total ``sizes``; in this thread
-    when one is enough. The runs are disjoint, so what an item gets never depends on the split."""
+    """``fn(a, b)`` over ``threads`` runs [a, b) of items of about equal total ``sizes``, the first in
+    this thread, the others in ``pool``; all in this thread when one run is enough. The runs are disjoint, so what an item gets never depends on the split."""
     n = len(sizes)
     if pool is None or threads <= 1 or n < 2 * threads:
         if n:
@@ -322,9 +322,13 @@ def _split(pool: ThreadPoolExecutor | None, threads: int, sizes: np.ndarray, fn:
         return
     total = np.cumsum(sizes)
     cuts = [0, *np.searchsorted(total, total[-1] * np.arange(1, threads) / threads).tolist(), n]
-    jobs = [pool.submit(fn, a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-    for job in jobs:
-        job.result()
+    runs = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    jobs = [pool.submit(fn, a, b) for a, b in runs[1:]]
+    try:
+        fn(*runs[0])  # this thread takes a run too: the pool has threads - 1 workers
+    finally:
+        for job in jobs:
+            job.result()
 
 
 def sum_texts(table: WordTable, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, order: np.ndarray,
