@@ -179,7 +179,7 @@ def test_static_encode_is_model2vec_bit_for_bit(static_cache, monkeypatch):
     assert not edge[EDGE_TEXTS.index("")].any() and not edge[EDGE_TEXTS.index("[UNK] [UNK]")].any()  # no tokens: zeros
 
     # small batches, one to three threads, and a word memory that fills up and starts again: the same bits
-    monkeypatch.setattr(encoders.words, "MAX_WORDS", 500)
+    monkeypatch.setattr("oirl_fast.encoders.words.MAX_WORDS", 500)
     for threads, batch in ((1, 97), (2, 1000), (3, 4096)):
         small = encoders.StaticEncoder(enc.folder, batch_size=batch, threads=threads)
         calls = []

@@ -24,7 +24,6 @@ from typing import Callable
 from ..errors import OirlError
 from .base import (DEFAULT_ENCODER, ENCODER_KINDS, MAX_TOKENS, MINILM_DIM, MINILM_ID, STATIC_PCA_DIMS, Encoder,
                    identity_key, minilm_path, resolve_device, sha256_of_files)
-from . import words
 from .static import StaticEncoder, _array_sha256, available_cores, build_static, static_model_dir, static_settings
 from .static_files import StaticBuildChanged, discard_static, static_files_sha256
 from .transformer import FolderEncoder, MiniLMEncoder, TransformerEncoder, read_st_folder

@@ -18,7 +18,6 @@ import numpy as np
 from ..errors import OirlError
 from .static_files import StaticBuildChanged, _ordinary_permissions, static_files_sha256
 from .base import MINILM_ID, STATIC_PCA_DIMS, _offline, identity_key, minilm_path
-from .words import WordTable, pool_rows, sum_texts
 
 # --------------------------------------------------------------------------------------
 # Static (model2vec) encoder distilled from the bundled MiniLM
@@ -149,7 +148,8 @@ class StaticEncoder:
     why that split is exact); each distinct word is tokenized once by the model's own tokenizer
     (``tokenizers``) and its ids remembered (the memory starts again past ``words.MAX_WORDS``); the
     token rows are summed in model2vec's order and dtype on ``threads`` threads, and the mean is
-    rounded and normalized with model2vec's own numpy calls. Texts holding NUL or an added token
+    rounded to the weights' dtype and normalized by compiled loops that take numpy's steps (the
+    norm is numpy's own). Texts holding NUL or an added token
     such as ``[UNK]`` go to the tokenizer whole. A model with per-token weights or a vocabulary
     mapping (not what the distillation here builds) is encoded by model2vec itself.
 
@@ -195,6 +195,8 @@ class StaticEncoder:
             self._unk = -1 if m.unk_token_id is None else int(m.unk_token_id)
             self._max_tokens = m.max_length if m.max_length is not None else np.iinfo(np.int64).max
             self._max_chars = None if m.max_length is None else m.max_length * m.median_token_length
+            from .words import WordTable  # numba: imported when a static embedder is
+
             self._words = WordTable() if _is_bert_tokenizer(m.tokenizer) else None
             # the tokenizer matches its added tokens in the raw text before it splits it; IGNORECASE:
             # one that matches the normalized (lowercased) text is found too
@@ -243,6 +245,8 @@ class StaticEncoder:
         return n
 
     def _encode_batch(self, texts: list[str], threads: int, out: np.ndarray) -> None:
+        from .words import pool_rows
+
         n = len(texts)
         if self._max_chars is not None:
             m = self._max_chars
@@ -297,6 +301,8 @@ class StaticEncoder:
     def _sum_words(self, data, whole, sums, counts, threads: int) -> None:
         """The word-table path for the texts not in ``whole`` (all when None), summed in place; ``data``
         holds them (the others as empty texts)."""
+        from .words import WordTable, sum_texts
+
         if self._words.full:
             self._words = WordTable()
         ends = np.append(np.flatnonzero(data == 0), len(data))  # no text holds a NUL here
