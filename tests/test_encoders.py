@@ -208,6 +208,25 @@ def test_static_threads_are_checked(static_cache):
             enc.encode(["a question"])
 
 
+_FORKED: dict = {}
+
+
+def _encode_in_child(texts):
+    return _FORKED["enc"].encode(texts)
+
+
+def test_static_encoder_encodes_in_a_forked_child(static_cache):
+    """A worker forked after the encoder started its threads (Dask, multiprocessing) gets threads of its own."""
+    import multiprocessing
+
+    enc = _FORKED["enc"] = encoders.make_encoder("static", static_cache, threads=2)
+    texts = [f"john buys {i} apples and {i % 7} pears" for i in range(300)]
+    want = enc.encode(texts)  # the thread pool exists now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_encode_in_child, (texts,)).get(timeout=120)  # a hang fails here
+    assert np.array_equal(got, want)
+
+
 def test_half_rounding_is_numpys():
     """The compiled float64 -> float16 rounding (ties to even, float16 subnormals, overflow) gives
     numpy's cast on every float16 value, the midpoints between neighbours and the values around them."""

@@ -205,7 +205,7 @@ class StaticEncoder:
             self._added_first = {c for t in added for c in (t[0].lower(), t[0].upper())}
             self._lock = threading.Lock()
             self._pool: ThreadPoolExecutor | None = None
-            self._pool_size = 0
+            self._pool_size, self._pool_pid = 0, 0
 
     @property
     def identity(self) -> dict:
@@ -238,10 +238,12 @@ class StaticEncoder:
         n = self.threads if self.threads is not None else available_cores()
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise OirlError(f"threads must be a whole number of at least 1, got {n!r}")
-        if n > 1 and self._pool_size != n:
-            if self._pool is not None:
+        # a forked child (a Dask or multiprocessing worker) inherits the pool but not its threads
+        if n > 1 and (self._pool_size, self._pool_pid) != (n, os.getpid()):
+            if self._pool is not None and self._pool_pid == os.getpid():
                 self._pool.shutdown()
-            self._pool, self._pool_size = ThreadPoolExecutor(n - 1, thread_name_prefix="oirl-embed"), n
+            self._pool = ThreadPoolExecutor(n - 1, thread_name_prefix="oirl-embed")
+            self._pool_size, self._pool_pid = n, os.getpid()
         return n
 
     def _encode_batch(self, texts: list[str], threads: int, out: np.ndarray) -> None:
