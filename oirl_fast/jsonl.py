@@ -113,11 +113,18 @@ def read_line(fh, max_line_bytes: int | None) -> tuple[bytes | None, int]:
 def iter_stream_lines(fh, skip: int = 0, max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES
                       ) -> Iterator[tuple[int, str | None]]:
     """:func:`iter_lines` over an open binary stream (standard input, a FIFO), read once, front to back."""
+    yield from iter_raw_lines(fh, skip, max_line_bytes)
+
+
+def iter_raw_lines(fh, skip: int = 0, max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES):
+    """:func:`iter_stream_lines`, and its return value (``StopIteration.value``) is the number of
+    lines in the stream, those skipped included: a resumed run learns that its input is shorter
+    than its output without a pass of its own."""
     n = 0
     while True:
         raw, used = read_line(fh, max_line_bytes)
         if not used:
-            return
+            return n
         n += 1
         if n <= skip:
             continue
