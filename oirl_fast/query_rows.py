@@ -49,7 +49,8 @@ class QueryFields:
                 raise OirlError(f"--template {self.template!r} is not a format string ({exc})") from None
             named = [(n, spec, conv) for _, n, spec, conv in parsed if n is not None]
             names = tuple(n for n, _, _ in named)
-            if not names or any(not n or spec or conv or any(c in n for c in ".[]") for n, spec, conv in named):
+            if not names or any(not n or n.isdigit() or spec or conv or any(c in n for c in ".[]")
+                                for n, spec, conv in named):
                 raise OirlError(f"--template {self.template!r} must name input fields in braces, e.g. "
                                 "\"{Body} {Question}\" (no positional {}, attributes, indexes or format specs)")
         object.__setattr__(self, "names", names)
