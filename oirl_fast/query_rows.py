@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
 
 from .embed import empty_text_reason
 from .errors import OirlError
@@ -82,3 +84,18 @@ class QueryFields:
         if empty:  # an empty text still embeds to some vector: a confident pick for no question
             raise BadRow(f"\"{self.query_field if self.template is None else 'query'}\" {empty}", rid)
         return q
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(row number from 1, row as a dict) of a JSON-lines (plain or gzip), CSV (``*.csv``, ``*.csv.gz``;
+    every cell its text) or Parquet file; a row that is not an object is an OirlError naming the file
+    and the row, for the commands that take a whole file or nothing (``oirl answer``)."""
+    from .scoring.reader import InputReader
+    from .scoring.records import RowFields
+
+    for item in InputReader(Path(path), fields=RowFields(query=None)).items():
+        if item.error == "empty line":  # a blank line holds no row
+            continue
+        if item.error is not None:
+            raise OirlError(item.error, path, item.line)
+        yield item.line, item.extra

@@ -277,3 +277,22 @@ def test_query_fields_build_the_query_or_say_why_not():
     for bad in ("{}", "{0}", "{a.b}", "{a:>3}", "no fields", "{unclosed"):
         with pytest.raises(OirlError, match="--template"):
             QueryFields(template=bad)
+
+
+def test_oirl_answer_reads_the_shipped_files_as_they_are():
+    """``oirl answer --queries`` takes the same files through the same mapping: GSM8K's questions with their
+    gold answers (graded by the gsm8k grader), SVAMP's rows by template, ids from a field or the row number."""
+    from oirl_fast.collect.graders import get_grader
+    from oirl_fast.collect.requests import load_queries
+
+    gsm = load_queries(GSM8K_TEST, fields=QueryFields("question"), gold_check=get_grader("gsm8k").check_gold,
+                       require_gold=False)
+    first = json.loads(gzip.decompress(GSM8K_TEST.read_bytes()).decode().splitlines()[0])
+    assert len(gsm) == 1319 and gsm[0].id == "1" and gsm[0].query == first["question"] and gsm[0].gold == first["answer"]
+    # (SVAMP repeats a Question text with other numbers: the row number is its id)
+    svamp = load_queries(SVAMP_FOLD, fields=QueryFields(template="{Body} {Ques}"), require_gold=False)
+    rows = list(csv.DictReader(io.StringIO(gzip.decompress(SVAMP_FOLD.read_bytes()).decode())))[:3]
+    assert [q.query for q in svamp[:3]] == [f"{r['Body']} {r['Ques']}" for r in rows]
+    assert [q.id for q in svamp[:3]] == ["1", "2", "3"]
+    with pytest.raises(OirlError, match='missing "nope" field'):
+        load_queries(GSM8K_TEST, fields=QueryFields("nope"), require_gold=False)

@@ -59,10 +59,11 @@ def parse_line(raw: str | None, line: int, max_line_bytes: int = DEFAULT_MAX_LIN
 @dataclass(frozen=True)
 class RowFields:
     """How input rows map to items and items to output records: where the query and id are
-    (:class:`~oirl_fast.query_rows.QueryFields`) and ``output_field``, the one key the outputs
+    (:class:`~oirl_fast.query_rows.QueryFields`; None: rows kept whole in ``Item.extra``, for
+    :func:`~oirl_fast.query_rows.read_rows`) and ``output_field``, the one key the outputs
     go under (None: beside the input's fields, as ever)."""
 
-    query: QueryFields = QueryFields()
+    query: QueryFields | None = QueryFields()
     output_field: str | None = None
 
 
@@ -74,6 +75,8 @@ def record_item(rec, line: int, fields: RowFields | None = None) -> Item:
     f = fields or _DEFAULT_FIELDS
     if not isinstance(rec, dict):
         return Item(line, error=f"a record must be a JSON object, got {type(rec).__name__}")
+    if f.query is None:
+        return Item(line, extra=rec)
     try:
         q = f.query.query_of(rec)
     except BadRow as exc:
