@@ -99,3 +99,35 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
         if item.error is not None:
             raise OirlError(item.error, path, item.line)
         yield item.line, item.extra
+
+
+def read_logs_as(paths, fields: QueryFields):
+    """One log table (as :func:`oirl_fast.multilog.read_log_set` reads it) from log files whose query text
+    and query id sit in other fields: ``fields`` names them (their fields become the log's ``query`` and
+    ``query_id``; a row without an id gets one from its query text, so a question's rows share it). The
+    files are JSON lines (plain or gzip), CSV or Parquet, checked against the log schema as ever."""
+    import hashlib
+
+    from .multilog import check_prompts, check_query_ids, log_files, regroup_across
+    from .schema import from_records
+
+    own = set(fields.query_names()) | {fields.id_field}
+    tables = []
+    files = log_files([paths] if isinstance(paths, (str, Path)) else list(paths))
+    for f in files:
+        records, lines = [], []
+        for line, rec in read_rows(f):
+            try:
+                query = fields.query_of(rec)
+            except BadRow as exc:
+                raise OirlError(str(exc), f, line) from None
+            rid = fields.id_of(rec)
+            qid = str(rid) if rid is not None else "q-" + hashlib.sha256(query.encode("utf-8")).hexdigest()[:16]
+            records.append({**{k: v for k, v in rec.items() if k not in own}, "query": query, "query_id": qid})
+            lines.append(line)
+        tables.append(from_records(records, f, lines))
+    if len(tables) == 1:
+        return tables[0]
+    check_prompts(tables, files)
+    check_query_ids(tables, files)
+    return regroup_across(tables)

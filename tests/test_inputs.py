@@ -296,3 +296,24 @@ def test_oirl_answer_reads_the_shipped_files_as_they_are():
     assert [q.id for q in svamp[:3]] == ["1", "2", "3"]
     with pytest.raises(OirlError, match='missing "nope" field'):
         load_queries(GSM8K_TEST, fields=QueryFields("nope"), require_gold=False)
+
+
+def test_rerank_reads_a_log_whose_question_sits_in_another_field(tmp_path):
+    """``oirl rerank --query-field/--id-field/--template``: the log's question and id from other fields,
+    through the same mapping; the table equals the log written with the usual field names."""
+    from oirl_fast.multilog import read_log_set
+    from oirl_fast.query_rows import read_logs_as
+
+    rows = [{"query_id": f"g{i}", "query": f"What is {i} + {i}?", "group": f"g{i}", "gold": str(2 * i),
+             "prompt_id": f"p{j}", "prompt": f"Prompt {j}",
+             "correct": (i + j) % 2 == 1, "dataset": "toy", "split": "train"} for i in range(6) for j in range(2)]
+    plain = tmp_path / "log.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    renamed = [{"question": r["query"], "qid": r["query_id"], **{k: v for k, v in r.items() if k not in ("query", "query_id")}}
+               for r in rows]
+    src = tmp_path / "bench.jsonl.gz"
+    src.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in renamed).encode()))
+    got = read_logs_as(src, QueryFields("question", "qid"))
+    assert got.to_pylist() == read_log_set(plain).to_pylist()
+    with pytest.raises(OirlError, match='missing "Body" field'):
+        read_logs_as(src, QueryFields(template="{Body} {question}", id_field="qid"))
