@@ -317,3 +317,16 @@ def test_rerank_reads_a_log_whose_question_sits_in_another_field(tmp_path):
     assert got.to_pylist() == read_log_set(plain).to_pylist()
     with pytest.raises(OirlError, match='missing "Body" field'):
         read_logs_as(src, QueryFields(template="{Body} {question}", id_field="qid"))
+
+
+def test_the_new_options_are_checked_once_with_the_others():
+    from oirl_fast.scoring.options import ScoreOptions
+
+    with pytest.raises(OirlError, match="--threads must be an integer of at least 1"):
+        ScoreOptions(threads=0)
+    with pytest.raises(OirlError, match="either --query-field or --template"):
+        ScoreOptions(query_field="question", template="{a}")
+    with pytest.raises(OirlError, match="--output-field must be a field name"):
+        ScoreOptions(output_field="")
+    o = ScoreOptions(template="{Body} {Ques}", output_field="oirl")
+    assert o.row_fields.query.query_names() == ("Body", "Ques") and o.row_fields.output_field == "oirl"
