@@ -81,13 +81,18 @@ def _string_field(rec: dict, name: str, path: Path, line: int, required: bool = 
 
 
 def load_queries(spec: str | Path, split: str | None = None, limit: int | None = None,
-                 gold_check=None, require_gold: bool = True) -> list[QueryItem]:
+                 gold_check=None, require_gold: bool = True, fields=None) -> list[QueryItem]:
     """Queries from a JSONL file or a bundled dataset name; optionally one ``split`` and the first ``limit``.
+
+    ``fields`` (a :class:`~oirl_fast.query_rows.QueryFields`): read a benchmark file as it is (JSON lines,
+    plain or gzip, CSV or Parquet), its query and id where ``fields`` says (a row without an id gets its
+    row number); None: JSON lines of ``{"id", "query"}``.
 
     ``gold_check(gold)`` (a grader's) raises ``GoldError`` for a gold answer it cannot read:
     that is an OirlError naming the line, before anything is generated. ``require_gold=False``:
     a query without ``answer`` gets gold None (``oirl answer`` on an unlabelled benchmark).
     """
+    from ..query_rows import read_rows
     from .graders import GoldError
 
     spec_s = str(spec)
@@ -104,9 +109,18 @@ def load_queries(spec: str | Path, split: str | None = None, limit: int | None =
         if not path.is_file():
             raise OirlError(f"queries file not found (or name a bundled set: {', '.join(BUNDLED)})", path)
         seen: dict[str, int] = {}
-        for line, rec in iter_objects(path, "query"):
-            qid = _string_field(rec, "id", path, line)
-            text = _string_field(rec, "query", path, line)
+        rows = iter_objects(path, "query") if fields is None else read_rows(path)
+        for line, rec in rows:
+            if fields is None:
+                qid = _string_field(rec, "id", path, line)
+                text = _string_field(rec, "query", path, line)
+            else:  # a benchmark file as it is: its query field or template, its id field or the row number
+                try:
+                    text = fields.query_of(rec)
+                except ValueError as exc:
+                    raise OirlError(str(exc), path, line) from None
+                rid = fields.id_of(rec)
+                qid = str(line) if rid is None else str(rid)
             if rec.get("answer") is None and require_gold:
                 raise OirlError("query has no gold answer (field 'answer')", path, line)
             gold = _string_field(rec, "answer", path, line, required=require_gold)

@@ -115,6 +115,7 @@ class Model:
         self.log_fn = log_fn or _quiet
         self._embedder: Embedder | None = None
         self._scorer = None
+        self._scoring = None
 
     def __repr__(self) -> str:
         meta = self.artifact.metadata
@@ -192,24 +193,24 @@ class Model:
             empty = np.flatnonzero(zero_rows(emb))
             if len(empty):
                 raise OirlError(f"queries[{int(empty[0])}] {ZERO_VECTOR}: no question to pick a prompt for")
-        idx, sc = self._get_scorer().top(emb, int(top_k))
-        rule = self._fallback_rule() if fallback else None
-        if rule is not None:
-            from .reranking.fallback import apply_fallback
-
-            col, margin = rule
-            idx, sc = apply_fallback(idx, sc, self._get_scorer().scores(emb, dtype=sc.dtype)[:, col], col, margin)
-        idx = idx.astype(np.int64, copy=False)
+        # the same Scoring `oirl score` runs: scorer, top k and the model's pick policy
+        picked = self._get_scoring().pick(emb, int(top_k), dtype=np.float32, policy=fallback)
+        idx = picked.idx
         ids = np.asarray(self.prompt_ids, dtype=object)
         prompts = np.asarray(self.prompt_texts, dtype=object)
-        return Picks(indices=idx, ids=ids[idx], texts=prompts[idx], scores=sc, queries=texts)
+        return Picks(indices=idx, ids=ids[idx], texts=prompts[idx], scores=picked.scores, queries=texts)
 
-    def _fallback_rule(self) -> tuple[int, float] | None:
-        """(prompt column, margin) of the model's abstention rule, or None (the same rule ``oirl score`` resolves)."""
-        from .reranking.fallback import resolve
+    def _get_scoring(self):
+        """The :class:`oirl_fast.scoring.job.Scoring` of this model over its own prompts, built on first use."""
+        if self._scoring is None:
+            from .scoring.candidates import model_candidates
+            from .scoring.job import Scoring
+            from .scoring.options import ScoreOptions
 
-        meta = self.artifact.metadata
-        return resolve(meta.fallback, list(self.prompt_ids), list(self.prompt_texts), meta.prompts)
+            scorer = self._get_scorer()
+            self._scoring = Scoring(self.artifact, model_candidates(self.artifact), scorer,
+                                    ScoreOptions(device=self.device), lambda cached: self.embedder)
+        return self._scoring
 
     def _get_scorer(self) -> "Scorer":
         """The scoring core (:class:`oirl_fast.scoring.scorer.Scorer`), built on first use: its

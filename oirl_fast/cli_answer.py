@@ -20,8 +20,14 @@ def register(app: typer.Typer) -> None:
         queries: str = typer.Option(
             ..., "--queries", "-q",
             help='JSONL of {"id", "query"} with an optional gold "answer" (graded when given), '
-                 "or gsm8k / svamp / mawps (bundled).",
+                 "or gsm8k / svamp / mawps (bundled); with --query-field, --id-field or --template a benchmark "
+                 "file as it is (JSON lines, plain or gzip, CSV or Parquet).",
         ),
+        query_field: str = typer.Option("query", "--query-field", help="The field of --queries holding the query text."),
+        id_field: str = typer.Option("id", "--id-field", help="The field of --queries holding each query's id "
+                                                              "(a row without one: its row number)."),
+        template: Optional[str] = typer.Option(
+            None, "--template", help='The query built from several fields of --queries, e.g. "{Body} {Ques}".'),
         policy: str = typer.Option("best", "--policy", "-P", help=policies_help() + "."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: manifest, shards, answers.jsonl, report.json."),
         backend: str = typer.Option(
@@ -77,7 +83,13 @@ def register(app: typer.Typer) -> None:
         """
         from .answer.results import report_lines
         from .answer.run import AnswerConfig, answer
+        from .errors import OirlError
         from .paths import Output, check_paths
+        from .query_rows import QueryFields
+
+        if template is not None and query_field != "query":
+            raise OirlError("give either --query-field or --template, not both")
+        fields = QueryFields(query_field, id_field, template)
 
         inputs = {"MODEL": model, "--queries": queries, "--prompts": prompts, "--llm": llm, "--lora": lora,
                   "--cache-dir": cache_dir}
@@ -94,6 +106,7 @@ def register(app: typer.Typer) -> None:
             separator=separator, shard_size=shard_size, batch_size=batch_size, split=split, limit=limit,
             tensor_parallel_size=tensor_parallel_size, dtype=dtype, quantization=quantization, lora=lora,
             max_model_len=max_model_len, device=device, cache_dir=cache_dir,
+            query_fields=None if fields.default else fields,
         )
         try:
             report = answer(cfg, progress=progress, log=lambda s: err.print(s, highlight=False, soft_wrap=True))

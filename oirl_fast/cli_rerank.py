@@ -39,6 +39,11 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(1, "--threads", help="LightGBM threads per fit (1: OpenMP threads spin on a busy machine)."),
         report_json: Optional[Path] = typer.Option(None, "--report-json", help="Write the full report as JSON here."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: gains with CIs, coverage-gain curves."),
+        query_field: str = typer.Option("query", "--query-field", help="The log field holding the question text."),
+        id_field: str = typer.Option("query_id", "--id-field", help="The log field holding the question id (a row "
+                                                                    "without one: an id from its question text)."),
+        template: Optional[str] = typer.Option(
+            None, "--template", help='The question built from several log fields, e.g. "{Body} {Ques}".'),
         cache_dir: Optional[Path] = CacheOpt,
         device: str = DeviceOpt,
         embedder: str = EmbedderOpt,
@@ -52,6 +57,8 @@ def register(app: typer.Typer) -> None:
         the oracle and the repeat-based ceiling, with paired-bootstrap 95% CIs over all questions.
         """
         from .console import make_console
+        from .errors import OirlError
+        from .query_rows import QueryFields, read_logs_as
         from .reranking.run import rerank
         from .reranking.report import plot_report, report_table
         from .report import write_json
@@ -59,7 +66,12 @@ def register(app: typer.Typer) -> None:
         check_paths({"LOG": logs, "--cache-dir": cache_dir},
                     [Output(out, "--out", JSONL_SUFFIXES), Output(report_json, "--report-json", JSON_SUFFIXES),
                      Output(plot, "--plot", PNG_SUFFIXES)])
-        result = rerank(logs, folds=folds, seed=seed, seeds=seeds, top_k=top_k, inner_folds=inner_folds,
+        if template is not None and query_field != "query":
+            raise OirlError("give either --query-field or --template, not both")
+        fields = QueryFields(query_field, id_field, template)
+        # a log whose question and id sit in other fields: read through the shared row mapping
+        source = logs if fields == QueryFields("query", "query_id") else read_logs_as(logs, fields)
+        result = rerank(source, folds=folds, seed=seed, seeds=seeds, top_k=top_k, inner_folds=inner_folds,
                         candidates=candidates, knn_k=knn_k, fast=fast, nthread=threads, embedder_spec=embedder,
                         cache_dir=cache_dir, device=device, progress=True,
                         log_fn=lambda m: err.print(m, highlight=False))

@@ -13,7 +13,7 @@ import typer
 from .atomic import write_text
 from .cli_common import SchedulerOpt, WorkersOpt, cli_errors, err
 from .errors import OirlError
-from .paths import JSON_SUFFIXES, Output, check_paths, is_stdio, is_stream
+from .paths import JSON_SUFFIXES, Output, is_stream
 
 
 def register(app: typer.Typer) -> None:
@@ -24,10 +24,10 @@ def register(app: typer.Typer) -> None:
     def score_cmd(
         model: Path = typer.Argument(..., help="Model artifact folder written by `oirl train`."),
         in_path: Optional[Path] = typer.Option(
-            None, "--in", "-i", help='Queries, one JSON object a line: {"id": ..., "query": "..."} (other fields kept). '
-                 'or a Parquet file with those columns (read by --engine local). - reads standard input (a FIFO works too). '
-                 'With --engine dask also a folder of *.jsonl shards or a quoted glob. A gzip, UTF-16 or other binary '
-                 'file is refused.'
+            None, "--in", "-i", help='Queries, one JSON object a line: {"id": ..., "query": "..."} (other fields kept), '
+                 'plain or gzip-compressed; or a CSV file with a header row (*.csv, *.csv.gz) or a Parquet file '
+                 '(both read by --engine local). - reads standard input (a FIFO works too). With --engine dask also a '
+                 'folder of *.jsonl shards or a quoted glob. An xz, UTF-16 or other binary file is refused.'
         ),
         out: Path = typer.Option(..., "--out", "-o", help="Picks to write (.jsonl, one line per input line; written as OUT.partial and renamed when "
                                                   "complete); - writes standard output."),
@@ -86,6 +86,25 @@ def register(app: typer.Typer) -> None:
                  "part-NNNNN.jsonl files plus manifest.json \\[default: merge unless --out is an existing folder].",
         ),
         keep_parts: bool = typer.Option(False, "--keep-parts", help="--engine dask with merge: keep OUT.parts/ after merging."),
+        query_field: str = typer.Option("query", "--query-field", help="The input field holding the query text "
+                                        "(e.g. question for GSM8K's files)."),
+        id_field: str = typer.Option("id", "--id-field", help="The input field holding each row's id (written as "
+                                     "\"id\"; a row without one gets null)."),
+        template: Optional[str] = typer.Option(
+            None, "--template",
+            help='The query built from several input fields instead of --query-field, e.g. "{Body} {Ques}" for '
+                 "SVAMP's files.",
+        ),
+        output_field: Optional[str] = typer.Option(
+            None, "--output-field",
+            help="Write each input row as it is (every field, the query too) plus one field of this name holding "
+                 "the outputs (line, id, prompt_id, prompt, score, ...): for inputs with fields named like the "
+                 "outputs (prompt, score, ...), which are error records otherwise.",
+        ),
+        threads: Optional[int] = typer.Option(
+            None, "--threads", min=1, help="Threads for embedding and scoring \\[default: every core; with --engine "
+                                           "dask: per worker task, the cores shared out].",
+        ),
         embedder: Optional[str] = typer.Option(
             None, "--embedder",
             help="Queries are embedded with the embedder recorded in the model. Only for a model trained with a "
@@ -99,40 +118,26 @@ def register(app: typer.Typer) -> None:
         the partitions already written are kept).
         """
         # here, not at the top: the scoring modules import numba and the kernel, which `oirl --help` does not need
-        from .scoring.dask import score_distributed
-        from .scoring.inputs import score_io
+        from .scoring.dask import run_dask
         from .scoring.options import ScoreOptions
-        from .scoring.stream import score_file
+        from .scoring.request import DaskEngine, ScoreJob, Source
+        from .scoring.stream import run_local
 
         if engine not in ("local", "dask"):
             raise OirlError(f"unknown engine {engine!r}; use local or dask")
-        if engine == "dask" and embedder is not None:
-            raise OirlError("--embedder (a moved encoder folder) is not supported with --engine dask")
         if engine == "local" and (scheduler or workers or partitions or merge is not None or keep_parts):
             raise OirlError("--scheduler, --workers, --partitions, --merge and --keep-parts need --engine dask")
-        if engine == "dask" and (is_stdio(in_path) or is_stdio(out)):
-            raise OirlError("--engine dask reads and writes files shared with its workers; "
-                            "standard input/output (-) need --engine local")
-        # every path argument, --summary included, before the model is loaded or a line scored
-        folder_out = engine == "dask" and (merge is False or (merge is None and (out.is_dir() or str(out).endswith("/"))))
         options = ScoreOptions(top_k=top_k, with_scores=scores, min_confidence=min_confidence, route=route,
                                precision=precision, device=device, batch_size=batch_size, chunk_size=chunk_size,
-                               cache_dir=cache_dir, strict=strict,
-                               max_line_bytes=max_line_bytes)
-        inputs, outputs = score_io(model, in_path, out, prompts, embeddings, ids, cache_dir,
-                                   out_kind="folder" if folder_out else "file")
-        check_paths(inputs, [*outputs, Output(summary_json, "--summary", JSON_SUFFIXES)])
+                               cache_dir=cache_dir, strict=strict, max_line_bytes=max_line_bytes, threads=threads,
+                               query_field=query_field, id_field=id_field, template=template, output_field=output_field)
+        # every path argument, --summary included, checked here once, before the model is loaded or a line scored
+        job = ScoreJob(model, Source(in_path, embeddings, ids), out, options, prompts=prompts, resume=resume,
+                       embedder=embedder, also_writes=(Output(summary_json, "--summary", JSON_SUFFIXES),),
+                       engine=DaskEngine(scheduler, workers, partitions, merge, keep_parts) if engine == "dask" else None)
         try:
             log = lambda s: err.print(s, highlight=False, soft_wrap=True)  # noqa: E731
-            if engine == "dask":
-                summary = score_distributed(
-                    model, in_path, out, options, prompts=prompts, embeddings=embeddings, ids=ids, resume=resume,
-                    scheduler=scheduler, workers=workers, partitions=partitions, merge=merge, keep_parts=keep_parts,
-                    progress=True, log=log,
-                )
-            else:
-                summary = score_file(model, in_path, out, options, prompts=prompts, embeddings=embeddings, ids=ids,
-                                     resume=resume, progress=True, log=log, embedder=embedder)
+            summary = run_dask(job, log=log) if engine == "dask" else run_local(job, log=log)
         except BrokenPipeError:  # `oirl score ... --out - | head`: the reader has had enough
             with contextlib.suppress(OSError, ValueError, AttributeError):  # no second error at exit
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

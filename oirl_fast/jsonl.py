@@ -54,8 +54,23 @@ def _is_valid_unicode(raw: str, obj) -> bool:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
+try:  # msgspec parses 3-4x faster; it is stricter than the rules below on every point (it refuses
+    # NaN, out-of-range numbers, lone surrogates, undecodable bytes, deep nesting), so a line it
+    # takes parses to the same value, and a line it refuses goes through them for the same reason
+    import msgspec
+
+    _fast_decode = msgspec.json.Decoder().decode
+except ImportError:  # pragma: no cover - msgspec is a core dependency
+    _fast_decode = None
+
+
 def parse_json_line(raw: str):
     """Parse one line of JSON strictly; raise :class:`BadLine` with the reason."""
+    if _fast_decode is not None:
+        try:
+            return _fast_decode(raw)
+        except Exception:  # noqa: BLE001 - any refusal: the standard parser says why (or takes a big integer)
+            pass
     try:
         if raw.startswith("\ufeff"):  # what json.loads refuses before decoding
             raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", raw, 0)
@@ -113,11 +128,18 @@ def read_line(fh, max_line_bytes: int | None) -> tuple[bytes | None, int]:
 def iter_stream_lines(fh, skip: int = 0, max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES
                       ) -> Iterator[tuple[int, str | None]]:
     """:func:`iter_lines` over an open binary stream (standard input, a FIFO), read once, front to back."""
+    yield from iter_raw_lines(fh, skip, max_line_bytes)
+
+
+def iter_raw_lines(fh, skip: int = 0, max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES):
+    """:func:`iter_stream_lines`, and its return value (``StopIteration.value``) is the number of
+    lines in the stream, those skipped included: a resumed run learns that its input is shorter
+    than its output without a pass of its own."""
     n = 0
     while True:
         raw, used = read_line(fh, max_line_bytes)
         if not used:
-            return
+            return n
         n += 1
         if n <= skip:
             continue

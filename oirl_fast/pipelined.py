@@ -21,12 +21,21 @@ _DONE = object()
 DEPTH = 2  # finished chunks waiting for the writer
 
 
-def run_pipeline(chunks: Iterator[list], score: Callable[[list], list[str]],
-                 write: Callable[[list[str], int], None], summary) -> None:
-    """``chunks`` read and ``score(chunk) -> lines`` run in this thread, ``write(lines, n)`` in
-    another.  ``summary.read_seconds`` gets the reading time.  An exception in the loop lets
-    the writer finish the chunks already scored, one in the writer stops both; either is raised
-    here, and what was written is a prefix of the output."""
+def run_pipeline(chunks: Iterator[list], score: Callable[[list], object], write: Callable[[list, object], None],
+                 summary, threaded: bool = True) -> None:
+    """``chunks`` read and ``score(chunk) -> result`` run in this thread, ``write(chunk, result)`` in
+    another (``threaded=False``: in this one too, after each chunk).  ``summary.read_seconds`` gets
+    the reading time.  An exception in the loop lets the writer finish the chunks already scored,
+    one in the writer stops both; either is raised here, and what was written is a prefix of the
+    output."""
+    if not threaded:
+        while True:
+            t0 = time.perf_counter()
+            chunk = next(chunks, _DONE)
+            summary.read_seconds += time.perf_counter() - t0
+            if chunk is _DONE:
+                return
+            write(chunk, score(chunk))
     to_write: queue.Queue = queue.Queue(DEPTH)
     stop = threading.Event()
     failures: list[BaseException] = []
@@ -63,8 +72,7 @@ def run_pipeline(chunks: Iterator[list], score: Callable[[list], list[str]],
             summary.read_seconds += time.perf_counter() - t0
             if chunk is _DONE:
                 break
-            lines = score(chunk)
-            if not put((lines, len(chunk))):
+            if not put((chunk, score(chunk))):
                 break
     finally:
         # Also after an interrupt or an error in this loop: the queued chunks are complete,

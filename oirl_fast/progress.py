@@ -12,12 +12,14 @@ class ProgressBar:
     """``with ProgressBar("scoring", total=n) as bar: bar.advance(k, note="5,000 pairs/s")``.
 
     ``total``: units of work, or None for a stream of unknown length; ``done``: units
-    already finished (a resumed job); ``enabled=False`` or ``total == 0``: nothing is shown.
+    already finished (a resumed job); ``enabled=False`` or ``total == 0``: nothing is shown;
+    ``in_bytes``: the units are bytes, shown as sizes (``12.1/80.0 MB``).
     ``bar.elapsed`` is the seconds since the bar opened (for rates in ``note``).
     """
 
-    def __init__(self, label: str, total: int | None, *, enabled: bool = True, done: int = 0, transient: bool = True):
-        self.label, self.total, self.done, self.transient = label, total, done, transient
+    def __init__(self, label: str, total: int | None, *, enabled: bool = True, done: int = 0, transient: bool = True,
+                 in_bytes: bool = False):
+        self.label, self.total, self.done, self.transient, self.in_bytes = label, total, done, transient, in_bytes
         self.enabled = enabled and (total is None or total > 0)
         self._t0 = time.perf_counter()
 
@@ -28,12 +30,14 @@ class ProgressBar:
     def __enter__(self) -> "ProgressBar":
         self._t0 = time.perf_counter()
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeRemainingColumn)
 
             from .console import make_console
 
             self._bar = Progress(
-                TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.description}", markup=False), BarColumn(),
+                DownloadColumn() if self.in_bytes else MofNCompleteColumn(),
                 TextColumn("{task.fields[note]}", markup=False), TimeRemainingColumn(),
                 console=make_console(), transient=self.transient,
             )

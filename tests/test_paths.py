@@ -268,7 +268,7 @@ def factory(embedder):
 def _interrupted(monkeypatch, after_chunks: int = 1):
     from oirl_fast.scoring import job as score_mod
 
-    real = score_mod._score_chunk
+    real = score_mod.Scoring.score_chunk
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -277,8 +277,8 @@ def _interrupted(monkeypatch, after_chunks: int = 1):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(score_mod, "_score_chunk", flaky)
-    return lambda: monkeypatch.setattr(score_mod, "_score_chunk", real)
+    monkeypatch.setattr(score_mod.Scoring, "score_chunk", flaky)
+    return lambda: monkeypatch.setattr(score_mod.Scoring, "score_chunk", real)
 
 
 def test_resume_refuses_the_partial_of_another_job(scoring_setup, factory, tmp_path, monkeypatch):

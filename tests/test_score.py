@@ -155,7 +155,7 @@ def test_resume_after_interrupt_gives_the_same_output(model_dir, texts, factory,
     score_file(model_dir, inp, full, progress=False, embedder_factory=factory, chunk_size=8)
     part.write_text("an earlier complete output\n")
 
-    real = score_mod._score_chunk
+    real = score_mod.Scoring.score_chunk
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -164,10 +164,10 @@ def test_resume_after_interrupt_gives_the_same_output(model_dir, texts, factory,
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(score_mod, "_score_chunk", flaky)
+    monkeypatch.setattr(score_mod.Scoring, "score_chunk", flaky)
     with pytest.raises(KeyboardInterrupt):
         score_file(model_dir, inp, part, progress=False, embedder_factory=factory, chunk_size=8)
-    monkeypatch.setattr(score_mod, "_score_chunk", real)
+    monkeypatch.setattr(score_mod.Scoring, "score_chunk", real)
     partial = tmp_path / "part.jsonl.partial"
     assert part.read_text() == "an earlier complete output\n"  # the complete output survives the interrupted run
     assert len(_read(partial)) == 24  # three chunks made it
@@ -456,7 +456,7 @@ def test_pipeline_stops_on_a_failing_stage_and_keeps_a_prefix(tmp_path):
         return [f"{x}\n" for x in chunk]
 
     with pytest.raises(RuntimeError, match="boom"):
-        run_pipeline(iter([[i] for i in range(20)]), score, lambda lines, n: written.extend(lines),
+        run_pipeline(iter([[i] for i in range(20)]), score, lambda chunk, lines: written.extend(lines),
                      ScoreSummary("i", "o"))
     assert written == [f"{i}\n" for i in range(len(written))] and len(written) <= 5
 
@@ -465,4 +465,4 @@ def test_pipeline_stops_on_a_failing_stage_and_keeps_a_prefix(tmp_path):
         raise OSError("disk gone")
 
     with pytest.raises(OSError, match="disk gone"):
-        run_pipeline(bad_reader(), score, lambda lines, n: None, ScoreSummary("i", "o"))
+        run_pipeline(bad_reader(), score, lambda chunk, lines: None, ScoreSummary("i", "o"))

@@ -50,7 +50,8 @@ def test_every_field_is_signed_or_says_why_it_cannot_change_the_output():
         assert f.metadata.get("cli", "").startswith("--"), f.name
         assert "same_output" in f.metadata, f.name
         reason = f.metadata["same_output"]
-        assert (f.name in ScoreOptions.signature_fields()) == (reason is None), f.name
+        signed = f.name in ScoreOptions.signature_fields() or f.metadata["signed_if_set"]
+        assert signed == (reason is None), f.name
         assert reason is None or len(reason) > 10, f.name
     assert set(ScoreOptions().signature()) == set(ScoreOptions.signature_fields())
     # what an output line depends on is signed
@@ -64,3 +65,14 @@ def test_changing_a_signed_option_changes_the_signature(name):
     assert name in other, f"add a changed value for the new signed option {name!r} here"
     base = ScoreOptions()
     assert dataclasses.replace(base, **{name: other[name]}).signature() != base.signature()
+
+
+@pytest.mark.parametrize("name, value", [("query_field", "question"), ("id_field", "qid"), ("template", "{a} {b}"),
+                                         ("output_field", "oirl")])
+def test_an_input_mapping_option_is_signed_only_when_set(name, value):
+    """The input-mapping options came later: at their defaults the signature is what it was before
+    them (so older partial outputs still resume); set, they are part of it."""
+    base = ScoreOptions()
+    assert name not in base.signature()
+    changed = dataclasses.replace(base, **{name: value}).signature()
+    assert changed == {**base.signature(), name: value}

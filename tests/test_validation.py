@@ -345,7 +345,8 @@ def test_empty_query_is_an_error_record(tmp_path, make_artifact, embedder):
     for rec in recs[1:]:
         assert rec["error"] == '"query" is empty or only whitespace' and "prompt_id" not in rec
     with pytest.raises(OirlError, match="empty or only whitespace") as exc:
-        score_file(model, inp, tmp_path / "s.jsonl", progress=False, strict=True, embedder_factory=lambda c: embedder)
+        score_file(model, inp, tmp_path / "s.jsonl", progress=False, strict=True,
+                   embedder_factory=lambda cached: embedder)
     assert exc.value.line == 2
 
 

@@ -106,6 +106,7 @@ class AnswerConfig:
     max_model_len: int | None = None
     device: str = "auto"
     cache_dir: Path | None = None
+    query_fields: object = None  # a QueryFields: --queries is a benchmark file as it is (oirl_fast.query_rows)
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -189,7 +190,7 @@ def answer(cfg: AnswerConfig, backend=None, progress: bool = False,
     if policy.max_calls > len(prompts):
         raise OirlError(f"policy {policy.spec} asks up to {policy.max_calls} prompts; the model ranks {len(prompts)}")
     queries = load_queries(cfg.queries, split=cfg.split, limit=cfg.limit, gold_check=grader.check_gold,
-                           require_gold=False)
+                           require_gold=False, fields=cfg.query_fields)
     best_single = _best_single(cfg, model.artifact, replay)
     manifest = {
         "model": str(cfg.model), "model_sha256": file_sha256(Path(cfg.model) / "manifest.json"),

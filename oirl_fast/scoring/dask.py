@@ -5,7 +5,7 @@ a folder or a glob of shards; or an ``--ids`` file with its ``--embeddings``) in
 partitions of whole lines, byte ranges that keep their global line numbers.  Each
 worker process loads the model artifact once (``_worker_scoring``: the numba kernel
 compiles once per worker), scores its partitions with the same code as the local
-stream (``Scoring.write`` via ``score_partition``) and writes each
+stream (``Scoring.score_chunk`` via ``score_partition``) and writes each
 partition to a temporary name renamed to ``part-00012.jsonl``.  The client records
 every finished partition (input range, line count, SHA-256) in ``manifest.json``
 (written atomically); a rerun with ``resume=True`` skips the partitions the manifest
@@ -33,16 +33,18 @@ from ..atomic import atomic_path
 from ..cluster import dask_client, local_threads, probe_scheduler, set_threads, worker_count
 from ..errors import OirlError
 from ..locks import locks_output
-from ..paths import Output, check_paths
 from ..progress import ProgressBar
 from .candidates import Candidates
-from .inputs import NpyRows, input_format, open_input, score_io, strict_check
-from .job import Scoring, finished_by, job_signature, load_scoring, write_done
-from .options import ScoreOptions, options_from
+from .inputs import NpyRows, input_format, is_csv, open_input, strict_check
+from .job import Scoring, load_scoring
+from .options import ScoreOptions
 from .partitions import (MANIFEST, Partition, PartsManifest, clear_parts, expand_inputs, line_cuts, merge_parts,
                          part_intact, plan_partitions)
 from .records import iter_range_items
-from .summary import DistributedScoreSummary, ScoreSummary
+from .request import ScoreJob
+from .signature import finished_by, job_signature, write_done
+from .stream import score_into
+from .summary import ChunkStats, DistributedScoreSummary, ScoreSummary, add_stats
 
 _WORKER_CACHE: dict = {}
 
@@ -65,25 +67,22 @@ def _load_candidates(path: str):
                           np.ascontiguousarray(data["embeddings"], dtype=np.float32), str(data["source"]))
 
 
-def _worker_scoring(job: DaskJob):
+def _worker_scoring(job: DaskJob) -> Scoring:
     """The worker process's Scoring for this job, loaded on first use (the kernel compiles once per worker)."""
     hit = _WORKER_CACHE.get(job)
     if hit is None:
         _WORKER_CACHE.clear()  # one model at a time per worker
         cands = _load_candidates(job.candidates) if job.candidates else None
-        emb = NpyRows(job.embeddings) if job.embeddings else None
-        scoring = load_scoring(job.model_dir, job.options, candidates=cands,
-                               query_dim=None if emb is None else emb.shape[1], needs_text_embedder=emb is None)
-        hit = _WORKER_CACHE[job] = (scoring, emb)
+        rows = NpyRows(job.embeddings) if job.embeddings else None
+        hit = _WORKER_CACHE[job] = load_scoring(job.model_dir, job.options, candidates=cands, rows=rows)
     return hit
 
 
 def _score_task(job: DaskJob, part: dict, out: str) -> dict:
     """One partition, on a worker: score its byte range into ``out`` (atomic); return its record."""
     set_threads(job.threads)
-    scoring, emb = _worker_scoring(job)
-    summary, sha, size = score_partition(scoring, part["file"], part["start"], part["stop"], part["first_line"], out,
-                                         emb_matrix=emb)
+    scoring = _worker_scoring(job)
+    summary, sha, size = score_partition(scoring, Partition(**{k: part[k] for k in _PARTITION_KEYS}), out)
     if summary.lines != part["lines"]:  # the input changed under us
         raise OirlError(f"partition {part['index']} has {summary.lines} lines, {part['lines']} when planned",
                         part["file"], part["first_line"])
@@ -97,23 +96,25 @@ def _score_task(job: DaskJob, part: dict, out: str) -> dict:
     }
 
 
-def score_partition(scoring: Scoring, src: str | Path, start: int, stop: int, first_line: int, out: str | Path,
-                    emb_matrix=None) -> tuple["ScoreSummary", str, int]:
-    """Score the lines in bytes [start, stop) of ``src`` into ``out``, written atomically.
+_PARTITION_KEYS = ("index", "file", "start", "stop", "first_line", "lines")
+
+
+def score_partition(scoring: Scoring, part: Partition, out: str | Path) -> tuple[ScoreSummary, str, int]:
+    """Score the lines in bytes [part.start, part.stop) of ``part.file`` into ``out``, written atomically.
 
     Returns (summary, SHA-256 of the file, its size).  Running it twice gives the same
     file, so a partition retried after a lost worker is harmless.
     """
     t0 = time.perf_counter()
     out = Path(out)
-    summary = ScoreSummary(input=str(src), output=str(out), candidates=len(scoring.cands),
-                           route=scoring.scorer.description,
-                           fallback_reason=scoring.scorer.fallback_reason)
-    items = iter_range_items(Path(src), start, stop, first_line, embeddings=emb_matrix is not None,
-                             max_line_bytes=scoring.options.max_line_bytes)
+    summary = ScoreSummary(input=part.file, output=str(out), candidates=len(scoring.cands),
+                           route=scoring.scorer.description, fallback_reason=scoring.scorer.fallback_reason)
+    items = iter_range_items(Path(part.file), part.start, part.stop, part.first_line, embeddings=scoring.rows is not None,
+                             max_line_bytes=scoring.options.max_line_bytes, fields=scoring.options.row_fields)
+    scoring.where = Path(part.file)
     with atomic_path(out) as tmp:
         with tmp.open("wb") as fh:
-            scoring.write(items, fh, summary, emb_matrix=emb_matrix, src=Path(src))
+            score_into(scoring, items, fh, summary)
             fh.flush()
             os.fsync(fh.fileno())
         digest, size = hashlib.sha256(), 0
@@ -127,69 +128,56 @@ def score_partition(scoring: Scoring, src: str | Path, start: int, stop: int, fi
     return summary, digest.hexdigest(), size
 
 
-@locks_output(lambda a: a["out"])
-def score_distributed(
-    model_dir: str | Path,
-    inputs: str | Path | Sequence[str | Path] | None,
-    out: str | Path,
-    options: ScoreOptions | None = None,
-    *,
-    prompts: str | Path | None = None,
-    embeddings: str | Path | None = None,
-    ids: str | Path | None = None,
-    resume: bool = False,
-    scheduler: str | None = None,
-    workers: int | None = None,
-    partitions: int | None = None,
-    merge: bool | None = None,
-    keep_parts: bool = False,
-    threads: int | None = None,
-    client=None,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-    **option_fields,
-) -> DistributedScoreSummary:
+@locks_output(lambda a: a["out"])  # before the job's path checks, as ever: a second job on OUT says who holds it
+def score_distributed(model_dir: str | Path, inputs: str | Path | Sequence[str | Path] | None, out: str | Path,
+                      options: ScoreOptions | None = None, **keywords) -> DistributedScoreSummary:
     """Score ``inputs`` on a Dask cluster into ``out``; see the module doc.
 
-    ``options``: a :class:`ScoreOptions`, or its fields as keywords, as for ``score_file``.
+    ``options``: a :class:`ScoreOptions`, or its fields as keywords, as for ``score_file``. The other
+    keywords are :class:`~oirl_fast.scoring.request.ScoreJob`'s (``prompts``, ``embeddings``, ``ids``,
+    ``resume``), :class:`~oirl_fast.scoring.request.DaskEngine`'s (``scheduler``, ``workers``,
+    ``partitions``, ``merge``, ``keep_parts``) and :func:`run_dask`'s (``client``, ``progress``, ``log``).
 
     ``merge`` (default: True unless ``out`` is an existing folder or ends with a slash)
     writes one file in input order, the parts going to ``OUT.parts/`` and being removed
     after the merge unless ``keep_parts``; otherwise ``out`` is the folder of part files
-    and ``manifest.json``.  ``threads``: kernel threads per worker task (default: the
+    and ``manifest.json``.  ``threads`` (an option): kernel threads per worker task (default: the
     cores shared out among a local cluster's workers; numba's default on a remote one).
     """
+    run = {k: keywords.pop(k) for k in ("client", "progress", "log") if k in keywords}
+    return run_dask(ScoreJob.create(model_dir, inputs, out, options, engine="dask", **keywords), **run)
+
+
+@locks_output(lambda a: a["job"].out)
+def run_dask(job: ScoreJob, *, client=None, progress: bool = True,
+             log: Callable[[str], None] | None = None) -> DistributedScoreSummary:
+    """Run ``job`` (a Dask job) on ``client``, or on a cluster its engine names (a LocalCluster by default)."""
+    if job.engine is None:
+        raise OirlError("a local job runs with oirl_fast.scoring.stream.run_local")
+    return _run_dask(job, client, progress, log or (lambda s: None))
+
+
+def _run_dask(job: ScoreJob, client, progress: bool, log) -> DistributedScoreSummary:
     t_start = time.perf_counter()
-    log = log or (lambda s: None)
-    options = options_from(options, option_fields)
-    if partitions is not None and partitions < 1:
-        raise OirlError(f"--partitions must be at least 1, got {partitions}")
-    model_dir = Path(model_dir)
-    out_str = str(out)
-    if merge is None:
-        merge = not (Path(out).is_dir() or out_str.endswith(("/", os.sep)))
-    inputs_, outputs_ = score_io(model_dir, inputs, out, prompts, embeddings, ids, options.cache_dir,
-                                 out_kind="file" if merge else "folder")
-    if merge:  # OUT.partial is the local stream's; a merged job stages its parts in OUT.parts/
-        outputs_ = [outputs_[0], Output(f"{out}.parts", "--out (its .parts folder)", kind="folder"),
-                    Output(f"{out}.job.json", "--out (its .job.json)", kind="file")]
-    check_paths(inputs_, outputs_)
-    if scheduler and client is None:  # a wrong address is one line now, not after the model is loaded
-        probe_scheduler(scheduler)
+    options, eng, merge = job.options, job.engine, job.merged
+    model_dir, out, threads = job.model, job.out, options.threads
+    prompts, embeddings, ids = job.prompts, job.source.embeddings, job.source.ids
+    inputs, resume = job.source.path, job.resume
+    if eng.scheduler and client is None:  # a wrong address is one line now, not after the model is loaded
+        probe_scheduler(eng.scheduler)
 
     # -- inputs
     emb_path = None
-    if embeddings is not None or ids is not None:
+    if embeddings is not None:
         src, emb_matrix = open_input(inputs, embeddings, ids)
         files, emb_path = [src], Path(embeddings).resolve()
     else:
-        if inputs is None:
-            raise OirlError("no input: give --in queries.jsonl (or --embeddings with --ids)")
         files = expand_inputs(inputs)
         emb_matrix = None
-        for f in files:  # partitions are byte ranges of lines: JSON lines only
-            if input_format(f) == "parquet":
-                raise OirlError("Parquet input is read by --engine local; --engine dask partitions JSON lines", f)
+        for f in files:  # partitions are byte ranges of lines: plain JSON lines only
+            kind = "CSV" if is_csv(f) else {"parquet": "Parquet", "gzip": "gzip-compressed"}.get(input_format(f))
+            if kind is not None:
+                raise OirlError(f"{kind} input is read by --engine local; --engine dask partitions plain JSON lines", f)
     files = [f.resolve() for f in files]
 
     # -- output layout
@@ -207,16 +195,12 @@ def score_distributed(
             raise OirlError("output would overwrite the input", out)
 
     # -- the model, checked once here (workers load it again, once each)
-    scoring = load_scoring(
-        model_dir, options, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
-        needs_text_embedder=emb_matrix is None or prompts is not None, embeddings_label=embeddings,
-        build_scorer=False,
-    )
+    scoring = load_scoring(model_dir, options, candidates=prompts, rows=emb_matrix, build_scorer=False)
     if options.strict:
         line0 = 1
         for f in files:
             items = iter_range_items(f, 0, f.stat().st_size, line0, embeddings=emb_matrix is not None,
-                                     max_line_bytes=options.max_line_bytes)
+                                     max_line_bytes=options.max_line_bytes, fields=options.row_fields)
             strict_check(items, f, emb_matrix)
             line0 += line_cuts(f, 1)[2]
 
@@ -238,10 +222,10 @@ def score_distributed(
     if parts_dir.is_dir() and old is None and any(parts_dir.iterdir()):
         raise OirlError("output folder exists and is not an `oirl score` parts folder", parts_dir)
 
-    with dask_client(scheduler, workers, client=client, log=log) as cl:
+    with dask_client(eng.scheduler, eng.workers, client=client, log=log) as cl:
         n_workers = worker_count(cl)
-        if threads is None and scheduler is None and client is None:
-            threads = local_threads(workers)
+        if threads is None and eng.scheduler is None and client is None:
+            threads = local_threads(eng.workers)
         kept: dict[int, dict] = {}
         if resume and old is not None:
             if old.get("job") != signature:
@@ -253,7 +237,7 @@ def score_distributed(
         else:
             if parts_dir.is_dir():
                 clear_parts(parts_dir)
-            plan = plan_partitions(files, partitions, n_workers)
+            plan = plan_partitions(files, eng.partitions, n_workers)
         parts_dir.mkdir(parents=True, exist_ok=True)
         manifest = PartsManifest(manifest_path, signature, plan)
         for r in kept.values():
@@ -309,18 +293,13 @@ def score_distributed(
     )
     for r in records:
         summary.lines += r["lines"]
-        summary.scored += r["scored"]
-        summary.errors += r["errors"]
-        summary.pairs += r["pairs"]
-        summary.low_confidence += r.get("low_confidence", 0)
-        summary.score_seconds += r.get("score_seconds", 0.0)
-        summary.embed_seconds += r.get("embed_seconds", 0.0)
-        if len(summary.first_errors) < 5:
-            summary.first_errors.extend(r.get("first_errors", [])[: 5 - len(summary.first_errors)])
+        add_stats(summary, ChunkStats(scored=r["scored"], errors=r["errors"], pairs=r["pairs"],
+                                      low_confidence=r.get("low_confidence", 0), score_seconds=r.get("score_seconds", 0.0),
+                                      embed_seconds=r.get("embed_seconds", 0.0), first_errors=r.get("first_errors", [])))
     if merge:
         merge_parts(parts_dir, records, out)
         write_done(out, signature, out)
-        if not keep_parts:
+        if not eng.keep_parts:
             clear_parts(parts_dir)
             with contextlib.suppress(OSError):
                 parts_dir.rmdir()

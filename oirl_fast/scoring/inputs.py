@@ -1,9 +1,6 @@
 """Scoring inputs: the JSONL or --embeddings/--ids source, its checks, and the job's path arguments."""
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -11,16 +8,13 @@ import numpy as np
 
 from ..errors import OirlError
 from ..jsonl import count_lines
-from ..paths import JSONL_SUFFIXES, Output, is_stdio, is_stream
+from ..paths import is_stream
 from .records import Item
-
-PARTIAL_SUFFIX = ".partial"  # OUT is written as OUT.partial and renamed when complete
-JOB_SUFFIX = ".partial.job.json"  # beside it: which job wrote it, checked by --resume
-
 
 SNIFF_BYTES = 4096
 PARQUET_MAGIC = b"PAR1"
-_COMPRESSED = ((b"\x1f\x8b", "gzip", "zcat"), (b"\xfd7zXZ\x00", "xz", "xzcat"), (b"\x28\xb5\x2f\xfd", "zstd", "zstdcat"),
+GZIP_MAGIC = b"\x1f\x8b"  # read as it is (decompressed on the fly), unlike the other compressions
+_COMPRESSED = ((GZIP_MAGIC, "gzip", "zcat"), (b"\xfd7zXZ\x00", "xz", "xzcat"), (b"\x28\xb5\x2f\xfd", "zstd", "zstdcat"),
                (b"BZh", "bzip2", "bzcat"))
 _OTHER = ((b"PK\x03\x04", "a zip archive"), (b"\x93NUMPY", "a .npy array (give it as --embeddings, with --ids)"),
           (b"\x89PNG", "a PNG image"), (b"%PDF", "a PDF document"), (b"SQLite format 3\x00", "an SQLite database"))
@@ -51,12 +45,18 @@ def sniff_input(head: bytes) -> str:
 
 
 def input_format(path: str | Path) -> str:
-    """:func:`sniff_input` of a regular file's first bytes, the error as an OirlError naming the file."""
+    """:func:`sniff_input` of a regular file's first bytes (decompressed for a gzip file), the error
+    as an OirlError naming the file: ``"parquet"``, ``"jsonl"`` or ``"gzip"`` (gzip-compressed lines)."""
     try:
         with Path(path).open("rb") as fh:
             head = fh.read(SNIFF_BYTES)
     except OSError as exc:
         raise OirlError(f"cannot read ({exc.strerror or exc})", path) from None
+    if head.startswith(GZIP_MAGIC):
+        from .reader import check_head
+
+        check_head(head, str(path))
+        return "gzip"
     try:
         return sniff_input(head)
     except ValueError as exc:
@@ -137,15 +137,12 @@ class NpyRows:
 
 
 def open_input(in_path, embeddings=None, ids=None) -> tuple[Path, "NpyRows | None"]:
-    """(line source, embedding rows or None): the JSONL input, or the ids file beside ``embeddings``.
+    """(line source, embedding rows or None): the input, or the ids file beside ``embeddings``
+    (a :class:`~oirl_fast.scoring.request.Source`'s fields, checked to go together).
 
     Raises OirlError for a missing, empty or mismatched input, before anything is written."""
     emb_matrix = None
-    if embeddings is not None or ids is not None:
-        if embeddings is None or ids is None:
-            raise OirlError("--embeddings and --ids go together")
-        if in_path is not None:
-            raise OirlError("give either --in or --embeddings/--ids, not both")
+    if embeddings is not None:
         src = Path(ids)
         emb_path = Path(embeddings)
         if not emb_path.is_file():
@@ -162,8 +159,6 @@ def open_input(in_path, embeddings=None, ids=None) -> tuple[Path, "NpyRows | Non
         if n_ids != len(emb_matrix):
             raise OirlError(f"{n_ids} ids but {len(emb_matrix)} embedding rows", src)
     else:
-        if in_path is None:
-            raise OirlError("no input: give --in queries.jsonl (or --embeddings with --ids)")
         src = Path(in_path)
         if is_stream(src):  # "-" (standard input) or a FIFO: streamed, never stat'ed for a size
             return src, None
@@ -173,36 +168,11 @@ def open_input(in_path, embeddings=None, ids=None) -> tuple[Path, "NpyRows | Non
             raise OirlError("input file not found", src)
     if src.stat().st_size == 0:
         raise OirlError("input file is empty", src)
-    if emb_matrix is None:
-        input_format(src)  # a gzip, UTF-16 or other binary file is refused here, before anything is written
+    if emb_matrix is None and not is_csv(src):
+        input_format(src)  # an xz, UTF-16 or other binary file is refused here, before anything is written
     return src, emb_matrix
 
 
-def score_io(model_dir, in_path, out, prompts=None, embeddings=None, ids=None, cache_dir=None,
-             out_kind: str = "file") -> tuple[dict, list[Output]]:
-    """The path arguments of a scoring job as ``check_paths`` takes them: (inputs, outputs).
-
-    A file output also stands for its ``OUT.partial`` and ``OUT.partial.job.json``; a merged
-    Dask output for its ``OUT.parts`` folder."""
-    inputs = {"MODEL": model_dir, "--in": in_path, "--prompts": prompts, "--embeddings": embeddings, "--ids": ids,
-              "--cache-dir": cache_dir}
-    outputs = [Output(out, "--out", JSONL_SUFFIXES, kind=out_kind)]
-    if out is not None and not is_stream(out) and out_kind == "file":
-        outputs += [Output(f"{out}{PARTIAL_SUFFIX}", "--out (its .partial)", kind="file"),
-                    Output(f"{out}{JOB_SUFFIX}", "--out (its .partial.job.json)", kind="file"),
-                    Output(f"{out}.job.json", "--out (its .job.json)", kind="file")]
-    return inputs, outputs
-
-
-def spool(src: Path) -> Path:
-    """Copy standard input or a FIFO to a temporary file (for --strict, which reads the input twice)."""
-    fh = sys.stdin.buffer if is_stdio(src) else Path(src).open("rb")
-    fd, tmp = tempfile.mkstemp(prefix="oirl-score-", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "wb") as dst:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                dst.write(block)
-    finally:
-        if not is_stdio(src):
-            fh.close()
-    return Path(tmp)
+def is_csv(path) -> bool:
+    """A CSV input (read with its header row), by its name: ``*.csv`` or ``*.csv.gz``."""
+    return not is_stream(path) and str(path).lower().endswith((".csv", ".csv.gz"))

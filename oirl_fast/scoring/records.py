@@ -3,22 +3,33 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..embed import empty_text_reason
+import numpy as np
+
 from ..errors import OirlError
-from ..jsonl import (DEFAULT_MAX_LINE_BYTES, LINE_TOO_LONG, BadLine, count_lines, iter_lines, iter_stream_lines,
-                     parse_json_line, read_line)
-from ..paths import is_stdio, is_stream
+from ..jsonl import DEFAULT_MAX_LINE_BYTES, LINE_TOO_LONG, BadLine, parse_json_line, read_line
+from ..query_rows import BadRow, QueryFields
 from .candidates import Candidates
 
 OUTPUT_KEYS = ("line", "id", "prompt_id", "prompt", "score", "confidence", "low_confidence", "top_k", "scores", "error")
 # Input fields that would collide with what oirl writes: such a line becomes an error record
-# (whatever the options), so a user's field is never dropped or overwritten.
+# (unless the outputs go under --output-field), so a user's field is never dropped or overwritten.
 RESERVED_INPUT_KEYS = tuple(k for k in OUTPUT_KEYS if k != "id")
+
+
+@dataclass
+class Picked:
+    """The picks of n queries: ``idx`` int64 (n, k) candidate indices best first, ``scores`` (n, k),
+    ``full`` (n, P) every candidate's score (only when asked for), ``confidence`` (n,) the calibrated
+    success probability of each top pick (when the model has a calibrator)."""
+
+    idx: np.ndarray
+    scores: np.ndarray
+    full: np.ndarray | None = None
+    confidence: np.ndarray | None = None
 
 
 @dataclass
@@ -31,7 +42,9 @@ class Item:
     row: int = -1  # row in the --embeddings matrix
 
 
-def parse_line(raw: str | None, line: int, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Item:
+def parse_line(raw: str | None, line: int, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+               fields: RowFields | None = None) -> Item:
+    """The Item of one JSON line (``LINE_TOO_LONG`` for a line over the limit, not read)."""
     if raw is LINE_TOO_LONG:
         return Item(line, error=f"line is longer than --max-line-bytes ({max_line_bytes} bytes); not read")
     if not raw.strip():
@@ -40,136 +53,47 @@ def parse_line(raw: str | None, line: int, max_line_bytes: int = DEFAULT_MAX_LIN
         rec = parse_json_line(raw)
     except BadLine as exc:
         return Item(line, error=str(exc))
-    return record_item(rec, line)
+    return record_item(rec, line, fields)
 
 
-def record_item(rec, line: int) -> Item:
-    """The Item of one input record (a parsed JSON line, or a Parquet row as a dict)."""
+@dataclass(frozen=True)
+class RowFields:
+    """How input rows map to items and items to output records: where the query and id are
+    (:class:`~oirl_fast.query_rows.QueryFields`; None: rows kept whole in ``Item.extra``, for
+    :func:`~oirl_fast.query_rows.read_rows`) and ``output_field``, the one key the outputs
+    go under (None: beside the input's fields, as ever)."""
+
+    query: QueryFields | None = QueryFields()
+    output_field: str | None = None
+
+
+_DEFAULT_FIELDS = RowFields()
+
+
+def record_item(rec, line: int, fields: RowFields | None = None) -> Item:
+    """The Item of one input record (a parsed JSON line, a CSV or Parquet row as a dict)."""
+    f = fields or _DEFAULT_FIELDS
     if not isinstance(rec, dict):
         return Item(line, error=f"a record must be a JSON object, got {type(rec).__name__}")
-    rid = rec.get("id")
-    if "query" not in rec:
-        return Item(line, id=rid, error="missing \"query\" field")
-    q = rec["query"]
-    if not isinstance(q, str):
-        return Item(line, id=rid, error=f"\"query\" must be a string, got {type(q).__name__}")
-    empty = empty_text_reason(q)
-    if empty:  # an empty text still embeds to some vector: a confident pick for no question
-        return Item(line, id=rid, error=f"\"query\" {empty}")
-    clash = [k for k in rec if k in RESERVED_INPUT_KEYS]
+    if f.query is None:
+        return Item(line, extra=rec)
+    try:
+        q = f.query.query_of(rec)
+    except BadRow as exc:
+        return Item(line, id=exc.rid, error=str(exc))
+    rid = f.query.id_of(rec)
+    if f.output_field is not None:
+        if f.output_field in rec:
+            return Item(line, id=rid, error=f"input field {f.output_field!r} is --output-field's; give another name")
+        return Item(line, id=rid, query=q, extra=rec)
+    own = (f.query.id_field, *f.query.query_names())
+    clash = [k for k in rec if k in OUTPUT_KEYS and k not in own]
     if clash:
         return Item(line, id=rid, error=f"input field(s) {', '.join(map(repr, clash))} would be overwritten by "
-                                        "the output's own field(s) of that name; rename them in the input")
-    extra = {k: v for k, v in rec.items() if k not in ("id", "query")}
+                                        "the output's own field(s) of that name; rename them in the input, or put "
+                                        "the outputs under one field (--output-field)")
+    extra = {k: v for k, v in rec.items() if k not in own}
     return Item(line, id=rid, query=q, extra=extra)
-
-
-def iter_jsonl_items(path: Path, skip: int, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Item]:
-    """Items of a JSON-lines input (a file, standard input or a FIFO) or of a Parquet file, after ``skip``."""
-    if is_stream(path):  # standard input or a FIFO: read once, as it comes
-        fh = sys.stdin.buffer if is_stdio(path) else Path(path).open("rb")
-        try:
-            _check_stream_head(fh, path)
-            for n, raw in iter_stream_lines(fh, skip, max_line_bytes):
-                yield parse_line(raw, n, max_line_bytes)
-        finally:
-            if not is_stdio(path):
-                fh.close()
-        return
-    if is_parquet(path):
-        yield from iter_parquet_items(path, skip)
-        return
-    for n, raw in iter_lines(path, skip, max_line_bytes):
-        yield parse_line(raw, n, max_line_bytes)
-
-
-def _check_stream_head(fh, path) -> None:
-    """Refuse a compressed, UTF-16 or binary stream from its first bytes (peeked, not consumed)."""
-    from .inputs import sniff_input
-
-    peek = getattr(fh, "peek", None)
-    head = peek(4096)[:4096] if peek is not None else b""
-    try:
-        kind = sniff_input(head) if head else "jsonl"
-    except ValueError as exc:
-        raise OirlError(str(exc), "<stdin>" if is_stdio(path) else path) from None
-    if kind == "parquet":
-        raise OirlError("is Parquet: give it as a file (Parquet cannot be streamed)", "<stdin>" if is_stdio(path) else path)
-
-
-def is_parquet(path) -> bool:
-    try:
-        with Path(path).open("rb") as fh:
-            return fh.read(4) == b"PAR1"
-    except OSError:
-        return False
-
-
-def _jsonable(value):
-    """A Parquet value as JSON can write it (dates and times in ISO form); ValueError for what JSON cannot hold."""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("a NaN or infinite number")
-        return value
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        if value and all(isinstance(x, tuple) and len(x) == 2 for x in value):  # a Parquet map
-            return {str(k): _jsonable(v) for k, v in value}
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if isinstance(value, (bytes, bytearray)):
-        raise ValueError("binary data")
-    return str(value)  # Decimal and the like
-
-
-def iter_parquet_items(path: Path, skip: int = 0, batch_rows: int = 4096) -> Iterator[Item]:
-    """Items of a Parquet input, one a row (numbered from 1 like lines), after ``skip`` rows."""
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-        raise OirlError(f"unreadable Parquet file ({exc})", path) from None
-    n = 0
-    for batch in pf.iter_batches(batch_size=batch_rows):
-        if n + batch.num_rows <= skip:
-            n += batch.num_rows
-            continue
-        for row in batch.to_pylist():
-            n += 1
-            if n <= skip:
-                continue
-            try:
-                rec = {str(k): _jsonable(v) for k, v in row.items()}
-            except ValueError as exc:
-                yield Item(n, id=row.get("id") if isinstance(row.get("id"), (str, int)) else None,
-                           error=f"row holds {exc}, which JSON cannot represent")
-                continue
-            yield record_item(rec, n)
-
-
-def count_input_lines(path: Path) -> int:
-    """Lines of a JSON-lines input, rows of a Parquet one."""
-    if is_parquet(path):
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.ParquetFile(path).metadata.num_rows
-        except Exception as exc:  # noqa: BLE001
-            raise OirlError(f"unreadable Parquet file ({exc})", path) from None
-    return count_lines(path)
-
-
-def iter_embedding_items(ids_path: Path, skip: int) -> Iterator[Item]:
-    for n, raw in iter_lines(ids_path, skip):
-        if raw is LINE_TOO_LONG:
-            yield Item(n, error=f"id line is longer than {DEFAULT_MAX_LINE_BYTES} bytes")
-            continue
-        yield Item(n, id=raw, query=None, row=n - 1, error=None if raw.strip() else "empty id")
 
 
 def chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
@@ -184,7 +108,7 @@ def chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
 
 
 def iter_range_items(src: Path, start: int, stop: int, first_line: int, embeddings: bool,
-                     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Item]:
+                     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, fields: RowFields | None = None) -> Iterator[Item]:
     """Parsed input lines in bytes [start, stop) of ``src``, numbered from ``first_line``.
 
     ``start`` must be the first byte of a line; ``stop`` the byte after a newline (or the
@@ -207,12 +131,13 @@ def iter_range_items(src: Path, start: int, stop: int, first_line: int, embeddin
             if embeddings:
                 yield Item(n, id=text, query=None, row=n - 1, error=None if text.strip() else "empty id")
             else:
-                yield parse_line(text, n, max_line_bytes)
+                yield parse_line(text, n, max_line_bytes, fields)
             n += 1
 
 
-def resume_point(out: Path) -> int:
-    """Complete lines already in ``out``; cuts a partial last line.  Checks the prefix is ours."""
+def resume_point(out: Path, output_field: str | None = None) -> int:
+    """Complete lines already in ``out``; cuts a partial last line.  Checks the prefix is ours
+    (its records under ``output_field`` when the outputs go there)."""
     if not out.exists():
         return 0
     size = out.stat().st_size
@@ -240,6 +165,8 @@ def resume_point(out: Path) -> int:
         last = tail.rsplit(b"\n", 1)[-1]
         try:
             rec = json.loads(last)
+            if output_field is not None and isinstance(rec, dict):
+                rec = rec.get(output_field)
             ok = isinstance(rec, dict) and rec.get("line") == n
         except (json.JSONDecodeError, UnicodeDecodeError):
             ok = False
@@ -270,21 +197,30 @@ def _num(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def record(item: Item, cands: Candidates, idx, sc, top_k: int, full_row) -> dict:
-    rec = {"line": item.line, "id": item.id}
-    for k, v in item.extra.items():
-        if k not in OUTPUT_KEYS:
-            rec[k] = v
+def record(item: Item, cands: Candidates, picked, j: int, options) -> dict:
+    """The output record of a scored ``item``: row ``j`` of ``picked`` (a :class:`~oirl_fast.scoring.job.Picked`),
+    with the fields ``options`` (a ScoreOptions) asks for."""
+    idx, sc = picked.idx[j], picked.scores[j]
+    out = {"line": item.line, "id": item.id}
+    inner = out if options.output_field is None else {}
+    if options.output_field is None:
+        for k, v in item.extra.items():
+            out[k] = v
     b = int(idx[0])
-    rec["prompt_id"] = cands.ids[b]
-    rec["prompt"] = cands.texts[b]
-    rec["score"] = _num(sc[0])
-    if top_k > 1:
-        rec["top_k"] = [{"prompt_id": cands.ids[int(i)], "score": _num(s)} for i, s in zip(idx, sc)]
-    if full_row is not None:
-        rec["scores"] = {pid: _num(s) for pid, s in zip(cands.ids, full_row)}
-    return rec
+    inner["prompt_id"] = cands.ids[b]
+    inner["prompt"] = cands.texts[b]
+    inner["score"] = _num(sc[0])
+    if options.top_k > 1:
+        inner["top_k"] = [{"prompt_id": cands.ids[int(i)], "score": _num(s)} for i, s in zip(idx, sc)]
+    if picked.full is not None:
+        inner["scores"] = {pid: _num(s) for pid, s in zip(cands.ids, picked.full[j])}
+    if picked.confidence is not None and inner["score"] is not None:
+        inner["confidence"] = float(picked.confidence[j])
+        if options.min_confidence is not None:
+            inner["low_confidence"] = inner["confidence"] < options.min_confidence
+    return out if options.output_field is None else {**item.extra, options.output_field: {**out, **inner}}
 
 
-def error_record(item: Item) -> dict:
-    return {"line": item.line, "id": item.id, "error": item.error}
+def error_record(item: Item, output_field: str | None = None) -> dict:
+    rec = {"line": item.line, "id": item.id, "error": item.error}
+    return rec if output_field is None else {output_field: rec}

@@ -1,8 +1,6 @@
-"""Streaming best-of-N scoring: for each query of a JSONL file, pick the best candidate prompt.
+"""The local runner: one :class:`~oirl_fast.scoring.request.ScoreJob` streamed through this process.
 
-``score_file`` reads the input in chunks, embeds each chunk's queries (or reads
-precomputed embeddings), scores every (query, candidate) pair with the reward
-model and appends one output line per input line, in input order:
+For each input row (a JSON line, a CSV or Parquet row) it writes one output line, in input order:
 
     {"line": 3, "id": "q3", <other input fields>, "prompt_id": "CoT", "prompt": "...", "score": 0.71}
     {"line": 4, "id": null, "error": "line is not valid JSON (Expecting value ...)"}
@@ -11,16 +9,17 @@ model and appends one output line per input line, in input order:
 ``with_scores`` adds ``"scores": {prompt_id: score}`` for every candidate.  The
 query text itself is not repeated in the output; every other input field is.  An
 input field named like an output field (``RESERVED_INPUT_KEYS``) makes its line an
-error record, so a user's field is never dropped or overwritten.
+error record, so a user's field is never dropped or overwritten; with ``output_field``
+the input row is written as it is and the outputs go under that one key instead.
 
-Robustness: memory is bounded by the chunk size, whatever the input size.  The
-output is streamed chunk by chunk into ``OUT.partial`` (beside it
-``OUT.partial.job.json``, the job's signature) and renamed to OUT when complete, so
-an existing OUT survives an interrupted run, whose ``.partial`` holds a valid prefix
-(at worst a partial last line); ``resume=True`` continues it after the last complete
-line without duplicates, if it belongs to the same job (``job_signature``).
-``strict=True`` checks the whole input first and raises on the first bad line before
-the output is touched.  ``-`` (standard input / output) and FIFOs are streamed through.
+The input is read once, front to back; progress is counted in its bytes.  Memory is bounded
+by the chunk size, whatever the input size.  The output is streamed chunk by chunk into
+``OUT.partial`` (beside it ``OUT.partial.job.json``, the job's signature) and renamed to OUT
+when complete, so an existing OUT survives an interrupted run, whose ``.partial`` holds a
+valid prefix (at worst a partial last line); ``resume`` continues it after the last complete
+line without duplicates, if it belongs to the same job (``job_signature``).  ``strict``
+stops at the first bad line and leaves no output of this run (a ``.partial`` is put back as it
+was; standard output gets nothing).  ``-`` (standard input / output) and FIFOs are streamed through.
 
 Scoring routes (:class:`~oirl_fast.scoring.scorer.Scorer`), best first: the factorized QuickScorer
 kernel (numba, CPU or CUDA), the compiled tl2cgen library on materialized pairs, native
@@ -32,168 +31,221 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 from ..atomic import write_errors, write_text
+from ..cluster import set_threads
 from ..errors import OirlError
+from ..jsonl import count_lines
 from ..locks import output_lock
-from ..paths import check_paths, is_stdio, is_stream
+from ..paths import is_stdio, is_stream
+from ..pipelined import run_pipeline
 from ..progress import ProgressBar
-from .inputs import JOB_SUFFIX, PARTIAL_SUFFIX, input_format, open_input, score_io, spool, strict_check
-from .job import JOB_FORMAT, differences, finished_by, job_signature, load_scoring, read_job, write_done
-from .options import ScoreOptions, options_from
-from .records import count_input_lines, iter_embedding_items, iter_jsonl_items, resume_point
-from .summary import ScoreSummary
+from .inputs import open_input
+from .job import Scoring, load_scoring
+from .reader import InputReader
+from .records import chunks, resume_point
+from .request import JOB_SUFFIX, PARTIAL_SUFFIX, ScoreJob
+from .signature import JOB_FORMAT, differences, finished_by, job_signature, read_job, write_done
+from .summary import ScoreSummary, add_stats
+
+RUN_KEYWORDS = ("progress", "log", "embedder_factory", "pipeline")
 
 
-def score_file(
-    model_dir: str | Path,
-    in_path: str | Path | None,
-    out_path: str | Path,
-    options: ScoreOptions | None = None,
-    *,
-    prompts: str | Path | None = None,
-    embeddings: str | Path | None = None,
-    ids: str | Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-    embedder_factory: Callable | None = None,
-    embedder: str | None = None,
-    pipeline: bool = True,
-    **option_fields,
-) -> ScoreSummary:
-    """Score ``in_path`` (JSONL queries) or ``embeddings`` + ``ids`` into ``out_path``; see the module doc.
+def score_file(model_dir: str | Path, in_path: str | Path | None, out_path: str | Path, options=None,
+               **keywords) -> ScoreSummary:
+    """Score ``in_path`` (queries: JSON lines, CSV or Parquet) or ``embeddings=`` + ``ids=`` into
+    ``out_path``; see the module doc.
 
-    ``options``: a :class:`ScoreOptions`, or its fields as keywords (``top_k=3, with_scores=True``).
-
-    ``in_path`` / ``out_path`` may be ``-`` (standard input / output) or a FIFO, streamed
-    through. A file output is written as ``OUT.partial`` (with ``OUT.partial.job.json``,
-    the job's signature, beside it) and renamed to OUT when complete, so an existing OUT
-    survives an interrupted run; ``resume`` continues the ``.partial`` of the same job.
-    ``pipeline=False`` reads, scores and writes in one thread (same output bytes).
+    ``options``: a :class:`~oirl_fast.scoring.options.ScoreOptions`, or its fields as keywords
+    (``top_k=3, with_scores=True``). The other keywords are :class:`ScoreJob`'s (``prompts``,
+    ``embeddings``, ``ids``, ``resume``, ``embedder``) and :func:`run_local`'s (``progress``,
+    ``log``, ``embedder_factory``, ``pipeline``).
     """
-    t_start = time.perf_counter()
-    log = log or (lambda s: None)
-    out_path = Path(out_path)
-    options = options_from(options, option_fields)
+    run = {k: keywords.pop(k) for k in RUN_KEYWORDS if k in keywords}
+    return run_local(ScoreJob.create(model_dir, in_path, out_path, options, **keywords), **run)
 
-    # -- input and output checks that stop the run, before anything is written or loaded
-    check_paths(*score_io(model_dir, in_path, out_path, prompts, embeddings, ids, options.cache_dir))
+
+def run_local(job: ScoreJob, *, progress: bool = True, log: Callable[[str], None] | None = None,
+              embedder_factory: Callable | None = None, pipeline: bool = True) -> ScoreSummary:
+    """Run ``job`` in this process. ``embedder_factory(cached=bool)``: another embedder (tests);
+    ``pipeline=False``: read, score and write in one thread (the same output bytes)."""
+    if job.engine is not None:
+        raise OirlError("a Dask job runs with oirl_fast.scoring.dask.run_dask")
+    t_start = time.perf_counter()
     # one writer per output: a second job on the same OUT stops here, before it reads OUT.partial
-    with contextlib.nullcontext() if is_stream(out_path) else output_lock(out_path, "--out"):
-        return _score_file(model_dir, in_path, out_path, options, prompts, embeddings, ids, resume, progress, log,
-                           embedder_factory, embedder, pipeline, t_start)
+    with contextlib.nullcontext() if is_stream(job.out) else output_lock(job.out, "--out"):
+        return _LocalRun(job, log or (lambda s: None), t_start).run(progress, embedder_factory, pipeline)
+
+
+class _LocalRun:
+    def __init__(self, job: ScoreJob, log, t_start: float):
+        self.job, self.log, self.t_start = job, log, t_start
+        out = job.out
+        self.partial = out.with_name(out.name + PARTIAL_SUFFIX)
+        self.job_path = out.with_name(out.name + JOB_SUFFIX)
+
+    def run(self, progress: bool, embedder_factory, pipeline: bool) -> ScoreSummary:
+        job, o, out = self.job, self.job.options, self.job.out
+        src, rows = open_input(job.source.path, job.source.embeddings, job.source.ids)
+        in_stream, out_stream = is_stream(src), is_stream(out)
+        if job.resume and (in_stream or out_stream):
+            raise OirlError("--resume needs a regular input file and output file (not standard input/output or a FIFO)",
+                            out if out_stream else src)
+        scoring = load_scoring(job.model, o, candidates=job.prompts, rows=rows, embedder_factory=embedder_factory,
+                               embedder=job.embedder, log=self.log)
+        scoring.where = Path("<stdin>" if is_stdio(src) else str(src))
+        set_threads(o.threads or os.cpu_count())
+
+        skip, signature = 0, None
+        if not out_stream:
+            signature = {"format": JOB_FORMAT, "version": 2, **job_signature(scoring, [src], job.source.embeddings)}
+            skip = self._resume_point(signature)
+            if skip is None:
+                return self._nothing_to_do(scoring, src)
+        reader = InputReader(src, skip, o.row_fields, o.max_line_bytes, ids=rows is not None)
+        summary = ScoreSummary(input=reader.label, output="<stdout>" if is_stdio(out) else str(out), resumed=skip,
+                               candidates=len(scoring.cands), route=scoring.scorer.description,
+                               fallback_reason=scoring.scorer.fallback_reason)
+        items = reader.items()
+        if in_stream:  # its first bytes are checked (UTF-16, binary) before any output file is made
+            first = next(items, None)
+            items = itertools.chain([] if first is None else [first], items)
+        if not o.strict:  # a strict run that stops says one line, the error
+            self.log(f"scoring {reader.label} against {len(scoring.cands)} candidates with the "
+                     f"{scoring.scorer.description}" + (f"; resuming after line {skip}" if skip else ""))
+        bar = ProgressBar("scoring", reader.total, enabled=progress, in_bytes=True)
+        try:
+            self._write(scoring, items, summary, _Progress(bar, reader, summary, skip), pipeline, signature)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            raise
+        finally:
+            summary.lines = skip + summary.scored + summary.errors
+            summary.seconds = time.perf_counter() - self.t_start
+            summary.pairs_per_s = summary.pairs / summary.score_seconds if summary.score_seconds > 0 else 0.0
+        return summary
+
+    def _resume_point(self, signature: dict) -> int | None:
+        """Lines of ``OUT.partial`` this run continues after (0: from the start); None: OUT is
+        already the finished output of this job."""
+        job, partial, out = self.job, self.partial, self.job.out
+        old = read_job(self.job_path) if self.job_path.exists() else None
+        if partial.exists() and old is None:
+            raise OirlError("exists without the job record oirl score writes beside it, so it is not ours; "
+                            "remove or rename it", partial)
+        if job.resume and partial.exists():
+            if old != signature:
+                raise OirlError(f"cannot resume: {partial.name} comes from another job ({differences(old, signature)} "
+                                "differ); run without --resume to start again", partial)
+            return resume_point(partial, job.options.output_field)
+        if job.resume and out.exists():
+            same, why = finished_by(out, _job_part(signature))
+            if not same:
+                raise OirlError(f"cannot resume: this is a finished output of another job ({why}); run without "
+                                "--resume to replace it", out)
+            return None
+        if job.resume:
+            self.log(f"nothing to resume ({partial.name} does not exist): scoring from the first line")
+        return 0
+
+    def _nothing_to_do(self, scoring: Scoring, src) -> ScoreSummary:
+        out = self.job.out
+        self.log(f"nothing to do: {out} is the finished output of this job")
+        lines = count_lines(out)
+        return ScoreSummary(input=str(src), output=str(out), resumed=lines, lines=lines,
+                            candidates=len(scoring.cands), route=scoring.scorer.description,
+                            fallback_reason=scoring.scorer.fallback_reason)
+
+    def _write(self, scoring: Scoring, items, summary: ScoreSummary, progress: "_Progress", pipeline: bool,
+               signature: dict | None) -> None:
+        out, strict = self.job.out, self.job.options.strict
+
+        def stream_into(fh) -> None:
+            with progress.bar:
+                score_into(scoring, items, fh, summary, progress.advance, pipeline)
+
+        if is_stream(out):
+            label = "<stdout>" if is_stdio(out) else out
+            if strict:  # nothing reaches the stream unless every line is good
+                with tempfile.TemporaryFile() as tmp:
+                    stream_into(tmp)
+                    tmp.seek(0)
+                    with write_errors(label), _open_stream(out) as fh:
+                        shutil.copyfileobj(tmp, fh)
+                return
+            with write_errors(label), _open_stream(out) as fh:
+                stream_into(fh)
+            return
+        # before the .partial; ASCII, so a file name that is not valid UTF-8 is written as its escape
+        write_text(self.job_path, json.dumps(signature, indent=1, ensure_ascii=True))
+        kept = self.partial.stat().st_size if summary.resumed else 0
+        try:
+            with write_errors(self.partial), self.partial.open("ab" if summary.resumed else "wb") as fh:
+                stream_into(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OirlError:
+            if strict:  # the run's lines go: the .partial is what it was before this run
+                if kept:
+                    os.truncate(self.partial, kept)
+                else:
+                    self.partial.unlink(missing_ok=True)
+                    self.job_path.unlink(missing_ok=True)
+            raise
+        write_done(out, _job_part(signature), self.partial)
+        with write_errors(out, self.partial):
+            os.replace(self.partial, out)
+        self.job_path.unlink(missing_ok=True)
+
+
+class _Progress:
+    """The bar in input bytes, with the pairs/s note, advanced as chunks are written."""
+
+    def __init__(self, bar: ProgressBar, reader: InputReader, summary: ScoreSummary, skip: int):
+        self.bar, self.reader, self.summary, self.skip, self.pos = bar, reader, summary, skip, 0
+
+    def advance(self) -> None:
+        s = self.summary
+        s.lines = self.skip + s.scored + s.errors
+        pos = self.reader.position()
+        self.bar.advance(max(0, pos - self.pos), note=f"{s.lines:,} lines, {s.pairs / self.bar.elapsed:,.0f} pairs/s")
+        self.pos = max(self.pos, pos)
+
+
+def score_into(scoring: Scoring, items, fh, summary, on_chunk: Callable[[], None] | None = None,
+               pipeline: bool = True) -> None:
+    """Score ``items`` chunk by chunk (``options.chunk_size`` rows) into the binary file ``fh``,
+    one record a line, adding each chunk's stats to ``summary`` (in input order).
+
+    ``pipeline``: write finished chunks in a thread of their own while this thread reads,
+    embeds and scores the next one (:mod:`oirl_fast.pipelined`); the output is the same bytes
+    in the same order as the serial loop (``pipeline=False``)."""
+    def write(chunk, result) -> None:
+        lines, stats = result
+        t0 = time.perf_counter()
+        # A lone surrogate can only sit inside a JSON string, where backslashreplace
+        # writes it as the valid escape \udcXX, exactly what ensure_ascii would.
+        fh.write("".join(lines).encode("utf-8", "backslashreplace"))
+        fh.flush()
+        summary.write_seconds += time.perf_counter() - t0
+        add_stats(summary, stats)
+        if on_chunk is not None:
+            on_chunk()
+
+    run_pipeline(chunks(items, scoring.options.chunk_size), scoring.score_chunk, write, summary, threaded=pipeline)
+
+
+def _open_stream(out: Path):
+    if is_stdio(out):
+        return contextlib.nullcontext(sys.stdout.buffer)
+    return out.open("wb")  # a FIFO or a device: written through
 
 
 def _job_part(signature: dict) -> dict:
     return {k: v for k, v in signature.items() if k not in ("format", "version")}
-
-
-def _score_file(model_dir, in_path, out_path, options, prompts, embeddings, ids, resume, progress, log,
-                embedder_factory, embedder, pipeline, t_start) -> ScoreSummary:
-    src, emb_matrix = open_input(in_path, embeddings, ids)
-    in_stream, out_stream = is_stream(src), is_stream(out_path)
-    if resume and (in_stream or out_stream):
-        raise OirlError("--resume needs a regular input file and output file (not standard input/output or a FIFO)",
-                        out_path if out_stream else src)
-    label = "<stdin>" if is_stdio(src) else str(src)
-
-    scoring = load_scoring(
-        model_dir, options, prompts=prompts, query_dim=None if emb_matrix is None else emb_matrix.shape[1],
-        needs_text_embedder=emb_matrix is None or prompts is not None, embedder_factory=embedder_factory,
-        embeddings_label=embeddings, log=log, embedder=embedder,
-    )
-    cands, scorer = scoring.cands, scoring.scorer
-
-    spooled = None
-    try:
-        if options.strict and in_stream:
-            src = spooled = spool(src)  # --strict reads the input twice
-            if emb_matrix is None:
-                input_format(spooled)
-        if options.strict:
-            items = iter_jsonl_items(src, 0, options.max_line_bytes) if emb_matrix is None else iter_embedding_items(src, 0)
-            strict_check(items, Path(label), emb_matrix)
-
-        partial = out_path.with_name(out_path.name + PARTIAL_SUFFIX)
-        job_path = out_path.with_name(out_path.name + JOB_SUFFIX)
-        skip, signature = 0, None
-        if not out_stream:
-            signature = {"format": JOB_FORMAT, "version": 2,
-                         **job_signature(scoring, [src], embeddings)}
-            old = read_job(job_path) if job_path.exists() else None
-            if partial.exists() and old is None:
-                raise OirlError("exists without the job record oirl score writes beside it, so it is not ours; "
-                                "remove or rename it", partial)
-            if resume and partial.exists():
-                if old != signature:
-                    raise OirlError(f"cannot resume: {partial.name} comes from another job ({differences(old, signature)} "
-                                    "differ); run without --resume to start again", partial)
-                skip = resume_point(partial)
-            elif resume and out_path.exists():
-                same, why = finished_by(out_path, _job_part(signature))
-                if not same:
-                    raise OirlError(f"cannot resume: this is a finished output of another job ({why}); run without "
-                                    "--resume to replace it", out_path)
-                log(f"nothing to do: {out_path} is the finished output of this job")
-                lines = count_input_lines(out_path)
-                return ScoreSummary(input=label, output=str(out_path), resumed=lines, lines=lines,
-                                    candidates=len(cands), route=scorer.description,
-                                    fallback_reason=scorer.fallback_reason)
-            elif resume:
-                log(f"nothing to resume ({partial.name} does not exist): scoring from the first line")
-        total_lines = None if in_stream and spooled is None else count_input_lines(src)
-        if total_lines is not None and skip > total_lines:
-            raise OirlError(f"cannot resume: the output has {skip} lines, the input only {total_lines}", partial)
-
-        summary = ScoreSummary(input=label, output="<stdout>" if is_stdio(out_path) else str(out_path), resumed=skip,
-                               candidates=len(cands), route=scorer.description,
-                               fallback_reason=scorer.fallback_reason)
-        items = iter_jsonl_items(src, skip, options.max_line_bytes) if emb_matrix is None else iter_embedding_items(src, skip)
-        if in_stream:  # its first bytes are checked (gzip, UTF-16, binary) before any output file is made
-            first = next(items, None)
-            items = itertools.chain([] if first is None else [first], items)
-        log(f"scoring {'the' if total_lines is None else total_lines - skip} lines against {len(cands)} candidates "
-            f"with the {scorer.description}" + (f"; resuming after line {skip}" if skip else ""))
-        bar = ProgressBar("scoring", None if total_lines is None else total_lines - skip, enabled=progress)
-
-        def advance(n: int) -> None:
-            summary.lines = skip + summary.scored + summary.errors
-            bar.advance(n, note=f"{summary.pairs / bar.elapsed:,.0f} pairs/s")
-
-        try:
-            if is_stdio(out_path):
-                with write_errors("<stdout>"), bar:
-                    scoring.write(items, sys.stdout.buffer, summary, emb_matrix=emb_matrix, src=Path(label),
-                                  on_chunk=advance, pipeline=pipeline)
-            elif out_stream:  # a FIFO or a device: written through
-                with write_errors(out_path), out_path.open("wb") as fh, bar:
-                    scoring.write(items, fh, summary, emb_matrix=emb_matrix, src=Path(label),
-                                  on_chunk=advance, pipeline=pipeline)
-            else:
-                # before the .partial; ASCII, so a file name that is not valid UTF-8 is written as its escape
-                write_text(job_path, json.dumps(signature, indent=1, ensure_ascii=True))
-                with write_errors(partial), partial.open("ab" if skip else "wb") as fh, bar:
-                    scoring.write(items, fh, summary, emb_matrix=emb_matrix, src=Path(label),
-                                  on_chunk=advance, pipeline=pipeline)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                write_done(out_path, _job_part(signature), partial)
-                with write_errors(out_path, partial):
-                    os.replace(partial, out_path)
-                job_path.unlink(missing_ok=True)
-        except KeyboardInterrupt:
-            summary.interrupted = True
-            summary.lines = skip + summary.scored + summary.errors
-            raise
-        finally:
-            summary.seconds = time.perf_counter() - t_start
-            summary.pairs_per_s = summary.pairs / summary.score_seconds if summary.score_seconds > 0 else 0.0
-    finally:
-        if spooled is not None:
-            spooled.unlink(missing_ok=True)
-    return summary

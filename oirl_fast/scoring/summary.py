@@ -24,6 +24,35 @@ def summary_lines(s, where: str, kept: str, runner: str | None, timing: str) -> 
 
 
 @dataclass
+class ChunkStats:
+    """What scoring one chunk did (:meth:`oirl_fast.scoring.job.Scoring.score_chunk`); the runners add
+    these up into their summary, in input order."""
+
+    scored: int = 0
+    errors: int = 0
+    pairs: int = 0
+    low_confidence: int = 0
+    embed_seconds: float = 0.0
+    score_seconds: float = 0.0
+    format_seconds: float = 0.0
+    first_errors: list = field(default_factory=list)  # up to FIRST_ERRORS {"line", "error"}
+
+
+FIRST_ERRORS = 5  # error records a summary quotes
+
+
+def add_stats(summary, stats: ChunkStats) -> None:
+    """Add one chunk's (or one partition's) ``stats`` to a local or Dask ``summary``."""
+    for name in ("scored", "errors", "pairs", "low_confidence", "embed_seconds", "score_seconds"):
+        setattr(summary, name, getattr(summary, name) + getattr(stats, name))
+    if hasattr(summary, "format_seconds"):
+        summary.format_seconds += stats.format_seconds
+    room = FIRST_ERRORS - len(summary.first_errors)
+    if room > 0:
+        summary.first_errors.extend(stats.first_errors[:room])
+
+
+@dataclass
 class ScoreSummary:
     input: str
     output: str
