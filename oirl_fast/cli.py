@@ -17,6 +17,7 @@ from . import cli_answer, cli_collect, cli_rerank, cli_score
 from .cli_common import (CacheOpt, DATASETS, DeviceOpt, EmbedderOpt, SchedulerOpt, WorkersOpt, app, cli_errors, err,
                          make_embedder)
 from .errors import OirlError
+from .extras import check_extras
 from .paths import JSON_SUFFIXES, LOG_SUFFIXES, PNG_SUFFIXES, Output, check_paths
 
 
@@ -142,6 +143,7 @@ def train_cmd(
         raise OirlError("--scheduler, --workers and --partitions need --engine dask")
     if engine == "dask" and fallback_margin is not None:
         raise OirlError("--fallback-margin needs --engine local")
+    check_extras("oirl train", "train", *(["dask"] if engine == "dask" else []))
     # before the log is read or a tree fitted: --out must be new, empty or a model to replace, and writable
     check_paths({"LOG": logs, "--cache-dir": cache_dir}, [Output(out, "--out", kind="artifact")])
     if engine == "dask":
@@ -192,6 +194,7 @@ def evaluate_cmd(
     prompt best on its own training rows), with test questions found in each dataset's
     training rows counted (the leakage across datasets).
     """
+    check_extras("oirl evaluate", "train", "plot")
     from . import api
     from .evaluation import summaries
     from .report import plot_reliability, plot_summary, print_summary, write_json
@@ -248,6 +251,7 @@ def demo_cmd(
     summary.json and --json; with --crossfit (the default) crossfit/<dataset>/picks.jsonl,
     report.json and report.png, and a `crossfit` section.
     """
+    check_extras("oirl demo", "train", "plot")
     from .demo import run_demo
 
     check_paths({"--source": source, "--cache-dir": cache_dir}, [Output(out, "--out", kind="folder")])

@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from .cli_common import CacheOpt, DeviceOpt, EmbedderOpt, cli_errors, err
+from .extras import check_extras
 from .paths import JSON_SUFFIXES, JSONL_SUFFIXES, PNG_SUFFIXES, Output, check_paths
 
 
@@ -51,6 +52,7 @@ def register(app: typer.Typer) -> None:
         and every candidate against the best single prompt (chosen on each training side), random,
         the oracle and the repeat-based ceiling, with paired-bootstrap 95% CIs over all questions.
         """
+        check_extras("oirl rerank", "train", "plot")
         from .console import make_console
         from .reranking.run import rerank
         from .reranking.report import plot_report, report_table

@@ -26,6 +26,7 @@ from .base import (DEFAULT_ENCODER, ENCODER_KINDS, MAX_TOKENS, MINILM_DIM, MINIL
                    identity_key, minilm_path, resolve_device, sha256_of_files)
 from .static import StaticEncoder, _array_sha256, build_static, static_model_dir, static_settings
 from .static_files import StaticBuildChanged, discard_static, static_files_sha256
+from .static_store import stored_static_encoder
 from .transformer import FolderEncoder, MiniLMEncoder, TransformerEncoder, read_st_folder
 
 __all__ = ["DEFAULT_ENCODER", "ENCODER_KINDS", "MAX_TOKENS", "MINILM_DIM", "MINILM_ID", "STATIC_PCA_DIMS", "Encoder",
@@ -110,9 +111,17 @@ def check_same_encoder(record: dict, encoder, where: Path | None = None) -> None
 
 def encoder_for_record(record: dict, cache_dir: str | Path | None = None, device: str = "auto",
                        batch_size: int = 128, precision: str = "fp32", override: str | None = None,
-                       where: Path | None = None, log: Callable[[str], None] = lambda s: None):
+                       where: Path | None = None, log: Callable[[str], None] = lambda s: None,
+                       stored: Path | None = None):
     """The encoder an artifact was trained with (``override``: another folder path for a moved folder
-    encoder), checked to produce the same vectors."""
+    encoder), checked to produce the same vectors. ``stored``: the static embedder the artifact
+    carries (``Artifact.embedder_folder``), used as it is: nothing is distilled or cached."""
+    if stored is not None and record["kind"] == "static" and override is None:
+        if precision != "fp32":
+            raise OirlError("--precision applies to transformer embedders; the static embedder has one precision")
+        enc = stored_static_encoder(Path(stored), where)
+        check_same_encoder(record, enc, where)
+        return enc
     spec = override or spec_of(record)
     if record["kind"] == "folder" and override is None and not Path(spec).is_dir():
         raise OirlError(f"the model's encoder folder {spec} is missing; pass --embedder PATH to its new place", where)

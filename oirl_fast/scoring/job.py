@@ -124,7 +124,7 @@ def load_scoring(
         # the encoder the model was trained with, refused if this machine's build would give other vectors
         where = Path(model_dir) / "metadata.json"
         encoder = encoder_for_record(artifact_record(artifact.metadata, where), o.cache_dir, o.device, o.batch_size, o.precision,
-                                     override=embedder, where=where, log=log)
+                                     override=embedder, where=where, log=log, stored=artifact.embedder_folder)
 
     def get_embedder(cached: bool):
         if cached not in embedders:
