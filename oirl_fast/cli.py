@@ -223,7 +223,14 @@ def evaluate_cmd(
 @cli_errors
 def demo_cmd(
     out: Path = typer.Option(Path("oirl-demo"), help="Folder for logs, models and reports."),
-    datasets: List[str] = typer.Option(list(DATASETS), "--dataset", help="Datasets to run (repeatable)."),
+    quick: bool = typer.Option(
+        False, "--quick",
+        help="One dataset in a few minutes: import, train (grouped protocol, one seed) + compile, evaluate, the "
+             "cross-fitted re-rank, `oirl score` on 200 held-out questions and the forest plot of the gains "
+             "(gains.png); --protocol, --seeds, --transfer and --crossfit do not apply."),
+    datasets: List[str] = typer.Option(
+        [], "--dataset", help="Datasets to run (repeatable) \\[default: gsm8k, svamp, mawps; --quick: svamp].",
+        show_default=False),
     protocols: List[str] = typer.Option(["published", "grouped"], "--protocol", help="Protocols to run (repeatable)."),
     backend: str = typer.Option("lightgbm", help="lightgbm or xgboost."),
     source: Optional[Path] = typer.Option(None, help="Data folder \\[default: the bundled copy]."),
@@ -246,15 +253,29 @@ def demo_cmd(
     """Run import -> embed -> train -> compile -> evaluate on the bundled GSM8K, SVAMP and MAWPS logs.
 
     Leaves per dataset: logs.parquet, model/ (grouped protocol), model-published/,
-    report-<protocol>.json; and summary.json, summary.png for all. With --transfer (the
+    report-<protocol>.json; and summary.json, summary.png, gains.png (the forest plot of each
+    policy's gain over the best single prompt, with its 95% CI) for all. With --transfer (the
     default) also transfer/<dataset>/model and report.json, and a `transfer` section in
     summary.json and --json; with --crossfit (the default) crossfit/<dataset>/picks.jsonl,
     report.json and report.png, and a `crossfit` section.
+
+    --quick (what `make demo` runs): one dataset, a few minutes; it leaves <dataset>/logs.parquet,
+    model/, report-grouped.json, queries.jsonl and picks.jsonl (oirl score's output),
+    crossfit/<dataset>/, summary.json and gains.png, and prints where each is.
     """
     check_extras("oirl demo", "train", "plot")
-    from .demo import run_demo
+    from .demo import run_demo, run_quick
 
     check_paths({"--source": source, "--cache-dir": cache_dir}, [Output(out, "--out", kind="folder")])
+    if quick:
+        if len(datasets) > 1:
+            raise OirlError("--quick runs one dataset: give --dataset once")
+        summaries = run_quick(out, source, make_embedder(cache_dir, device, spec=embedder), err,
+                              dataset=datasets[0] if datasets else "svamp", backend=backend, compile_library=compile)
+        if as_json:
+            print(json.dumps(summaries, indent=2))
+        return
+    datasets = datasets or list(DATASETS)
     summaries = run_demo(
         out=out, datasets=datasets, protocols=protocols, backend=backend, source=source,
         compile_library=compile, embedder=make_embedder(cache_dir, device, spec=embedder), console=err, seeds=seeds,
