@@ -7,6 +7,9 @@ Three kinds, one interface (:class:`Encoder`), one factory (:func:`make_encoder`
   It is built on first use (about 15 s, offline) and kept under
   ``CACHE_DIR/encoders/static-<key>/``, the key naming the base model, the distillation
   settings and the model2vec version; its weights' SHA-256 goes into every artifact.
+  ``oirl train`` also copies the build into the artifact (``embedder/``, about 15 MB:
+  :mod:`oirl_fast.encoders.static_store`), and scoring uses that copy: nothing is distilled,
+  and neither model2vec nor torch is needed to score.
 * ``minilm``: all-MiniLM-L6-v2 itself (transformer, mean pooling, L2 norm), on CUDA when present.
 * a local folder holding a sentence-transformers-format encoder (bge, e5, your own):
   the transformer at the folder root, pooling from ``1_Pooling/config.json`` (mean, cls
