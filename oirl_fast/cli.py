@@ -311,6 +311,8 @@ def tradeoff_cmd(
     policy gets paired-bootstrap 95% CIs of its difference to the best single prompt and
     to the fixed-set votes with as many calls.
     """
+    if plot:
+        check_extras("oirl tradeoff --plot", "plot")
     from . import api
     from .tradeoff import plot_tradeoff, run_tradeoff
 
