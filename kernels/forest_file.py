@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import OirlError
-from .quickscorer import ForestDescription
+
+if TYPE_CHECKING:  # the kernel module imports numba, which loading an artifact does not need
+    from .quickscorer import ForestDescription
 
 FOREST_FILE = "kernel_forest.npz"
 FOREST_FORMAT = 1
@@ -35,6 +38,8 @@ def save_forest(forest: ForestDescription, path: str | Path) -> Path:
 
 def load_forest(path: str | Path) -> ForestDescription:
     """A :class:`ForestDescription` from a file of :func:`save_forest` (OirlError naming it if unreadable)."""
+    from .quickscorer import ForestDescription
+
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:

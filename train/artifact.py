@@ -45,7 +45,6 @@ from ..encoders.static_store import EMBEDDER_DIR, store_static
 from ..errors import OirlError
 from ..features import FeatureLayout
 from ..kernels.forest_file import FOREST_FILE, save_forest
-from ..kernels.quickscorer import ForestDescription
 from ..paths import check_utf8_name
 from . import compile as compile_step
 from .model_format import LIBRARY_FILE, MODEL_FILES, library_identity, library_record, load_treelite_model
@@ -215,6 +214,8 @@ def save_artifact(
         model_file = model.save(tmp)
         check_finite_model(model_file, model.backend)  # raising here leaves out_dir as it was
         np.save(tmp / PROMPT_EMB_FILE, np.ascontiguousarray(prompt_embeddings, dtype=np.float32))
+        from ..kernels.quickscorer import ForestDescription  # here: numba, which loading does not need
+
         save_forest(ForestDescription.from_file(model_file, model.backend), tmp / FOREST_FILE)
         if embedder_folder is not None:
             store_static(embedder_folder, tmp / EMBEDDER_DIR)
