@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 # `collect/` folders cannot shadow installed packages of those names (they install as oirl_fast.*).
 export PYTHONSAFEPATH := 1
 
-.PHONY: install lock demo test bench clean
+.PHONY: install lock demo study test bench clean
 
 install: $(STAMP)
 
@@ -22,21 +22,26 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$$(grep '^pip==' $(LOCK))"
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r $(LOCK) -e '.[dev]'
+	$(PY) -m pip install -q -r $(LOCK) -e '.[all,dev]'
 	touch $(STAMP)
 
-# Re-resolve pyproject.toml's ranges (with the dev extra) into $(LOCK). The torch constraint keeps the
+# Re-resolve pyproject.toml's ranges (with the extras make installs: all, dev) into $(LOCK). The torch constraint keeps the
 # CPU wheel (the PyPI one pulls CUDA); run `make test` afterwards and commit the lock only if it passes.
 lock:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q pip-tools
 	printf 'torch==2.13.0+cpu\n' > $(VENV)/torch-cpu.txt
-	$(VENV)/bin/pip-compile -q --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+	$(VENV)/bin/pip-compile -q --extra all --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
 	    --no-emit-find-links -c $(VENV)/torch-cpu.txt -o $(LOCK) pyproject.toml
 	rm -f $(STAMP)
 
+# One dataset end to end in a few minutes (oirl demo --quick); `make study` is the full study whose
+# summary.json the README's tables are generated from.
 demo: $(STAMP)
-	$(VENV)/bin/oirl demo
+	$(VENV)/bin/oirl demo --quick
+
+study: $(STAMP)
+	$(VENV)/bin/oirl demo --json
 
 # The pytest script, not `python -m pytest`, so the working directory is not put on sys.path.
 test: $(STAMP)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from ..errors import OirlError
+from ..extras import require
 
 INSTALL_VLLM = "pip install 'oirl-fast[collect]'"
 
@@ -104,8 +105,9 @@ class TransformersBackend:
     def __init__(self, model: str, device: str = "auto", dtype: str = "auto", batch_size: int = 8,
                  lora: str | None = None, quantization: str | None = None, tensor_parallel_size: int = 1,
                  trust_remote_code: bool = False):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        torch = require("torch", "the transformers backend", extra="minilm")
+        transformers = require("transformers", "the transformers backend", extra="minilm")
+        AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
 
         if quantization:
             raise OirlError(f"--quantization {quantization} needs the vllm backend")

@@ -148,11 +148,13 @@ class Model:
 
     @property
     def embedder(self) -> Embedder:
-        """The embedder the model was trained with, built on first use (a first static build takes a while)."""
+        """The embedder the model was trained with, built on first use (the static one the artifact carries; an
+        artifact without it: built in the cache, a first static build takes a while)."""
         if self._embedder is None:
             self._embedder = embedder_for_artifact(self.artifact.metadata, self.cache_dir, self.device,
                                                    self.batch_size, progress=self.progress,
-                                                   where=self.path / "metadata.json", log=self.log_fn)
+                                                   where=self.path / "metadata.json", log=self.log_fn,
+                                                   stored=self.artifact.embedder_folder)
         return self._embedder
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

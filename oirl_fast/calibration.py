@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .extras import require
+
 
 @dataclass(frozen=True)
 class IsotonicCalibrator:
@@ -21,7 +23,7 @@ class IsotonicCalibrator:
     @classmethod
     def fit(cls, prob: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None) -> "IsotonicCalibrator":
         """prob float (n,) raw probabilities; label float (n,) in [0, 1] (success rates allowed); weight (n,)."""
-        from sklearn.isotonic import IsotonicRegression
+        IsotonicRegression = require("sklearn.isotonic", "fitting the calibrator").IsotonicRegression
 
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True)
         iso.fit(np.asarray(prob, dtype=np.float64), np.asarray(label, dtype=np.float64), sample_weight=weight)

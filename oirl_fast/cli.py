@@ -17,6 +17,7 @@ from . import cli_answer, cli_collect, cli_rerank, cli_score
 from .cli_common import (CacheOpt, DATASETS, DeviceOpt, EmbedderOpt, SchedulerOpt, WorkersOpt, app, cli_errors, err,
                          make_embedder)
 from .errors import OirlError
+from .extras import check_extras
 from .paths import JSON_SUFFIXES, LOG_SUFFIXES, PNG_SUFFIXES, Output, check_paths
 
 
@@ -142,6 +143,7 @@ def train_cmd(
         raise OirlError("--scheduler, --workers and --partitions need --engine dask")
     if engine == "dask" and fallback_margin is not None:
         raise OirlError("--fallback-margin needs --engine local")
+    check_extras("oirl train", "train", *(["dask"] if engine == "dask" else []))
     # before the log is read or a tree fitted: --out must be new, empty or a model to replace, and writable
     check_paths({"LOG": logs, "--cache-dir": cache_dir}, [Output(out, "--out", kind="artifact")])
     if engine == "dask":
@@ -192,6 +194,7 @@ def evaluate_cmd(
     prompt best on its own training rows), with test questions found in each dataset's
     training rows counted (the leakage across datasets).
     """
+    check_extras("oirl evaluate", "train", "plot")
     from . import api
     from .evaluation import summaries
     from .report import plot_reliability, plot_summary, print_summary, write_json
@@ -220,7 +223,14 @@ def evaluate_cmd(
 @cli_errors
 def demo_cmd(
     out: Path = typer.Option(Path("oirl-demo"), help="Folder for logs, models and reports."),
-    datasets: List[str] = typer.Option(list(DATASETS), "--dataset", help="Datasets to run (repeatable)."),
+    quick: bool = typer.Option(
+        False, "--quick",
+        help="One dataset in a few minutes: import, train (grouped protocol, one seed) + compile, evaluate, the "
+             "cross-fitted re-rank, `oirl score` on 200 held-out questions and the forest plot of the gains "
+             "(gains.png); --protocol, --seeds, --transfer and --crossfit do not apply."),
+    datasets: List[str] = typer.Option(
+        [], "--dataset", help="Datasets to run (repeatable) \\[default: gsm8k, svamp, mawps; --quick: svamp].",
+        show_default=False),
     protocols: List[str] = typer.Option(["published", "grouped"], "--protocol", help="Protocols to run (repeatable)."),
     backend: str = typer.Option("lightgbm", help="lightgbm or xgboost."),
     source: Optional[Path] = typer.Option(None, help="Data folder \\[default: the bundled copy]."),
@@ -243,14 +253,29 @@ def demo_cmd(
     """Run import -> embed -> train -> compile -> evaluate on the bundled GSM8K, SVAMP and MAWPS logs.
 
     Leaves per dataset: logs.parquet, model/ (grouped protocol), model-published/,
-    report-<protocol>.json; and summary.json, summary.png for all. With --transfer (the
+    report-<protocol>.json; and summary.json, summary.png, gains.png (the forest plot of each
+    policy's gain over the best single prompt, with its 95% CI) for all. With --transfer (the
     default) also transfer/<dataset>/model and report.json, and a `transfer` section in
     summary.json and --json; with --crossfit (the default) crossfit/<dataset>/picks.jsonl,
     report.json and report.png, and a `crossfit` section.
+
+    --quick (what `make demo` runs): one dataset, a few minutes; it leaves <dataset>/logs.parquet,
+    model/, report-grouped.json, queries.jsonl and picks.jsonl (oirl score's output),
+    crossfit/<dataset>/, summary.json and gains.png, and prints where each is.
     """
-    from .demo import run_demo
+    check_extras("oirl demo", "train", "plot")
+    from .demo import run_demo, run_quick
 
     check_paths({"--source": source, "--cache-dir": cache_dir}, [Output(out, "--out", kind="folder")])
+    if quick:
+        if len(datasets) > 1:
+            raise OirlError("--quick runs one dataset: give --dataset once")
+        summaries = run_quick(out, source, make_embedder(cache_dir, device, spec=embedder), err,
+                              dataset=datasets[0] if datasets else "svamp", backend=backend, compile_library=compile)
+        if as_json:
+            print(json.dumps(summaries, indent=2))
+        return
+    datasets = datasets or list(DATASETS)
     summaries = run_demo(
         out=out, datasets=datasets, protocols=protocols, backend=backend, source=source,
         compile_library=compile, embedder=make_embedder(cache_dir, device, spec=embedder), console=err, seeds=seeds,
@@ -286,6 +311,8 @@ def tradeoff_cmd(
     policy gets paired-bootstrap 95% CIs of its difference to the best single prompt and
     to the fixed-set votes with as many calls.
     """
+    if plot:
+        check_extras("oirl tradeoff --plot", "plot")
     from . import api
     from .tradeoff import plot_tradeoff, run_tradeoff
 

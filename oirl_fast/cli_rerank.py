@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from .cli_common import CacheOpt, DeviceOpt, EmbedderOpt, cli_errors, err
+from .extras import check_extras
 from .paths import JSON_SUFFIXES, JSONL_SUFFIXES, PNG_SUFFIXES, Output, check_paths
 
 
@@ -56,6 +57,7 @@ def register(app: typer.Typer) -> None:
         and every candidate against the best single prompt (chosen on each training side), random,
         the oracle and the repeat-based ceiling, with paired-bootstrap 95% CIs over all questions.
         """
+        check_extras("oirl rerank", "train", "plot")
         from .console import make_console
         from .errors import OirlError
         from .query_rows import QueryFields, read_logs_as

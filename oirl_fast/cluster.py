@@ -11,6 +11,7 @@ import struct
 import sys
 from typing import Callable
 
+from .extras import require
 from .errors import OirlError
 
 CONNECT_TIMEOUT = "10s"
@@ -26,7 +27,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, thread
     if client is not None:
         yield client
         return
-    from distributed import Client
+    Client = require("distributed", "--engine dask").Client
 
     log = log or (lambda s: None)
     if scheduler:
@@ -56,8 +57,8 @@ def local_cluster(n_workers: int, threads_per_worker: int = 1, silence_logs: int
     process, where an OpenMP runtime loaded afterwards (tl2cgen, LightGBM) would then be
     capped at one thread.  Here those variables go to the workers only, set to the
     cores shared out (torch reads OMP_NUM_THREADS when it is imported there)."""
-    import dask
-    from distributed import LocalCluster
+    dask = require("dask", "--engine dask")
+    LocalCluster = require("distributed", "--engine dask").LocalCluster
 
     t = str(local_threads(n_workers))
     env = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "MALLOC_TRIM_THRESHOLD_": "65536"}

@@ -12,6 +12,7 @@ from .collect import DATASETS
 from .collect.published import import_published
 from .errors import OirlError
 from .evaluation import evaluate, summary
+from .gain_plot import plot_gains
 from .multilog import distinct_texts
 from .report import plot_reliability, plot_summary, print_summary, summary_line, summary_table, write_json
 from .schema import write_logs
@@ -102,6 +103,7 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
         console.print("transfer: needs two datasets at least (--dataset), skipped")
     write_json(summaries, out / "summary.json")
     plot_summary(per_dataset, out / "summary.png")
+    plot_gains(summaries, out / "gains.png")
     print_summary(per_dataset, console)
     if "transfer" in summaries:
         console.print(summary_table({"held out": {k: v for k, v in summaries["transfer"].items() if "skipped" not in v}},
@@ -110,7 +112,7 @@ def run_demo(out, datasets, protocols, backend, source, compile_library, embedde
         from .reranking.report import crossfit_table
 
         console.print(crossfit_table(summaries["crossfit"]))
-    console.print(f"reports in {out}/ (summary.json, summary.png); total {time.perf_counter() - t_start:.0f}s")
+    console.print(f"reports in {out}/ (summary.json, summary.png, gains.png); total {time.perf_counter() - t_start:.0f}s")
     return summaries
 
 
@@ -138,3 +140,83 @@ def run_crossfit(table, embedder, out: Path, console: Console) -> dict:
                   f"{figures['best_single']:.3f} (95% CI of the gain [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}] pts, "
                   f"{figures['switched_share']:.0%} switched) ({figures['seconds']:.1f}s)")
     return figures
+
+
+QUICK_DATASET = "svamp"  # its cross-fitted re-rank gains significantly (README), and it runs in about a minute
+QUICK_QUERIES = 200
+
+
+def run_quick(out, source, embedder, console: Console, dataset: str = QUICK_DATASET, backend: str = "lightgbm",
+              compile_library: bool = True) -> dict:
+    """``oirl demo --quick``: one dataset end to end, in minutes: import, embed, train (grouped protocol,
+    one seed) and compile, evaluate, the cross-fitted re-rank, ``oirl score`` on a file of held-out
+    questions, and the forest plot of the gains. Returns the summary (the sections of
+    :func:`run_demo`'s for this dataset: ``{dataset: {"grouped": ...}, "crossfit": {dataset: ...}}``)
+    and prints where each output is."""
+    out = Path(out)
+    if dataset not in DATASETS:
+        raise OirlError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+    t_start = time.perf_counter()
+    console.rule(Text(f"quick demo: {dataset}", style="bold"))
+    table = import_published(dataset, source, progress=True)
+    write_logs(table, out / dataset / "logs.parquet")
+    texts = distinct_texts(table)
+    embedder.embed(texts)
+    console.print(f"import and embed: {table.num_rows} records, {len(texts)} distinct texts "
+                  f"({time.perf_counter() - t_start:.1f}s)")
+    t0 = time.perf_counter()
+    protocol = Protocol("grouped")
+    fitted = fit_reward_model(table, protocol, TrainConfig(backend=backend), embedder, console.print)
+    artifact = write_artifact(fitted, model_dir(out, dataset, "grouped"), compile_library, protocol)
+    console.print(f"train{' + compile' if compile_library else ''}: {artifact.path} ({time.perf_counter() - t0:.1f}s)")
+    t0 = time.perf_counter()
+    rep = evaluate(artifact, table, embedder)
+    write_json(rep, out / dataset / "report-grouped.json")
+    summaries = {dataset: {"grouped": summary(rep)}}
+    console.print(f"evaluate [grouped]: {summary_line(summaries[dataset]['grouped'])} ({time.perf_counter() - t0:.1f}s)")
+    summaries["crossfit"] = {dataset: run_crossfit(table, embedder, out / "crossfit" / dataset, console)}
+    queries, picks = out / dataset / "queries.jsonl", out / dataset / "picks.jsonl"
+    score_seconds = score_held_out(table, protocol, artifact.path, queries, picks, console)
+    write_json(summaries, out / "summary.json")
+    plot_gains(summaries, out / "gains.png", title=f"{dataset}: gain over the best single prompt (95% CI)")
+    from .reranking.report import crossfit_table
+
+    console.print(crossfit_table(summaries["crossfit"]))
+    console.rule(Text("outputs", style="bold"))
+    for what, where in [("log (oirl format)", out / dataset / "logs.parquet"),
+                        ("reward model (oirl score MODEL)", artifact.path),
+                        ("held-out evaluation", out / dataset / "report-grouped.json"),
+                        ("cross-fitted picks and report", out / "crossfit" / dataset),
+                        ("queries scored", queries), (f"their picks ({score_seconds:.1f}s)", picks),
+                        ("gains over the best single prompt (forest plot)", out / "gains.png"),
+                        ("summary", out / "summary.json")]:
+        console.print(f"  {what}: {where}", highlight=False)
+    console.print(f"quick demo: {time.perf_counter() - t_start:.0f}s; the full study: make study (oirl demo)")
+    return summaries
+
+
+def score_held_out(table, protocol, model, queries: Path, picks: Path, console: Console) -> float:
+    """Write the first :data:`QUICK_QUERIES` held-out questions of ``protocol`` as ``{"id", "query"}``
+    lines and run ``oirl score`` on them in a child process, as a user would; returns its seconds."""
+    import json
+    import subprocess
+    import sys
+
+    from .atomic import write_text
+
+    test = table.filter(holdout_mask(table, protocol))
+    first = {}
+    for qid, q in zip(test.column("query_id").to_pylist(), test.column("query").to_pylist()):
+        first.setdefault(str(qid), q)
+        if len(first) == QUICK_QUERIES:
+            break
+    write_text(queries, "".join(json.dumps({"id": i, "query": q}, ensure_ascii=False) + "\n" for i, q in first.items()))
+    cmd = ["score", str(model), "--in", str(queries), "--out", str(picks)]
+    console.print(f"$ oirl {' '.join(cmd)}", highlight=False)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", "from oirl_fast.cli import main; main()", *cmd],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise OirlError(f"oirl score failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+    console.print(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "", highlight=False)
+    return time.perf_counter() - t0

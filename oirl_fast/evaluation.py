@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .extras import require
 from . import metrics
 from .calibration import expected_calibration_error, reliability_bins
 from .embed import Embedder
@@ -32,7 +33,7 @@ HEADROOM_SHRINKAGE = 2.0  # pseudo-samples of the prompt mean added to each ques
 
 def _nearest_training(train_emb: np.ndarray, test_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(cosine float (U_test, k), index int (U_test, k)) of each test question's k nearest training questions."""
-    import faiss
+    faiss = require("faiss", "the nearest-training-question figures")
 
     index = faiss.IndexFlatIP(train_emb.shape[1])
     index.add(np.ascontiguousarray(train_emb, dtype=np.float32))

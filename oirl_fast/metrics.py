@@ -7,13 +7,17 @@ prompt was not logged; ``scores[u, p]`` is what a selector ranks by.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from .extras import require
 
 TIE_TOL = 1e-12
 
 
 def classification_report(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict:
     """Accuracy, precision, recall, F1 at ``threshold`` and ROC AUC; y_true int (n,), prob float (n,)."""
+    skm = require("sklearn.metrics", "the reward model's classification metrics")
+    accuracy_score, f1_score, precision_score = skm.accuracy_score, skm.f1_score, skm.precision_score
+    recall_score, roc_auc_score = skm.recall_score, skm.roc_auc_score
     y_true = np.asarray(y_true).astype(int)
     pred = (np.asarray(prob) >= threshold).astype(int)
     both = len(np.unique(y_true)) == 2

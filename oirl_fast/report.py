@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .extras import require
 from .atomic import atomic_path, write_text
 from .console import make_console
 
@@ -105,7 +106,7 @@ def write_json(obj, path: str | Path) -> Path:
 
 def plot_summary(summaries: dict[str, dict[str, dict]], path: str | Path) -> Path:
     """Bar chart: accuracy of each selector per (dataset, protocol), oracle and best single as lines."""
-    import matplotlib
+    matplotlib = require("matplotlib", "drawing the figures")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -142,7 +143,7 @@ def plot_summary(summaries: dict[str, dict[str, dict]], path: str | Path) -> Pat
 
 def plot_reliability(report: dict, path: str | Path) -> Path:
     """Reliability diagram of the reward model on test rows (training prompts): raw and calibrated."""
-    import matplotlib
+    matplotlib = require("matplotlib", "drawing the figures")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

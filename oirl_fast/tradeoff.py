@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .extras import require
 from .answer.policies import majority
 from .atomic import atomic_path
 from .collect.published import import_published
@@ -340,7 +341,7 @@ def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit
 
 
 def plot_tradeoff(result: dict, path) -> None:
-    import matplotlib
+    matplotlib = require("matplotlib", "drawing the figures")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -196,7 +196,7 @@ def test_demo_json_on_one_dataset(tmp_path, static_cache):
     lo, hi = s["best_of_n_diff_ci"]
     assert lo <= s["best_of_n"] - s["best_single"] <= hi
     assert (tmp_path / "demo" / "mawps" / "model" / "metadata.json").is_file()
-    assert (tmp_path / "demo" / "summary.png").is_file()
+    assert (tmp_path / "demo" / "summary.png").is_file() and (tmp_path / "demo" / "gains.png").is_file()
     # the cross-fitted section: every MAWPS question tested once, by models that never saw it
     cf = json.loads(res.stdout)["crossfit"]["mawps"]
     assert cf["n_questions"] == 1744 and cf["n_prompts"] == 6 and cf["n_prompts_all_prompts"] == 16

@@ -171,7 +171,11 @@ def test_static_encode_is_model2vec_bit_for_bit(static_cache, monkeypatch):
     redrawn = [re.sub(r"\d+", lambda m: str(draw.randrange(10 ** len(m.group()))), q) for q in questions[:2000]]
     texts = (questions + EDGE_TEXTS + _fuzz_texts(rng) + [t.upper() for t in questions[:200]] + redrawn
              + questions[:300])  # repeats: remembered words
-    want = enc._model.encode(texts, use_multiprocessing=False).astype(np.float32)
+    # the reference is model2vec's own loader and encode; the encoder reads the folder without model2vec
+    from model2vec import StaticModel
+
+    reference = StaticModel.from_pretrained(str(enc.folder))
+    want = reference.encode(texts, use_multiprocessing=False).astype(np.float32)
     got = enc.encode(texts)
     assert got.dtype == np.float32 and got.shape == want.shape
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
@@ -195,7 +199,7 @@ def test_static_encode_is_model2vec_bit_for_bit(static_cache, monkeypatch):
     whole = encoders.StaticEncoder(enc.folder)
     whole._words = None
     some = texts[:300] + EDGE_TEXTS + texts[len(questions) + len(EDGE_TEXTS)::10]
-    ref = enc._model.encode(some, use_multiprocessing=False).astype(np.float32)
+    ref = reference.encode(some, use_multiprocessing=False).astype(np.float32)
     assert np.array_equal(whole.encode(some).view(np.uint32), ref.view(np.uint32))
 
 
@@ -313,14 +317,29 @@ def test_static_model_records_its_build_and_refuses_another(static_cache, mawps_
     settings["weights_sha256"] = encoders._array_sha256(np.ascontiguousarray(np.asarray(m.embedding)))
     settings["files_sha256"] = encoders.static_files_sha256(folder)  # a consistent build, not a damaged one
     (folder / "settings.json").write_text(json.dumps(settings))
+    # the model carries the build it was trained with: the other build in the cache changes nothing
+    assert (model / "embedder" / "settings.json").is_file()
     res = runner.invoke(app, ["score", str(model), "--in", str(inp), "--out", str(tmp_path / "p2.jsonl"),
+                              "--cache-dir", str(other)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p2.jsonl").read_bytes() == (tmp_path / "p.jsonl").read_bytes()
+
+    # a model without it (written before artifacts carried their embedder) uses the cache's build and refuses
+    # another one, one line, exit 2
+    legacy = tmp_path / "legacy"
+    shutil.copytree(model, legacy)
+    shutil.rmtree(legacy / "embedder")
+    manifest = json.loads((legacy / "manifest.json").read_text())
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("embedder/")}
+    (legacy / "manifest.json").write_text(json.dumps(manifest))
+    res = runner.invoke(app, ["score", str(legacy), "--in", str(inp), "--out", str(tmp_path / "p3.jsonl"),
                               "--cache-dir", str(other)])
     assert res.exit_code == 2
     msg = " ".join(res.output.split())
     assert "another static embedder build" in msg and "weights_sha256" in msg and "oirl train" in msg
-    assert not (tmp_path / "p2.jsonl").exists()
+    assert not (tmp_path / "p3.jsonl").exists()
     # evaluate uses the artifact's embedder too, and refuses the other build
-    res = runner.invoke(app, ["evaluate", str(model), str(log), "--seeds", "1", "--cache-dir", str(other)])
+    res = runner.invoke(app, ["evaluate", str(legacy), str(log), "--seeds", "1", "--cache-dir", str(other)])
     assert res.exit_code == 2 and "another static embedder build" in " ".join(res.output.split())
 
 

@@ -405,9 +405,19 @@ def test_every_file_that_shapes_a_static_vector_is_hashed_and_recorded(model_dir
     settings = json.loads((folder / "settings.json").read_text())
     (folder / "settings.json").write_text(json.dumps({**settings, "files_sha256": static_files_sha256(folder)}))
     monkeypatch.undo()
-    res = _run("score", model_dir, "--in", queries, "--out", tmp_path / "o.jsonl", "--cache-dir", cache)
+    # (a model written before artifacts carried their embedder: this one's copy, without it)
+    legacy = tmp_path / "legacy"
+    shutil.copytree(model_dir, legacy)
+    shutil.rmtree(legacy / "embedder")
+    manifest = json.loads((legacy / "manifest.json").read_text())
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("embedder/")}
+    (legacy / "manifest.json").write_text(json.dumps(manifest))
+    res = _run("score", legacy, "--in", queries, "--out", tmp_path / "o.jsonl", "--cache-dir", cache)
     assert res.exit_code == 2 and "files_sha256" in " ".join(res.output.split()), res.output
     assert not (tmp_path / "o.jsonl").exists()
+    # a model that carries its embedder does not read the cache's build at all
+    res = _run("score", model_dir, "--in", queries, "--out", tmp_path / "o.jsonl", "--cache-dir", cache)
+    assert res.exit_code == 0, res.output
 
 
 def test_the_cached_compiled_library_is_verified_against_the_model_before_loading(model_dir, tmp_path, monkeypatch):

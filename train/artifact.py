@@ -10,6 +10,11 @@
       train_questions.npy      uint64 (Q,), sorted: :func:`oirl_fast.schema.question_hashes` of the
                                questions the model was trained on (optional for hand-built artifacts)
       compiled/model.so        native library from treelite + tl2cgen (optional)
+      kernel_forest.npz        the kernel's tree description, read from the native model by treelite at
+                               training, so that scoring needs no treelite (:mod:`oirl_fast.kernels.forest_file`)
+      embedder/                the static embedder the model was trained with (weights, tokenizer, config,
+                               build record; :mod:`oirl_fast.encoders.static_store`), so that scoring never
+                               distills; absent for the minilm and folder embedders
 
 It is written to a temporary directory and renamed into place, so a crash never
 leaves a partial artifact that looks whole.  Loading checks the schema version, the
@@ -36,8 +41,10 @@ from ..atomic import atomic_dir, write_text
 from ..calibration import IsotonicCalibrator
 from ..embed import default_cache_dir
 from ..encoders import legacy_record
+from ..encoders.static_store import EMBEDDER_DIR, store_static
 from ..errors import OirlError
 from ..features import FeatureLayout
+from ..kernels.forest_file import FOREST_FILE, save_forest
 from ..paths import check_utf8_name
 from . import compile as compile_step
 from .model_format import LIBRARY_FILE, MODEL_FILES, library_identity, library_record, load_treelite_model
@@ -143,6 +150,18 @@ class Artifact:
         lib = self.compiled_library
         return None if lib is None else self.path / lib["file"]
 
+    @property
+    def embedder_folder(self) -> Path | None:
+        """The static embedder the artifact carries (checked against the manifest on load), or None."""
+        files = {} if self.manifest is None else self.manifest.files
+        return self.path / EMBEDDER_DIR if f"{EMBEDDER_DIR}/settings.json" in files else None
+
+    @property
+    def forest_path(self) -> Path | None:
+        """The kernel's tree description (checked against the manifest on load), or None (older artifacts)."""
+        files = {} if self.manifest is None else self.manifest.files
+        return self.path / FOREST_FILE if FOREST_FILE in files else None
+
 
 def check_finite_model(model_file: Path, backend: str) -> None:
     """Refuse a native model that can score some input as non-finite: a non-finite leaf value or
@@ -179,12 +198,14 @@ def save_artifact(
     prompt_embeddings: np.ndarray,
     compile_library: bool = True,
     train_questions: np.ndarray | None = None,
+    embedder_folder: str | Path | None = None,
 ) -> Path:
     """Write the artifact directory atomically; compile the native library unless told not to.
 
     ``train_questions``: uint64 (Q,) :func:`oirl_fast.schema.question_hashes` of the training
-    questions (stored sorted and unique). A model with a non-finite leaf value is refused
-    before anything is written."""
+    questions (stored sorted and unique). ``embedder_folder``: the static embedder's build, copied
+    into ``embedder/`` (the model must have been trained with it). A model with a non-finite leaf
+    value is refused before anything is written."""
     # here, not at the top: schema imports pyarrow, which loading a model for scoring does not need
     from ..schema import QUESTION_HASH_KEY
 
@@ -193,6 +214,11 @@ def save_artifact(
         model_file = model.save(tmp)
         check_finite_model(model_file, model.backend)  # raising here leaves out_dir as it was
         np.save(tmp / PROMPT_EMB_FILE, np.ascontiguousarray(prompt_embeddings, dtype=np.float32))
+        from ..kernels.quickscorer import ForestDescription  # here: numba, which loading does not need
+
+        save_forest(ForestDescription.from_file(model_file, model.backend), tmp / FOREST_FILE)
+        if embedder_folder is not None:
+            store_static(embedder_folder, tmp / EMBEDDER_DIR)
         if train_questions is not None:
             hashes = np.unique(np.asarray(train_questions, dtype=np.uint64))
             np.save(tmp / TRAIN_QUESTIONS_FILE, hashes)
@@ -295,7 +321,9 @@ def load_artifact(
         raise OirlError("prompt embeddings missing", emb_path)
     config = TrainConfig(**meta.train_config)
     questions_file = (meta.train_questions or {}).get("file")
-    for rel in (PROMPT_EMB_FILE, MODEL_FILES[config.backend], *([questions_file] if questions_file else [])):
+    # the stored embedder and kernel trees: verified when the manifest lists them (older artifacts have neither)
+    stored = [rel for rel in manifest.files if rel.startswith(f"{EMBEDDER_DIR}/") or rel == FOREST_FILE]
+    for rel in (PROMPT_EMB_FILE, MODEL_FILES[config.backend], *([questions_file] if questions_file else []), *stored):
         _verify(path, rel, manifest)
     try:
         emb = np.load(emb_path, allow_pickle=False)

@@ -25,7 +25,7 @@ from ..encoders import encoder_for_record, encoder_record, legacy_record
 from ..paths import LOG_SUFFIXES, expand_files
 from ..features import pair_features
 from ..schema import read_logs
-from .fit import FittedModel, train_question_hashes, training_metadata, training_set, write_artifact
+from .fit import FittedModel, static_folder, train_question_hashes, training_metadata, training_set, write_artifact
 from .reward_model import RewardModel, group_validation_split, lightgbm_params, xgboost_params
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def train_distributed(
               "partitions": int(X_tr.numblocks[0]), "scheduler": scheduler or "local"}
     metadata = training_metadata(ts, config, model, embedder.model_id, embedder.dim, len(y), fit_seconds,
                                  {"engine": engine}, embedder_record=record)
-    fitted = FittedModel(model, metadata, ts.prompt_emb, train_question_hashes(ts.split))
+    fitted = FittedModel(model, metadata, ts.prompt_emb, train_question_hashes(ts.split), static_folder(embedder.encoder))
     if out_dir is None:
         return fitted
     return write_artifact(fitted, out_dir, compile_library)

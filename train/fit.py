@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +47,8 @@ class FittedModel:
     metadata: ModelMetadata
     prompt_embeddings: np.ndarray
     train_questions: np.ndarray | None = None  # uint64 (Q,) sorted question hashes of the training side
+    # the static embedder's build folder, copied into the artifact so that scoring never distills (None: another kind)
+    embedder_folder: Path | None = None
 
 
 @dataclass
@@ -155,7 +158,7 @@ def fit_reward_model(
     log(f"  fitted {config.backend}: {model.best_iteration} trees on {len(y)} (question, prompt) cells in {fit_seconds:.1f}s")
     metadata = training_metadata(ts, config, model, embedder.model_id, query_emb.shape[1], len(y), fit_seconds,
                                  embedder_record=encoder_record(embedder.encoder))
-    return FittedModel(model, metadata, ts.prompt_emb, train_question_hashes(ts.split))
+    return FittedModel(model, metadata, ts.prompt_emb, train_question_hashes(ts.split), static_folder(embedder.encoder))
 
 
 def write_artifact(fitted: FittedModel, out_dir, compile_library: bool = True, protocol: Protocol | None = None) -> Artifact:
@@ -164,8 +167,13 @@ def write_artifact(fitted: FittedModel, out_dir, compile_library: bool = True, p
     if protocol is not None:
         metadata = replace(metadata, protocol=protocol.to_dict(), metrics=dict(metadata.metrics))
     path = save_artifact(out_dir, fitted.model, metadata, fitted.prompt_embeddings, compile_library=compile_library,
-                         train_questions=fitted.train_questions)
+                         train_questions=fitted.train_questions, embedder_folder=fitted.embedder_folder)
     return load_artifact(path)
+
+
+def static_folder(encoder) -> Path | None:
+    """The build folder of a static encoder (what the artifact carries), None for other kinds."""
+    return Path(encoder.folder) if getattr(encoder, "kind", None) == "static" else None
 
 
 def train_artifact(

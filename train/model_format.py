@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OirlError
+from ..extras import require
 
 BACKENDS = ("lightgbm", "xgboost")
 MODEL_FILES = {"lightgbm": "model.lgb.txt", "xgboost": "model.xgb.json"}
@@ -42,13 +43,10 @@ def zero_tiny(X: np.ndarray, threshold: float = LIGHTGBM_ZERO_THRESHOLD) -> np.n
 
 def import_treelite():
     """Import treelite and tl2cgen, turning an import failure into a user-facing error."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import tl2cgen
-            import treelite
-    except ImportError as exc:  # pragma: no cover - both are hard dependencies
-        raise OirlError(f"treelite/tl2cgen are not importable ({exc}); reinstall oirl-fast") from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tl2cgen = require("tl2cgen", "compiling or reading a native model file")
+        treelite = require("treelite", "compiling or reading a native model file")
     return treelite, tl2cgen
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..calibration import IsotonicCalibrator
 from ..errors import OirlError
+from ..extras import require
 from .model_format import BACKENDS, MODEL_FILES
 
 
@@ -138,7 +139,8 @@ class RewardModel:
 
     def __init__(self, config: TrainConfig | None = None):
         self.config = config or TrainConfig()
-        self.booster = None
+        self._booster = None
+        self._booster_file: Path | None = None  # a saved model, read on first use of ``booster``
         self.best_iteration: int | None = None
         self.n_features: int | None = None
         self.validation: dict = {}
@@ -173,7 +175,7 @@ class RewardModel:
         return self
 
     def _fit_lightgbm(self, X, y, w, Xv, yv, wv):
-        import lightgbm as lgb
+        lgb = require("lightgbm", "training a LightGBM model")
 
         c = self.config
         params = lightgbm_params(c)
@@ -192,7 +194,7 @@ class RewardModel:
         self.booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=self.best_iteration))
 
     def _fit_xgboost(self, X, y, w, Xv, yv, wv):
-        import xgboost as xgb
+        xgb = require("xgboost", "training an XGBoost model")
 
         c = self.config
         params = xgboost_params(c)
@@ -204,6 +206,26 @@ class RewardModel:
         )
         self.best_iteration = int(booster.best_iteration) + 1
         self.booster = booster[: self.best_iteration]
+
+    @property
+    def booster(self):
+        """The LightGBM or XGBoost booster; a model loaded from an artifact reads its file on first use,
+        so that scoring through the kernel needs neither library."""
+        if self._booster is None and self._booster_file is not None:
+            path = self._booster_file
+            if self.backend == "lightgbm":
+                lgb = require("lightgbm", "predicting with the native LightGBM model")
+                booster = lgb.Booster(model_file=str(path))
+            else:
+                xgb = require("xgboost", "predicting with the native XGBoost model")
+                booster = xgb.Booster(model_file=str(path))
+                booster.set_param({"nthread": self.config.nthread})
+            self._booster = booster
+        return self._booster
+
+    @booster.setter
+    def booster(self, value) -> None:
+        self._booster, self._booster_file = value, None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """float64 (n,) probability of a correct answer."""
@@ -236,12 +258,6 @@ class RewardModel:
         path = Path(directory) / MODEL_FILES[config.backend]
         if not path.is_file():
             raise OirlError(f"native model file {path.name} missing", directory)
-        if config.backend == "lightgbm":
-            import lightgbm as lgb
-
-            booster = lgb.Booster(model_file=str(path))
-        else:
-            import xgboost as xgb
-
-            booster = xgb.Booster(model_file=str(path))
-        return cls.from_booster(config, booster, n_features, best_iteration)
+        model = cls(config)
+        model._booster_file, model.n_features, model.best_iteration = path, int(n_features), best_iteration
+        return model

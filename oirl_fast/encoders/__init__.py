@@ -7,6 +7,9 @@ Three kinds, one interface (:class:`Encoder`), one factory (:func:`make_encoder`
   It is built on first use (about 15 s, offline) and kept under
   ``CACHE_DIR/encoders/static-<key>/``, the key naming the base model, the distillation
   settings and the model2vec version; its weights' SHA-256 goes into every artifact.
+  ``oirl train`` also copies the build into the artifact (``embedder/``, about 15 MB:
+  :mod:`oirl_fast.encoders.static_store`), and scoring uses that copy: nothing is distilled,
+  and neither model2vec nor torch is needed to score.
 * ``minilm``: all-MiniLM-L6-v2 itself (transformer, mean pooling, L2 norm), on CUDA when present.
 * a local folder holding a sentence-transformers-format encoder (bge, e5, your own):
   the transformer at the folder root, pooling from ``1_Pooling/config.json`` (mean, cls
@@ -26,6 +29,7 @@ from .base import (DEFAULT_ENCODER, ENCODER_KINDS, MAX_TOKENS, MINILM_DIM, MINIL
                    identity_key, minilm_path, resolve_device, sha256_of_files)
 from .static import StaticEncoder, _array_sha256, available_cores, build_static, static_model_dir, static_settings
 from .static_files import StaticBuildChanged, discard_static, static_files_sha256
+from .static_store import stored_static_encoder
 from .transformer import FolderEncoder, MiniLMEncoder, TransformerEncoder, read_st_folder
 
 __all__ = ["DEFAULT_ENCODER", "ENCODER_KINDS", "MAX_TOKENS", "MINILM_DIM", "MINILM_ID", "STATIC_PCA_DIMS", "Encoder",
@@ -115,9 +119,17 @@ def check_same_encoder(record: dict, encoder, where: Path | None = None) -> None
 
 def encoder_for_record(record: dict, cache_dir: str | Path | None = None, device: str = "auto",
                        batch_size: int = 128, precision: str = "fp32", override: str | None = None,
-                       where: Path | None = None, log: Callable[[str], None] = lambda s: None):
+                       where: Path | None = None, log: Callable[[str], None] = lambda s: None,
+                       stored: Path | None = None):
     """The encoder an artifact was trained with (``override``: another folder path for a moved folder
-    encoder), checked to produce the same vectors."""
+    encoder), checked to produce the same vectors. ``stored``: the static embedder the artifact
+    carries (``Artifact.embedder_folder``), used as it is: nothing is distilled or cached."""
+    if stored is not None and record["kind"] == "static" and override is None:
+        if precision != "fp32":
+            raise OirlError("--precision applies to transformer embedders; the static embedder has one precision")
+        enc = stored_static_encoder(Path(stored), where)
+        check_same_encoder(record, enc, where)
+        return enc
     spec = override or spec_of(record)
     if record["kind"] == "folder" and override is None and not Path(spec).is_dir():
         raise OirlError(f"the model's encoder folder {spec} is missing; pass --embedder PATH to its new place", where)

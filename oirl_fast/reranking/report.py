@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rich.table import Table
 
+from ..extras import require
 from .. import metrics
 from ..evaluation import known_question_headroom
 from ..splits import pool
@@ -186,7 +187,7 @@ def report_table(report: dict) -> Table:
 def plot_report(report: dict, path: str | Path) -> Path:
     """PNG: per dataset, every selector's gain over the best fixed prompt with its CI (best of N train prompts
     and of all prompts), and the coverage-gain curve of the default model."""
-    import matplotlib
+    matplotlib = require("matplotlib", "drawing the figures")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -157,7 +157,8 @@ def load_scoring(model_dir: str | Path, options: ScoreOptions, *, candidates: Ca
         # the encoder the model was trained with, refused if this machine's build would give other vectors
         where = Path(model_dir) / "metadata.json"
         encoder = encoder_for_record(artifact_record(artifact.metadata, where), o.cache_dir, o.device, o.batch_size,
-                                     o.precision, override=embedder, where=where, log=log)
+                                     o.precision, override=embedder, where=where, log=log,
+                                     stored=artifact.embedder_folder)
         set_encoder_threads(encoder, o.threads)
 
     def get_embedder(cached: bool):

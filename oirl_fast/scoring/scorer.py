@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import OirlError
 from ..features import grid_features
+from ..kernels.forest_file import load_forest
 from ..kernels.quickscorer import FactorizedScorer, UnsupportedModel
 from ..train.artifact import verified_library
 from ..train.compile import CompiledPredictor
@@ -96,6 +97,8 @@ class Scorer:
         def kernel():
             if layout.get("kind", "concat") != "concat":
                 raise UnsupportedModel(f"feature layout {layout.get('kind')!r} is not a plain concatenation")
+            if artifact.forest_path is not None:  # read from the artifact: no treelite needed
+                return _kernel_class(device)(load_forest(artifact.forest_path), qdim, pdim)
             return _kernel_class(device).from_file(model_file, artifact.model.backend, qdim, pdim)
 
         def compiled():
