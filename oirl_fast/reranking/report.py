@@ -29,7 +29,8 @@ def _values(units: Units, res, names) -> dict[str, np.ndarray]:
     """{selector: float (U,) logged outcome of its pick} over one prompt set of one seed."""
     outcome = units.rate[:, res.cols]
     with np.errstate(invalid="ignore"):
-        out = {"rerank": taken(outcome, res.pick), "default_model": taken(outcome, res.order[:, 0])}
+        out = {"rerank": taken(outcome, res.pick), "default_model": taken(outcome, res.order[:, 0]),
+               "model_margin": taken(outcome, res.margin_pick)}
         out.update({c: taken(outcome, res.candidate_pick[c]) for c in names})
         out["best_single"] = taken(outcome, res.fixed)
         import warnings
@@ -103,6 +104,11 @@ def build_report(table: pa.Table, units: Units, seeds: list[SeedResult], names: 
                     c: list(metrics.paired_bootstrap_ci(unit_mean[c], unit_mean["best_single"]))
                     for c in selectors if c != "best_single"},
                 "switched_share": float(np.mean([s.sets[set_name].switched[mask].mean() for s in seeds])),
+                "policy": "near-duplicate vote",
+                "near_share": float(np.mean([s.sets[set_name].near[mask].mean() for s in seeds])),
+                "model_margin_switched_share": float(np.mean([
+                    (s.sets[set_name].margin_pick != s.sets[set_name].fixed)[mask].mean() for s in seeds])),
+                "votes": [dict(v) for v in res0.votes if v["dataset"] == ds],
                 "default_models": _counts([row["model"] for s in seeds for row in s.sets[set_name].chosen]),
                 "margins": [{k: v for k, v in m.items()} for m in res0.margins if m["dataset"] == ds],
                 "coverage_curve": _mean_curves([_curve(units, s.sets[set_name], mask) for s in seeds]),
@@ -143,6 +149,7 @@ def summary(report: dict) -> dict[str, dict]:
                 f"n_prompts{suffix}": fig["n_prompts"], f"n_questions{suffix}": fig["n_questions"],
                 f"best_single{suffix}": a["best_single"], f"rerank{suffix}": a["rerank"],
                 f"rerank_diff_ci{suffix}": ci["rerank"], f"switched_share{suffix}": fig["switched_share"],
+                f"near_share{suffix}": fig.get("near_share"),
                 f"default_model{suffix}": a["default_model"], f"default_model_diff_ci{suffix}": ci["default_model"],
                 f"random{suffix}": a["random"], f"oracle{suffix}": a["oracle"],
                 f"candidates{suffix}": {c: {"accuracy": a[c], "diff_ci": ci[c]}
