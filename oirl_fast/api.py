@@ -195,21 +195,22 @@ class Model:
         idx, sc = self._get_scorer().top(emb, int(top_k))
         rule = self._fallback_rule() if fallback else None
         if rule is not None:
-            from .reranking.fallback import apply_fallback
+            from .reranking.fallback import apply_rule
 
-            col, margin = rule
-            idx, sc = apply_fallback(idx, sc, self._get_scorer().scores(emb, dtype=sc.dtype)[:, col], col, margin)
+            idx, sc = apply_rule(rule, idx, sc, emb, self._get_scorer().scores(emb, dtype=sc.dtype))
         idx = idx.astype(np.int64, copy=False)
         ids = np.asarray(self.prompt_ids, dtype=object)
         prompts = np.asarray(self.prompt_texts, dtype=object)
         return Picks(indices=idx, ids=ids[idx], texts=prompts[idx], scores=sc, queries=texts)
 
-    def _fallback_rule(self) -> tuple[int, float] | None:
-        """(prompt column, margin) of the model's abstention rule, or None (the same rule ``oirl score`` resolves)."""
-        from .reranking.fallback import resolve
+    def _fallback_rule(self):
+        """The model's abstention rule (:class:`oirl_fast.reranking.fallback.Rule`), or None: the rule ``oirl score``
+        resolves."""
+        from .reranking.fallback import resolve_rule
 
         meta = self.artifact.metadata
-        return resolve(meta.fallback, list(self.prompt_ids), list(self.prompt_texts), meta.prompts)
+        return resolve_rule(meta.fallback, list(self.prompt_ids), list(self.prompt_texts), meta.prompts,
+                            self.artifact.neighbours)
 
     def _get_scorer(self) -> "Scorer":
         """The scoring core (:class:`oirl_fast.scoring.scorer.Scorer`), built on first use: its
@@ -326,10 +327,17 @@ def fit(
     emb = Embedder(cache_dir=cache_dir, progress=progress, encoder=encoder)
     fitted = fit_reward_model(table, proto, config, emb, say, source, split=split)
     if margin is not None:
-        fitted.metadata.fallback = fallback_for_split(split, emb, fitted.prompt_embeddings, config, margin, seed)
+        fitted.metadata.fallback, fitted.neighbours = fallback_for_split(split, emb, fitted.prompt_embeddings, config,
+                                                                         margin, seed)
         fb = fitted.metadata.fallback
-        say(f"  fallback: {fb['prompt_id']} unless the pick beats it by more than "
-            + ("(never: no switch paid on the inner folds)" if fb["margin"] is None else f"{fb['margin']:.4f}"))
+        vote = fb.get("vote")
+        if vote:
+            say(f"  fallback: {fb['prompt_id']} unless the query has training near-duplicates "
+                + ("(never: no vote paid on the inner folds)" if vote["cosine"] is None else
+                   f"(cosine >= {vote['cosine']}) on which another prompt won by more than {vote['margin']}"))
+        else:
+            say(f"  fallback: {fb['prompt_id']} unless the pick beats it by more than "
+                + ("(never: no switch paid on the inner folds)" if fb["margin"] is None else f"{fb['margin']:.4f}"))
     artifact = write_artifact(fitted, out, compile_library=compile)
     model = Model(artifact, cache_dir=cache_dir, device=device, progress=progress, log_fn=log_fn)
     model._embedder = emb  # the same encoder the artifact records

@@ -46,6 +46,7 @@ class FittedModel:
     metadata: ModelMetadata
     prompt_embeddings: np.ndarray
     train_questions: np.ndarray | None = None  # uint64 (Q,) sorted question hashes of the training side
+    neighbours: dict | None = None  # the near-duplicate vote's arrays (oirl_fast.reranking.fallback.fit_vote)
 
 
 @dataclass
@@ -164,7 +165,7 @@ def write_artifact(fitted: FittedModel, out_dir, compile_library: bool = True, p
     if protocol is not None:
         metadata = replace(metadata, protocol=protocol.to_dict(), metrics=dict(metadata.metrics))
     path = save_artifact(out_dir, fitted.model, metadata, fitted.prompt_embeddings, compile_library=compile_library,
-                         train_questions=fitted.train_questions)
+                         train_questions=fitted.train_questions, neighbours=fitted.neighbours)
     return load_artifact(path)
 
 

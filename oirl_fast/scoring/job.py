@@ -16,7 +16,7 @@ from ..encoders import artifact_record, encoder_for_record
 from ..errors import OirlError
 from ..paths import is_stdio, is_stream
 from ..pipelined import run_pipeline
-from ..reranking.fallback import apply_fallback, resolve
+from ..reranking.fallback import apply_rule, resolve_rule
 from ..train.artifact import file_sha256, load_artifact
 from .candidates import Candidates, candidates_sha256, model_candidates, read_prompts_file
 from .options import ScoreOptions
@@ -44,7 +44,8 @@ class Scoring:
         self.k = options.top_k
         self.calibrator = artifact.model.calibrator
         self.get_embedder = get_embedder
-        self.fallback = resolve(artifact.metadata.fallback, cands.ids, cands.texts, artifact.metadata.prompts)
+        self.fallback = resolve_rule(artifact.metadata.fallback, cands.ids, cands.texts, artifact.metadata.prompts,
+                                     artifact.neighbours)
 
     def annotate(self, rec: dict, confidence: float | None, summary: "ScoreSummary") -> dict:
         """Add the pick's calibrated success probability and, with a threshold, whether it is too low."""
@@ -190,8 +191,7 @@ def _score_chunk(chunk, cands, scorer, k, with_scores, emb_matrix, get_embedder,
             full = None
             idx, sc = scorer.top(Q, k, dtype=np.float64)
         if fallback is not None:  # the model's abstention rule (metadata.fallback), one step on the top-k
-            fb = (full if full is not None else scorer.scores(Q, dtype=np.float64))[:, fallback[0]]
-            idx, sc = apply_fallback(idx, sc, fb, *fallback)
+            idx, sc = apply_rule(fallback, idx, sc, Q, full if full is not None else scorer.scores(Q, dtype=np.float64))
         summary.score_seconds += time.perf_counter() - t0
         summary.pairs += len(ok) * len(cands)
         # one vectorized call per chunk: calibrating pick by pick cost more than scoring
