@@ -172,8 +172,9 @@ class Model:
         ``queries``: a list of n query texts (embedded with the model's embedder), or their float32
         (n, d) embeddings. ``top_k``: 1 <= top_k <= P. ``fallback``: apply the model's abstention rule
         (``metadata.fallback``, from ``oirl train --fallback-margin``) as ``oirl score`` does: the fixed
-        prompt goes first wherever the top pick's score does not clear it by the margin; no-op for a
-        model without one. Returns :class:`Picks` with (n, top_k) arrays."""
+        prompt goes first wherever the top pick's score does not clear it by the margin, or, for the
+        near-duplicate vote, the vote's prompt goes first (the fixed prompt for a query without training
+        near-duplicates); no-op for a model without one. Returns :class:`Picks` with (n, top_k) arrays."""
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
             raise OirlError(f"top_k must be an integer, got {type(top_k).__name__}")
         if not 1 <= top_k <= self.n_prompts:
@@ -310,7 +311,9 @@ def fit(
     A log no model can learn from is refused before the embedder is built. ``log_fn`` receives one-line
     progress messages. ``fallback_margin``: also store the abstention rule ``oirl score`` applies
     (:mod:`oirl_fast.reranking.fallback`): keep the prompt best on the training rows unless the pick's score beats
-    it by more than this margin; ``"auto"`` chooses the margin by cross-fitting on the training side only.
+    it by more than this margin; ``"auto"`` chooses the margin by cross-fitting on the training side only;
+    ``"vote"`` stores the near-duplicate vote instead (:mod:`oirl_fast.reranking.neighbours`, ``oirl rerank``'s
+    default policy): switch only for a query with training near-duplicates, to the prompt that won on them.
     Returns the written model, loaded."""
     from .reranking.fallback import fallback_for_split, parse_margin
 
