@@ -94,12 +94,13 @@ def vote_estimates(nbr: Neighbours, wins: np.ndarray, count: np.ndarray, prior: 
     keep = nbr.cosine >= cosine
     rows, cols = nbr.rows()[keep], nbr.index[keep]
     weight = (FLOOR + (nbr.cosine[keep].astype(np.float64) - cosine) / (1.0 - cosine))[:, None]
-    n, P = nbr.n, wins.shape[1]
-    w = np.zeros((n, P))
-    c = np.zeros((n, P))
-    np.add.at(w, rows, weight * wins[cols])
-    np.add.at(c, rows, weight * count[cols])
-    has = np.bincount(rows, minlength=n) > 0
+    from scipy.sparse import csr_matrix
+
+    # one sparse (n, m) matrix of weights: a product sums each query's neighbours in a fixed order
+    mat = csr_matrix((weight[:, 0], (rows, cols)), shape=(nbr.n, len(wins)))
+    w = np.asarray(mat @ wins)
+    c = np.asarray(mat @ count)
+    has = np.bincount(rows, minlength=nbr.n) > 0
     return (w + alpha * prior) / (c + alpha), has
 
 
