@@ -154,9 +154,10 @@ def summary(report: dict) -> dict[str, dict]:
                 f"rerank_diff_ci{suffix}": ci["rerank"], f"switched_share{suffix}": fig["switched_share"],
                 f"near_share{suffix}": fig.get("near_share"),
                 f"default_model{suffix}": a["default_model"], f"default_model_diff_ci{suffix}": ci["default_model"],
+                f"model_margin{suffix}": a["model_margin"], f"model_margin_diff_ci{suffix}": ci["model_margin"],
                 f"random{suffix}": a["random"], f"oracle{suffix}": a["oracle"],
                 f"candidates{suffix}": {c: {"accuracy": a[c], "diff_ci": ci[c]}
-                                        for c in a if c not in ("rerank", "default_model", *BASELINES)},
+                                        for c in a if c not in ("rerank", "default_model", "model_margin", *BASELINES)},
                 f"default_models{suffix}": fig["default_models"],
             })
             if "ceiling" in fig:
@@ -264,6 +265,9 @@ def crossfit_rows(figures: dict[str, dict]) -> tuple[list[str], list[list[str]]]
             + near(f)) for ds in names])
         rows.append([f"default model (chosen on inner folds), best of {n}"] + [cell(ds, lambda f: _gain(
             f[f"default_model{suffix}"], base(f), f[f"default_model_diff_ci{suffix}"])) for ds in names])
+        rows.append([f"model-margin abstention (the earlier default policy), best of {n}"] + [cell(ds, lambda f: _gain(
+            f[f"model_margin{suffix}"], base(f), f[f"model_margin_diff_ci{suffix}"])
+            if f.get(f"model_margin{suffix}") is not None else "-") for ds in names])
         cands = list(dict.fromkeys(c for ds in present for c in figures[ds][f"candidates{suffix}"]))
         for c in cands:
             rows.append([f"{c}, best of {n}"] + [cell(ds, lambda f: _gain(
