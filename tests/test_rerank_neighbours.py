@@ -168,3 +168,21 @@ def test_rerank_switches_only_with_near_duplicates(planted, spread, switches):
     assert len(recs) == 300
     assert np.mean([r["pick"]["switched"] for r in recs]) == pytest.approx(
         np.mean(res.seeds[0].sets["train"].switched))
+
+
+def test_a_gain_within_noise_does_not_switch():
+    """Every inner question's near-duplicate says prompt 1 wins; on the questions themselves it wins 51 times and
+    loses 49: a mean gain of +0.02 with a standard error of about 0.1. Chosen by mean gain alone it switches;
+    the MIN_Z screen on the chosen triple keeps the fixed prompt."""
+    n = 100
+    nbr = nb.Neighbours(np.arange(n + 1), np.zeros(n, np.int64), np.full(n, 0.999, np.float32))
+    outcome = np.zeros((n, 2))
+    outcome[:51, 1] = 1.0
+    outcome[51:, 0] = 1.0
+    side = {"nbr": nbr, "wins": np.array([[0.0, 4.0]]), "count": np.array([[4.0, 4.0]]),
+            "prior": np.array([0.5, 0.4]), "fixed": np.zeros(n, np.int64), "outcome": outcome}
+    loose = nb.choose_vote([side], min_z=0.0)
+    assert loose["cosine"] is not None and loose["inner_gain"] == pytest.approx(0.02)
+    screened = nb.choose_vote([side])
+    assert screened["cosine"] is None and screened["best_inner_gain"] == pytest.approx(0.02)
+    assert 0.08 < screened["best_inner_se"] < 0.12
