@@ -21,7 +21,8 @@ The policy takes ``argmax est`` where that beats the fixed prompt's estimate by 
 and the fixed prompt elsewhere (and for every query without a near-duplicate). ``cosine``, ``alpha``
 and ``margin`` come from one pre-registered grid (:data:`COSINES` x :data:`ALPHAS` x :data:`MARGINS`),
 the triple with the largest mean gain over the fixed prompt on inner folds (:func:`choose_vote`),
-"never switch" when no triple gains. Pure numpy: ``oirl score`` imports this module.
+"never switch" unless that gain clears :data:`MIN_Z` standard errors. Pure numpy and scipy.sparse:
+``oirl score`` imports this module.
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def near_neighbours(query: np.ndarray, train: np.ndarray, min_cos: float, block:
 
 def vote_estimates(nbr: Neighbours, wins: np.ndarray, count: np.ndarray, prior: np.ndarray, cosine: float,
                    alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """(est float64 (n, P), has bool (n,)): the shrunk success estimate of every prompt from the neighbours at
+    """(est float64 (n, P), has bool (n,)): the shrunk, closeness-weighted success estimate of every prompt from the neighbours at
     cosine >= ``cosine``, and whether the query has one. wins, count float64 (m, P): per training question,
     correct answers and answers per prompt; prior float64 (P,). A query without neighbours gets ``prior``."""
     keep = nbr.cosine >= cosine
@@ -136,9 +137,9 @@ def choose_vote(sides: list[dict], min_z: float | None = None) -> dict:
     ``sides``: one dict per inner fold: ``nbr`` (:class:`Neighbours` of its questions among its training side,
     found at ``min(COSINES)``), ``wins``/``count`` (m, P) and ``prior`` (P,) of that training side, ``fixed``
     int (n,) and ``outcome`` float (n, P) of its questions (the logged success rates; rows with a NaN outcome
-    must be left out by the caller). One mean over all inner questions; "never switch" (``cosine`` None) when
-    no triple gains more than 0; a tie goes to the earlier triple of :func:`grid`, so the choice is
-    reproducible. Returns {"cosine", "alpha", "margin", "inner_gain", "inner_switched", "n_inner"}."""
+    must be left out by the caller). One mean over all inner questions; a tie goes to the earlier triple of
+    :func:`grid`, so the choice is reproducible. "Never switch" (``cosine`` None) unless the chosen triple's
+    mean gain exceeds ``min_z`` (default :data:`MIN_Z`) standard errors of the per-question gains. Returns {"cosine", "alpha", "margin", "inner_gain", "inner_switched", "n_inner"}."""
     z = MIN_Z if min_z is None else float(min_z)
     triples = grid()
     slot = {t: g for g, t in enumerate(triples)}
