@@ -97,7 +97,8 @@ def fit_vote(train, query_emb: np.ndarray, prompt_ids: list[str], folds: int = V
     training side ``train`` (pooled :class:`~oirl_fast.splits.Outcomes` over the training prompts ``prompt_ids``,
     ``query_emb`` (U, dq) its questions). (cosine, alpha, margin) come from ``folds`` grouped folds of the
     training side: each fold's questions voted on by the other folds' (:func:`~.neighbours.choose_vote`).
-    No arrays when no triple gains there: the record then says never switch."""
+    No arrays when the inner folds find no gain clear of noise (:data:`~.neighbours.MIN_Z`): the record then
+    says never switch."""
     from .folds import assign_folds
     from .neighbours import COSINES, choose_vote, near_neighbours, pooled_prior, unit_rows
     from .selection import best_fixed
