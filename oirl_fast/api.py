@@ -175,8 +175,9 @@ class Model:
         ``queries``: a list of n query texts (embedded with the model's embedder), or their float32
         (n, d) embeddings. ``top_k``: 1 <= top_k <= P. ``fallback``: apply the model's abstention rule
         (``metadata.fallback``, from ``oirl train --fallback-margin``) as ``oirl score`` does: the fixed
-        prompt goes first wherever the top pick's score does not clear it by the margin; no-op for a
-        model without one. Returns :class:`Picks` with (n, top_k) arrays."""
+        prompt goes first wherever the top pick's score does not clear it by the margin, or, for the
+        near-duplicate vote, the vote's prompt goes first (the fixed prompt for a query without training
+        near-duplicates); no-op for a model without one. Returns :class:`Picks` with (n, top_k) arrays."""
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
             raise OirlError(f"top_k must be an integer, got {type(top_k).__name__}")
         if not 1 <= top_k <= self.n_prompts:
@@ -312,7 +313,9 @@ def fit(
     A log no model can learn from is refused before the embedder is built. ``log_fn`` receives one-line
     progress messages. ``fallback_margin``: also store the abstention rule ``oirl score`` applies
     (:mod:`oirl_fast.reranking.fallback`): keep the prompt best on the training rows unless the pick's score beats
-    it by more than this margin; ``"auto"`` chooses the margin by cross-fitting on the training side only.
+    it by more than this margin; ``"auto"`` chooses the margin by cross-fitting on the training side only;
+    ``"vote"`` stores the near-duplicate vote instead (:mod:`oirl_fast.reranking.neighbours`, ``oirl rerank``'s
+    default policy): switch only for a query with training near-duplicates, to the prompt that won on them.
     Returns the written model, loaded."""
     from .reranking.fallback import fallback_for_split, parse_margin
 
@@ -329,10 +332,17 @@ def fit(
     emb = Embedder(cache_dir=cache_dir, progress=progress, encoder=encoder)
     fitted = fit_reward_model(table, proto, config, emb, say, source, split=split)
     if margin is not None:
-        fitted.metadata.fallback = fallback_for_split(split, emb, fitted.prompt_embeddings, config, margin, seed)
+        fitted.metadata.fallback, fitted.neighbours = fallback_for_split(split, emb, fitted.prompt_embeddings, config,
+                                                                         margin, seed)
         fb = fitted.metadata.fallback
-        say(f"  fallback: {fb['prompt_id']} unless the pick beats it by more than "
-            + ("(never: no switch paid on the inner folds)" if fb["margin"] is None else f"{fb['margin']:.4f}"))
+        vote = fb.get("vote")
+        if vote:
+            say(f"  fallback: {fb['prompt_id']} unless the query has training near-duplicates "
+                + ("(never: no vote paid on the inner folds)" if vote["cosine"] is None else
+                   f"(cosine >= {vote['cosine']}) on which another prompt won by more than {vote['margin']}"))
+        else:
+            say(f"  fallback: {fb['prompt_id']} unless the pick beats it by more than "
+                + ("(never: no switch paid on the inner folds)" if fb["margin"] is None else f"{fb['margin']:.4f}"))
     artifact = write_artifact(fitted, out, compile_library=compile)
     model = Model(artifact, cache_dir=cache_dir, device=device, progress=progress, log_fn=log_fn)
     model._embedder = emb  # the same encoder the artifact records

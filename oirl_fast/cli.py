@@ -118,9 +118,12 @@ def train_cmd(
     compile: bool = typer.Option(True, "--compile/--no-compile", help="Build the native library with treelite + tl2cgen."),
     fallback_margin: Optional[str] = typer.Option(
         None, "--fallback-margin",
-        help="Store an abstention rule that `oirl score` applies: keep the prompt best on the training rows unless "
-             "the pick's score beats it by more than this margin. auto: choose the margin by 3-fold cross-fitting "
-             "on the training side (3 more fits); a number: that margin."),
+        help="Store an abstention rule that `oirl score` and Model.pick apply: keep the prompt best on the training "
+             "rows unless, with vote: the query has training near-duplicates on which another prompt won (the "
+             "near-duplicate vote, `oirl rerank`'s default policy; its cosine, shrinkage and margin chosen by 5-fold "
+             "cross-validation on the training side, no extra fit; writes neighbours.npz, the training questions' "
+             "vectors and outcomes); auto: the pick's score beats it by more than a margin chosen by 3-fold "
+             "cross-fitting on the training side (3 more fits); a number: that margin."),
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
     embedder: str = EmbedderOpt,

@@ -26,8 +26,8 @@ def register(app: typer.Typer) -> None:
         folds: int = typer.Option(5, "--folds", help="K of the grouped K-fold cross-fitting (>= 2)."),
         inner_folds: int = typer.Option(
             2, "--inner-folds",
-            help="Other folds on which each fold's default model and abstention margin are chosen (<= K-1; each one "
-                 "more costs K/2 fits per candidate)."),
+            help="Other folds on which each fold's default model and model_margin are chosen (<= K-1; each one "
+                 "more costs K/2 fits per candidate; the near-duplicate vote fits nothing and uses all K-1)."),
         candidates: List[str] = typer.Option(
             ["pointwise", "ranking", "knn", "blend"], "--candidate",
             help="Models compared in the same folds (repeatable): pointwise (the `oirl train` model), ranking "
@@ -52,10 +52,15 @@ def register(app: typer.Typer) -> None:
         """Re-rank a whole logged benchmark honestly: every question is picked by models that never saw it.
 
         Grouped K-fold cross-fitting over the whole log; per dataset, for the training prompts and
-        for all prompts, the default policy (the model chosen on inner folds, switching away from
-        the best fixed prompt only when its predicted gain clears a margin chosen on inner folds)
-        and every candidate against the best single prompt (chosen on each training side), random,
-        the oracle and the repeat-based ceiling, with paired-bootstrap 95% CIs over all questions.
+        for all prompts, the default policy and every candidate against the best single prompt
+        (chosen on each training side), random, the oracle and the repeat-based ceiling (with the
+        share of its headroom the policy captures), with paired-bootstrap 95% CIs over all questions.
+
+        The default policy is the near-duplicate vote: it keeps the best fixed prompt unless the
+        question has near-duplicates on the training side (cosine above a threshold) on which
+        another prompt won by more than a margin; threshold, shrinkage and margin are chosen on the
+        other K-1 folds only. `model_margin` is the model-based abstention (the default model's
+        predicted gain must clear a margin chosen on inner folds); `default_model` never abstains.
         """
         check_extras("oirl rerank", "train", "plot")
         from .console import make_console

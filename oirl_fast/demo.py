@@ -120,8 +120,8 @@ CROSSFIT_FOLDS = 5
 
 
 def run_crossfit(table, embedder, out: Path, console: Console) -> dict:
-    """``oirl rerank --fast`` on one dataset's log (5 folds, 2 inner folds, every candidate, seed 0), with the
-    embeddings already computed: picks.jsonl, report.json and report.png in ``out``; returns the dataset's
+    """``oirl rerank --fast`` on one dataset's log (5 folds, 2 inner folds, every candidate, seed 0; the default
+    policy is the near-duplicate vote), with the embeddings already computed: picks.jsonl, report.json and report.png in ``out``; returns the dataset's
     figures of :func:`oirl_fast.reranking.report.summary` plus the seconds it took."""
     from .reranking.run import rerank
     from .reranking.report import plot_report, summary
@@ -136,9 +136,12 @@ def run_crossfit(table, embedder, out: Path, console: Console) -> dict:
     figures["seconds"] = round(time.perf_counter() - t0, 1)
     figures["cpu_seconds"] = round(time.process_time() - c0, 1)  # wall time on a shared machine overstates it
     ci = figures["rerank_diff_ci"]
+    share = (figures.get("ceiling") or {}).get("captured_share")
     console.print(f"crossfit [{ds}]: {figures['n_questions']} questions, rerank {figures['rerank']:.3f} vs best single "
                   f"{figures['best_single']:.3f} (95% CI of the gain [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}] pts, "
-                  f"{figures['switched_share']:.0%} switched) ({figures['seconds']:.1f}s)")
+                  f"{figures['switched_share']:.0%} switched"
+                  + ("" if share is None else f", {share:.0%} of the repeat-based headroom")
+                  + f") ({figures['seconds']:.1f}s)")
     return figures
 
 

@@ -254,6 +254,8 @@ def test_results_tables_prints_the_crossfit_table(cli_run):
                          check=True)
     report = json.loads((out / "report.json").read_text())
     fig = report["datasets"]["mawps"]["n_train_prompts"]
-    row = next(line for line in res.stdout.splitlines() if line.startswith("| rerank: default policy, best of 6"))
-    assert f"{fig['accuracy']['rerank']:.3f}" in row
+    row = next(line for line in res.stdout.splitlines() if line.startswith("| rerank: default policy (near-duplicate vote), best of 6"))
+    assert f"{fig['accuracy']['rerank']:.3f}" in row and f"{fig['near_share']:.0%} with a near-duplicate" in row
+    ceiling = next(line for line in res.stdout.splitlines() if line.startswith("| repeat-based ceiling"))
+    assert f"({fig['ceiling']['captured_share']:.0%} captured)" in ceiling
     assert "| questions (best of 6) | 1,744 |" in res.stdout

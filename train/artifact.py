@@ -9,6 +9,8 @@
       prompt_embeddings.npy    float32 (P, d), rows in metadata.prompts order
       train_questions.npy      uint64 (Q,), sorted: :func:`oirl_fast.schema.question_hashes` of the
                                questions the model was trained on (optional for hand-built artifacts)
+      neighbours.npz           the near-duplicate vote's table (optional; metadata.fallback.vote, written by
+                               `oirl train --fallback-margin vote`): training question vectors and outcomes
       compiled/model.so        native library from treelite + tl2cgen (optional)
       kernel_forest.npz        the kernel's tree description, read from the native model by treelite at
                                training, so that scoring needs no treelite (:mod:`oirl_fast.kernels.forest_file`)
@@ -136,6 +138,7 @@ class Artifact:
     prompt_embeddings: np.ndarray
     manifest: Manifest | None = None
     train_questions: np.ndarray | None = None  # uint64 (Q,) sorted, or None when not recorded
+    neighbours: dict | None = None  # the near-duplicate vote's arrays (reranking.fallback.load_vote_arrays), or None
 
     @property
     def layout(self) -> FeatureLayout:
@@ -199,13 +202,15 @@ def save_artifact(
     compile_library: bool = True,
     train_questions: np.ndarray | None = None,
     embedder_folder: str | Path | None = None,
+    neighbours: dict | None = None,
 ) -> Path:
     """Write the artifact directory atomically; compile the native library unless told not to.
 
     ``train_questions``: uint64 (Q,) :func:`oirl_fast.schema.question_hashes` of the training
     questions (stored sorted and unique). ``embedder_folder``: the static embedder's build, copied
-    into ``embedder/`` (the model must have been trained with it). A model with a non-finite leaf
-    value is refused before anything is written."""
+    into ``embedder/`` (the model must have been trained with it). ``neighbours``: the near-duplicate vote's
+    arrays, written to the file ``metadata.fallback["vote"]["file"]``. A model with a non-finite leaf value is
+    refused before anything is written."""
     # here, not at the top: schema imports pyarrow, which loading a model for scoring does not need
     from ..schema import QUESTION_HASH_KEY
 
@@ -223,6 +228,8 @@ def save_artifact(
             hashes = np.unique(np.asarray(train_questions, dtype=np.uint64))
             np.save(tmp / TRAIN_QUESTIONS_FILE, hashes)
             metadata.train_questions = {"file": TRAIN_QUESTIONS_FILE, "count": int(len(hashes)), "key": QUESTION_HASH_KEY}
+        if neighbours is not None:
+            np.savez(tmp / metadata.fallback["vote"]["file"], **neighbours)
         library = None
         if compile_library:
             t0 = time.perf_counter()
@@ -323,7 +330,9 @@ def load_artifact(
     questions_file = (meta.train_questions or {}).get("file")
     # the stored embedder and kernel trees: verified when the manifest lists them (older artifacts have neither)
     stored = [rel for rel in manifest.files if rel.startswith(f"{EMBEDDER_DIR}/") or rel == FOREST_FILE]
-    for rel in (PROMPT_EMB_FILE, MODEL_FILES[config.backend], *([questions_file] if questions_file else []), *stored):
+    vote_file = ((meta.fallback or {}).get("vote") or {}).get("file")
+    for rel in (PROMPT_EMB_FILE, MODEL_FILES[config.backend], *([questions_file] if questions_file else []),
+                *([vote_file] if vote_file else []), *stored):
         _verify(path, rel, manifest)
     try:
         emb = np.load(emb_path, allow_pickle=False)
@@ -340,10 +349,13 @@ def load_artifact(
             raise OirlError(f"not a readable .npy file ({exc})", q_path) from None
         if questions.dtype != np.uint64 or questions.ndim != 1:
             raise OirlError(f"training question hashes must be uint64 (Q,), got {questions.dtype}{questions.shape}", q_path)
+    from ..reranking.fallback import load_vote_arrays
+
+    neighbours = load_vote_arrays(path, meta.fallback, layout.query_dim)
     model = RewardModel.load(path, config, layout.n_features, meta.best_iteration)
     model.calibrator = IsotonicCalibrator.from_dict(meta.calibration)
     return Artifact(path=path, metadata=meta, model=model, prompt_embeddings=emb, manifest=manifest,
-                    train_questions=questions)
+                    train_questions=questions, neighbours=neighbours)
 
 
 def library_mismatch(artifact: Artifact) -> str | None:

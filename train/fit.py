@@ -49,6 +49,7 @@ class FittedModel:
     train_questions: np.ndarray | None = None  # uint64 (Q,) sorted question hashes of the training side
     # the static embedder's build folder, copied into the artifact so that scoring never distills (None: another kind)
     embedder_folder: Path | None = None
+    neighbours: dict | None = None  # the near-duplicate vote's arrays (oirl_fast.reranking.fallback.fit_vote)
 
 
 @dataclass
@@ -167,7 +168,8 @@ def write_artifact(fitted: FittedModel, out_dir, compile_library: bool = True, p
     if protocol is not None:
         metadata = replace(metadata, protocol=protocol.to_dict(), metrics=dict(metadata.metrics))
     path = save_artifact(out_dir, fitted.model, metadata, fitted.prompt_embeddings, compile_library=compile_library,
-                         train_questions=fitted.train_questions, embedder_folder=fitted.embedder_folder)
+                         train_questions=fitted.train_questions, embedder_folder=fitted.embedder_folder,
+                         neighbours=fitted.neighbours)
     return load_artifact(path)
 
 

@@ -8,6 +8,13 @@ accuracy chooses the default model of fold ``k``, and that model's predicted gai
 abstention margin per dataset (:func:`oirl_fast.reranking.selection.choose_margin`). The test fold
 is never looked at until its picks are written.
 
+The default policy is the near-duplicate vote (:mod:`oirl_fast.reranking.neighbours`): it fits
+nothing, so its inner folds are all ``K - 1`` other folds; on their questions (each one's
+near-duplicates looked up on its own inner training side, all folds but ``{j, k}``) one
+(cosine, alpha, margin) per dataset is chosen by mean gain over the fixed prompt. The model-based
+abstention (the default model's predicted gain must clear a margin, :func:`choose_margin`) is kept
+as the ``model_margin`` selector, for comparison.
+
 The best fixed prompt of a unit is the training prompt best on its dataset's rows of the same
 training side (outer: all folds but ``k``; inner: all but ``{j, k}``).
 """
@@ -20,6 +27,7 @@ import numpy as np
 
 from .candidates import CandidateConfig, fit_and_score, on_prompts
 from .folds import Units, assign_folds, train_mask
+from .neighbours import COSINES, apply_vote, choose_vote, near_neighbours, pooled_prior, unit_rows
 from .selection import best_fixed, choose_margin, percentile_rank, policy, predicted_gain, ranked, taken
 
 
@@ -41,10 +49,13 @@ class SetResult:
 
     order int64 (U, k): the fold's default model's top-k (indices into ``cols``); scores float (U, k);
     model: the default model's name per unit; fixed int64 (U,): the best fixed prompt (into ``cols``);
-    pick int64 (U,): the abstention policy's prompt; switched bool (U,); gain float (U,): predicted gain;
+    pick int64 (U,): the default policy's prompt (the near-duplicate vote); switched bool (U,);
+    near bool (U,): the unit has a near-duplicate at its fold's chosen cosine; margin_pick int64 (U,): the
+    model-margin abstention's prompt; gain float (U,): the default model's predicted gain;
     gain_rank float (U,): its percentile within the fold; candidate_pick {name: int64 (U,)};
     scored bool (U,): units logged with every prompt of the set (the only ones accuracies count);
-    margins: [{fold, dataset, margin, inner_gain, ...}], chosen: [{fold, model, inner accuracy per model}].
+    margins: [{fold, dataset, margin, inner_gain, ...}], chosen: [{fold, model, inner accuracy per model}],
+    votes: [{fold, dataset, cosine, alpha, margin, inner_gain, inner_switched, n_inner}].
     """
 
     cols: np.ndarray
@@ -60,6 +71,9 @@ class SetResult:
     scored: np.ndarray
     margins: list = field(default_factory=list)
     chosen: list = field(default_factory=list)
+    near: np.ndarray | None = None
+    margin_pick: np.ndarray | None = None
+    votes: list = field(default_factory=list)
 
 
 @dataclass
@@ -110,6 +124,11 @@ def crossfit(units: Units, query_emb: np.ndarray, prompt_emb: np.ndarray, config
                 for c in fitted:
                     inner[b][c][idx[te][rows]] = sc[c][rows]
         progress(1)
+    # near-duplicate lists: outer fold k among the other folds; inner fold j of k among all but {j, k}
+    unit_q = unit_rows(query_emb)
+    near_outer = {k: near_neighbours(unit_q[folds == k], unit_q[folds != k], min(COSINES)) for k in range(n_folds)}
+    near_inner = {(j, k): near_neighbours(unit_q[folds == j], unit_q[train_mask(folds, j, k)], min(COSINES))
+                  for k in range(n_folds) for j in range(n_folds) if j != k}
     sets = {"train": train_cols}
     if len(train_cols) < P:
         sets["all"] = np.arange(P)
@@ -171,7 +190,42 @@ def crossfit(units: Units, query_emb: np.ndarray, prompt_emb: np.ndarray, config
             gain_rank[test] = percentile_rank(g)
             m_unit = np.array([margin_of[d] for d in units.datasets[test]])
             pick[test] = policy(order[test, 0], fixed[test], g, m_unit)
-        switched = pick != fixed
-        result[set_name] = SetResult(cols, order, top_scores, model, fixed, pick, switched, gain, gain_rank,
-                                     cand_pick, scored, margins, chosen)
+        vote_pick, near, votes = _vote(units, folds, cols, scored, fixed, near_outer, near_inner, n_folds)
+        result[set_name] = SetResult(cols, order, top_scores, model, fixed, vote_pick, vote_pick != fixed, gain,
+                                     gain_rank, cand_pick, scored, margins, chosen, near, pick, votes)
     return SeedResult(seed, folds, result)
+
+
+def _vote(units: Units, folds, cols, scored, fixed, near_outer, near_inner, n_folds):
+    """The near-duplicate vote over the prompt set ``cols``: (pick int64 (U,), near bool (U,), choices), one
+    (cosine, alpha, margin) per outer fold and dataset, chosen on the K - 1 other folds' questions."""
+    U = units.n_units
+    wins = np.nan_to_num(units.rate[:, cols]) * units.count[:, cols]
+    count = units.count[:, cols].astype(np.float64)
+    outcome = units.rate[:, cols]
+    pick, near, votes = fixed.copy(), np.zeros(U, bool), []
+    for k in range(n_folds):
+        sides = []
+        for j in range(n_folds):
+            if j == k:
+                continue
+            tr = train_mask(folds, j, k)
+            rows = np.flatnonzero(folds == j)
+            side_fixed = _fixed_for(units, tr, cols)
+            sides.append((rows, near_inner[(j, k)], wins[tr], count[tr], pooled_prior(wins[tr], count[tr]),
+                          np.array([side_fixed[d] for d in units.datasets[rows]], dtype=np.int64)))
+        test = np.flatnonzero(folds == k)
+        tr = folds != k
+        prior = pooled_prior(wins[tr], count[tr])
+        for ds in np.unique(units.datasets):
+            inner = []
+            for rows, nbr, w, c, pr, fx in sides:
+                keep = scored[rows] & (units.datasets[rows] == ds)
+                inner.append({"nbr": nbr.take(keep), "wins": w, "count": c, "prior": pr, "fixed": fx[keep],
+                              "outcome": outcome[rows[keep]]})
+            choice = choose_vote(inner)
+            votes.append({"fold": k, "dataset": str(ds), **choice})
+            own = units.datasets[test] == ds
+            p, has = apply_vote(near_outer[k].take(own), wins[tr], count[tr], prior, fixed[test[own]], choice)
+            pick[test[own]], near[test[own]] = p, has
+    return pick, near, votes

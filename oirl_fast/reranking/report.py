@@ -4,6 +4,10 @@
 dict; :func:`report_table` renders it for the terminal (rich), :func:`plot_report` as a PNG.
 Accuracies are over the units logged with every prompt of the set; with several seeds each figure is
 the seed mean (``*_sd`` the spread) and the CIs are paired bootstraps over the per-question seed means.
+``rerank`` is the default policy (the near-duplicate vote, :mod:`.neighbours`), ``model_margin`` the
+model-based abstention, ``default_model`` the inner-chosen model without abstention; the ceiling's
+``captured_share`` is the share of the repeat-based headroom the default policy captures (with several seeds
+the mean of the seeds' shares, listed in ``captured_share_per_seed``; the other ceiling figures are seed 0's).
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ def _values(units: Units, res, names) -> dict[str, np.ndarray]:
     """{selector: float (U,) logged outcome of its pick} over one prompt set of one seed."""
     outcome = units.rate[:, res.cols]
     with np.errstate(invalid="ignore"):
-        out = {"rerank": taken(outcome, res.pick), "default_model": taken(outcome, res.order[:, 0])}
+        out = {"rerank": taken(outcome, res.pick), "default_model": taken(outcome, res.order[:, 0]),
+               "model_margin": taken(outcome, res.margin_pick)}
         out.update({c: taken(outcome, res.candidate_pick[c]) for c in names})
         out["best_single"] = taken(outcome, res.fixed)
         import warnings
@@ -104,12 +109,24 @@ def build_report(table: pa.Table, units: Units, seeds: list[SeedResult], names: 
                     c: list(metrics.paired_bootstrap_ci(unit_mean[c], unit_mean["best_single"]))
                     for c in selectors if c != "best_single"},
                 "switched_share": float(np.mean([s.sets[set_name].switched[mask].mean() for s in seeds])),
+                "policy": "near-duplicate vote",
+                "near_share": float(np.mean([s.sets[set_name].near[mask].mean() for s in seeds])),
+                "model_margin_switched_share": float(np.mean([
+                    (s.sets[set_name].margin_pick != s.sets[set_name].fixed)[mask].mean() for s in seeds])),
+                "votes": [dict(v) for v in res0.votes if v["dataset"] == ds],
                 "default_models": _counts([row["model"] for s in seeds for row in s.sets[set_name].chosen]),
                 "margins": [{k: v for k, v in m.items()} for m in res0.margins if m["dataset"] == ds],
                 "coverage_curve": _mean_curves([_curve(units, s.sets[set_name], mask) for s in seeds]),
             }
             if set_name == "train":
                 fig["ceiling"] = _ceiling(table, units, res0, first.folds, ds)
+                if fig["ceiling"] and len(seeds) > 1:  # the share each seed's policy captures, and their mean
+                    shares = [fig["ceiling"]["captured_share"]] + [
+                        (_ceiling(table, units, s.sets[set_name], s.folds, ds) or {}).get("captured_share")
+                        for s in seeds[1:]]
+                    fig["ceiling"]["captured_share_per_seed"] = shares
+                    if all(x is not None for x in shares):
+                        fig["ceiling"]["captured_share"] = float(np.mean(shares))
             per_ds[SET_LABELS[set_name]] = fig
         out["datasets"][str(ds)] = per_ds
     return out
@@ -144,10 +161,12 @@ def summary(report: dict) -> dict[str, dict]:
                 f"n_prompts{suffix}": fig["n_prompts"], f"n_questions{suffix}": fig["n_questions"],
                 f"best_single{suffix}": a["best_single"], f"rerank{suffix}": a["rerank"],
                 f"rerank_diff_ci{suffix}": ci["rerank"], f"switched_share{suffix}": fig["switched_share"],
+                f"near_share{suffix}": fig.get("near_share"),
                 f"default_model{suffix}": a["default_model"], f"default_model_diff_ci{suffix}": ci["default_model"],
+                f"model_margin{suffix}": a["model_margin"], f"model_margin_diff_ci{suffix}": ci["model_margin"],
                 f"random{suffix}": a["random"], f"oracle{suffix}": a["oracle"],
                 f"candidates{suffix}": {c: {"accuracy": a[c], "diff_ci": ci[c]}
-                                        for c in a if c not in ("rerank", "default_model", *BASELINES)},
+                                        for c in a if c not in ("rerank", "default_model", "model_margin", *BASELINES)},
                 f"default_models{suffix}": fig["default_models"],
             })
             if "ceiling" in fig:
@@ -246,11 +265,18 @@ def crossfit_rows(figures: dict[str, dict]) -> tuple[list[str], list[list[str]]]
 
         base = lambda f: f[f"best_single{suffix}"]
         rows.append([f"questions (best of {n})"] + [cell(ds, lambda f: f"{f[f'n_questions{suffix}']:,}") for ds in names])
-        rows.append([f"rerank: default policy, best of {n}"] + [cell(ds, lambda f: _gain(
-            f[f"rerank{suffix}"], base(f), f[f"rerank_diff_ci{suffix}"]) + f", {f[f'switched_share{suffix}']:.0%} switched")
-            for ds in names])
+        def near(f):
+            share = f.get(f"near_share{suffix}")
+            return "" if share is None else f" ({share:.0%} with a near-duplicate)"
+
+        rows.append([f"rerank: default policy (near-duplicate vote), best of {n}"] + [cell(ds, lambda f: _gain(
+            f[f"rerank{suffix}"], base(f), f[f"rerank_diff_ci{suffix}"]) + f", {f[f'switched_share{suffix}']:.0%} switched"
+            + near(f)) for ds in names])
         rows.append([f"default model (chosen on inner folds), best of {n}"] + [cell(ds, lambda f: _gain(
             f[f"default_model{suffix}"], base(f), f[f"default_model_diff_ci{suffix}"])) for ds in names])
+        rows.append([f"model-margin abstention (the earlier default policy), best of {n}"] + [cell(ds, lambda f: _gain(
+            f[f"model_margin{suffix}"], base(f), f[f"model_margin_diff_ci{suffix}"])
+            if f.get(f"model_margin{suffix}") is not None else "-") for ds in names])
         cands = list(dict.fromkeys(c for ds in present for c in figures[ds][f"candidates{suffix}"]))
         for c in cands:
             rows.append([f"{c}, best of {n}"] + [cell(ds, lambda f: _gain(

@@ -94,8 +94,9 @@ def rerank(logs, *, folds: int = 5, seed: int = 0, seeds: int = 1, top_k: int = 
 
     ``logs``: a log table, a log file or folder, or a list of them (questions grouped across them by
     normalized text, as ``oirl train`` groups them). ``folds``: K of the grouped K-fold cross-fitting;
-    ``inner_folds``: how many of the other folds choose each fold's default model and margin (each one
-    more costs K/2 fits per candidate); ``seed``: folds and models; ``seeds``: run seeds seed..seed+N-1
+    ``inner_folds``: how many of the other folds choose each fold's default model and model margin (each one
+    more costs K/2 fits per candidate; the default policy, the near-duplicate vote, fits nothing and is
+    chosen on all K-1 other folds); ``seed``: folds and models; ``seeds``: run seeds seed..seed+N-1
     (the report gives the mean and spread; the records are the first seed's). ``candidates``: any of
     pointwise, ranking, knn, blend (blend needs two others). ``fast``: the demo's cheaper GBDT
     settings (:data:`FAST_GBDT`) instead of ``oirl train``'s. ``nthread``: LightGBM threads per fit; 1 by

@@ -19,7 +19,7 @@ import numpy as np
 from ..embed import ZERO_VECTOR, Embedder, text_key, zero_rows
 from ..encoders import artifact_record, encoder_for_record
 from ..errors import OirlError
-from ..reranking.fallback import apply_fallback, resolve
+from ..reranking.fallback import apply_rule, resolve_rule
 from ..train.artifact import load_artifact
 from .candidates import Candidates, model_candidates, read_prompts_file
 from .options import ScoreOptions
@@ -42,7 +42,8 @@ class Scoring:
         self.artifact, self.cands, self.scorer, self.options = artifact, cands, scorer, options
         self.get_embedder, self.rows = get_embedder, rows
         self.calibrator = artifact.model.calibrator
-        self.fallback = resolve(artifact.metadata.fallback, cands.ids, cands.texts, artifact.metadata.prompts)
+        self.fallback = resolve_rule(artifact.metadata.fallback, cands.ids, cands.texts, artifact.metadata.prompts,
+                                     artifact.neighbours)
         self.where: Path | None = None
 
     # -- the steps ---------------------------------------------------------------------
@@ -74,9 +75,7 @@ class Scoring:
             full = None
             idx, sc = self.scorer.top(Q, k, dtype=dtype)
         if policy and self.fallback is not None:  # the model's abstention rule (metadata.fallback) on the top-k
-            col, margin = self.fallback
-            fb = (full if full is not None else self.scorer.scores(Q, dtype=dtype))[:, col]
-            idx, sc = apply_fallback(idx, sc, fb, col, margin)
+            idx, sc = apply_rule(self.fallback, idx, sc, Q, full if full is not None else self.scorer.scores(Q, dtype=dtype))
         return Picked(idx.astype(np.int64, copy=False), sc, full)
 
     def score_chunk(self, items: list[Item]) -> tuple[list[str], ChunkStats]:
