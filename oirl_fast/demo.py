@@ -193,7 +193,7 @@ def run_quick(out, source, embedder, console: Console, dataset: str = QUICK_DATA
                         ("queries scored", queries), (f"their picks ({score_seconds:.1f}s)", picks),
                         ("gains over the best single prompt (forest plot)", out / "gains.png"),
                         ("summary", out / "summary.json")]:
-        console.print(f"  {what}: {where}", highlight=False)
+        console.print(f"  {what}: {where}", highlight=False, soft_wrap=True)  # whole paths, to copy
     console.print(f"quick demo: {time.perf_counter() - t_start:.0f}s; the full study: make study (oirl demo)")
     return summaries
 
@@ -215,7 +215,7 @@ def score_held_out(table, protocol, model, queries: Path, picks: Path, console: 
             break
     write_text(queries, "".join(json.dumps({"id": i, "query": q}, ensure_ascii=False) + "\n" for i, q in first.items()))
     cmd = ["score", str(model), "--in", str(queries), "--out", str(picks)]
-    console.print(f"$ oirl {' '.join(cmd)}", highlight=False)
+    console.print(f"$ oirl {' '.join(cmd)}", highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", "from oirl_fast.cli import main; main()", *cmd],
                           capture_output=True, text=True)

@@ -66,8 +66,8 @@ def test_quick_demo_runs_every_step_and_says_where_the_outputs_are(tmp_path, sta
     assert all(p["prompt_id"] in prompts for p in picks)
     assert (out / "gains.png").read_bytes()[:4] == b"\x89PNG"
     assert len(gain_rows(summary)) == 6  # best of 6 and 16; the re-rank, abstaining and always, over 6 and 16
-    text = " ".join(res.stderr.split())
-    for where in ("mawps/logs.parquet", "mawps/model", "report-grouped.json", "crossfit/mawps", "picks.jsonl",
-                  "gains.png", "summary.json"):
-        assert where in text, where
-    assert "$ oirl score" in text
+    lines = res.stderr.splitlines()
+    for where in (out / "mawps" / "logs.parquet", out / "mawps" / "model", out / "mawps" / "report-grouped.json",
+                  out / "crossfit" / "mawps", out / "mawps" / "picks.jsonl", out / "gains.png", out / "summary.json"):
+        assert any(line.endswith(f": {where}") for line in lines), where  # one line each, the whole path
+    assert any(line.startswith(f"$ oirl score {out / 'mawps' / 'model'} --in ") for line in lines)
