@@ -5,10 +5,11 @@ or from the output of `oirl tradeoff --json`.
     python benchmarks/results_tables.py static=/tmp/demo-static/summary.json minilm=/tmp/demo-minilm/summary.json
     oirl tradeoff --seeds 5 --json > tradeoff.json && python benchmarks/results_tables.py tradeoff.json
     python benchmarks/results_tables.py mawps-report.json svamp-report.json   # `oirl rerank --report-json` files
-    python benchmarks/results_tables.py --pages docs/results/tables docs/results/data/demo-summary.json
+    python benchmarks/results_tables.py --pages docs/results/tables --readme README.md docs/results/data/demo-summary.json
 
 ``--pages DIR`` writes the tables of one demo summary as Markdown fragments for the docs site (which
-includes them in its results pages) and the README's short table, instead of printing them.
+includes them in its results pages) and the README's short table, instead of printing them;
+``--readme README.md`` also puts that short table into the README.
 
 The first summary gives the main table (every dataset and protocol) and, when it has
 them, the transfer table (leave-one-dataset-out) and the cross-fitting table (`crossfit`:
@@ -233,16 +234,32 @@ def write_pages(summary: dict, out_dir: Path, source: str) -> list[Path]:
     return written
 
 
+def update_readme(readme: Path, table: str) -> None:
+    """Put ``table`` between the README's ``<!-- results-table: ... -->`` and ``<!-- /results-table -->`` lines."""
+    import re
+
+    text = readme.read_text(encoding="utf-8")
+    pattern = re.compile(r"(<!-- results-table:.*?-->\n).*?(<!-- /results-table -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{readme}: no <!-- results-table: ... --> ... <!-- /results-table --> block")
+    readme.write_text(pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text, count=1), encoding="utf-8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("summaries", nargs="+", help="summary.json of `oirl demo`, optionally as NAME=PATH")
     ap.add_argument("--pages", type=Path, metavar="DIR",
                     help="write the first summary's tables as Markdown fragments for the docs into DIR")
+    ap.add_argument("--readme", type=Path, metavar="README",
+                    help="with --pages: also put the short table into README's results-table block")
     args = ap.parse_args()
     if args.pages:
-        for path in write_pages(json.loads(Path(args.summaries[0]).read_text(encoding="utf-8")), args.pages,
-                                args.summaries[0]):
+        summary = json.loads(Path(args.summaries[0]).read_text(encoding="utf-8"))
+        for path in write_pages(summary, args.pages, args.summaries[0]):
             print(path)
+        if args.readme:
+            update_readme(args.readme, readme_table(summary))
+            print(args.readme)
         return
     named = []
     for item in args.summaries:
