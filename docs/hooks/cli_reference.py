@@ -89,7 +89,11 @@ def _default(param) -> str:
     if getattr(param, "required", False):
         return ""
     default = param.default
-    if default is None or (getattr(param, "is_flag", False) and default is False) or default == ():
+    if getattr(param, "is_flag", False):  # an on/off pair shows the side that is on by default
+        if default is True and param.secondary_opts:
+            return f"`{param.opts[0]}`"
+        return "" if default is False else f"`{default}`"
+    if default is None or default == ():
         return ""
     if isinstance(default, (list, tuple)):
         default = " ".join(map(str, default))
