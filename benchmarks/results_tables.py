@@ -1,4 +1,4 @@
-"""Print the README's results tables (Markdown) from the summary.json of `oirl demo` runs,
+"""Print the results tables (Markdown) of the README and the docs from the summary.json of `oirl demo` runs,
 or from the output of `oirl tradeoff --json`.
 
     python benchmarks/results_tables.py oirl-demo/summary.json
