@@ -22,7 +22,7 @@ TRAIN_PROMPTS = ["nan", "CoT", "APE", "Dis", "ToT", "Decomp"]
 # ----------------------------------------------------------------------------- query features
 # Cheap features of the question text alone (computable at scoring time, so appending them to the
 # query embedding would keep the kernel's query/prompt split). Measured here, they did not earn a
-# place in the package: see the README section "Why GSM8K does not gain".
+# place in the package: see "Why GSM8K does not gain" in docs/results/crossfit.md.
 
 FEATURE_NAMES = (
     "log_chars",         # log(1 + characters)

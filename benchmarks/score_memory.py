@@ -9,7 +9,7 @@ candidate count, not with the number of queries.
     python benchmarks/score_memory.py MODEL_DIR [--pairs 10000000] [--chunk-size N] [--bound-mib 512]
 
 The load test passes (exit 0) when every input line has its output line and the peak
-RSS stays under ``--bound-mib`` (512 MiB by default: the README's stated bound for the
+RSS stays under ``--bound-mib`` (512 MiB by default: the stated bound in docs/guide/score.md for the
 default chunk size and up to 256 candidates); it exits 1 otherwise.
 
 MODEL_DIR defaults to ./oirl-demo/gsm8k/model (made by `make demo`).

@@ -150,7 +150,7 @@ def _mean_curves(curves: list[list[dict]]) -> list[dict]:
 
 
 def summary(report: dict) -> dict[str, dict]:
-    """{dataset: flat figures} for ``oirl demo --json``'s ``crossfit`` section and the README table."""
+    """{dataset: flat figures} for ``oirl demo --json``'s ``crossfit`` section and the docs' results table."""
     out = {}
     for ds, sets in report["datasets"].items():
         row = {}
