@@ -35,13 +35,14 @@ lock:
 	    --no-emit-find-links -c $(VENV)/torch-cpu.txt -o $(LOCK) pyproject.toml
 	rm -f $(STAMP)
 
-# One dataset end to end in a few minutes (oirl demo --quick); `make study` is the full study whose
-# summary.json the README's tables are generated from.
+# One dataset end to end in a few minutes (oirl demo --quick, into oirl-demo/); `make study` is the full
+# study whose summary.json the results tables are generated from, into its own folder so that neither
+# run overwrites the other's outputs.
 demo: $(STAMP)
 	$(VENV)/bin/oirl demo --quick
 
 study: $(STAMP)
-	$(VENV)/bin/oirl demo --json
+	$(VENV)/bin/oirl demo --json --out oirl-study
 
 # The pytest script, not `python -m pytest`, so the working directory is not put on sys.path.
 test: $(STAMP)
@@ -56,4 +57,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/score_throughput.py --quick
 
 clean:
-	rm -rf oirl-demo .pytest_cache build site *.egg-info
+	rm -rf oirl-demo oirl-study .pytest_cache build site *.egg-info

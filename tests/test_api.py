@@ -28,23 +28,23 @@ def readme_api_example() -> str:
 
 @pytest.fixture(scope="module")
 def readme_run(tmp_path_factory, static_cache):
-    """The README example run in a folder holding a 300-question GSM8K log where the demo puts its log.
+    """The README example run in a folder holding a 300-question SVAMP log where the demo puts its log.
 
     Returns (folder, the example's variables)."""
     from oirl_fast.collect.published import import_published
 
     root = tmp_path_factory.mktemp("readme")
-    log = import_published("gsm8k")
+    log = import_published("svamp")
     ids = sorted(set(log.column("query_id").to_pylist()))[:N_QUESTIONS]
-    (root / "oirl-demo" / "gsm8k").mkdir(parents=True)
-    pq.write_table(log.filter(pc.is_in(log.column("query_id"), pa.array(ids))), root / "oirl-demo/gsm8k/logs.parquet")
+    (root / "oirl-demo" / "svamp").mkdir(parents=True)
+    pq.write_table(log.filter(pc.is_in(log.column("query_id"), pa.array(ids))), root / "oirl-demo/svamp/logs.parquet")
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
     mp.setenv("OIRL_CACHE_DIR", str(static_cache))
     try:
         namespace: dict = {}
         # The one change: no native library (gcc time; test_compile covers it). The kernel scores without it.
-        code = readme_api_example().replace('out="models/gsm8k")', 'out="models/gsm8k", compile=False)')
+        code = readme_api_example().replace('out="models/svamp")', 'out="models/svamp", compile=False)')
         assert "compile=False" in code
         exec(compile(code, str(README), "exec"), namespace)
     finally:
@@ -55,13 +55,13 @@ def readme_run(tmp_path_factory, static_cache):
 @pytest.fixture(scope="module")
 def model(readme_run, static_cache):
     root, _ = readme_run
-    return oirl.load(root / "models" / "gsm8k", cache_dir=static_cache)
+    return oirl.load(root / "models" / "svamp", cache_dir=static_cache)
 
 
 def test_readme_example_runs(readme_run):
     root, ns = readme_run
     picks, model = ns["picks"], ns["model"]
-    assert isinstance(model, oirl.Model) and model.path == Path("models/gsm8k")
+    assert isinstance(model, oirl.Model) and model.path == Path("models/svamp")
     assert picks.ids.shape == picks.texts.shape == picks.scores.shape == picks.indices.shape == (2, 3)
     assert ns["embeddings"].dtype == np.float32 and ns["embeddings"].shape == (2, model.embedding_dim)
     assert ns["scores"].dtype == np.float32 and ns["scores"].shape == (2, model.n_prompts)
@@ -183,14 +183,14 @@ def test_load_refuses_a_missing_folder(tmp_path):
 def test_evaluate_refuses_bad_seeds(model, readme_run):
     root, _ = readme_run
     with pytest.raises(OirlError, match="seeds must be an integer >= 1"):
-        oirl.evaluate(model, root / "oirl-demo/gsm8k/logs.parquet", seeds=0)
+        oirl.evaluate(model, root / "oirl-demo/svamp/logs.parquet", seeds=0)
 
 
 def test_fit_cuts_the_log_once_and_refuses_before_the_embedder(readme_run, static_cache, tmp_path, monkeypatch):
     import oirl_fast.train.fit as fit
 
     root, _ = readme_run
-    table = pq.read_table(root / "oirl-demo/gsm8k/logs.parquet")
+    table = pq.read_table(root / "oirl-demo/svamp/logs.parquet")
     calls = []
     real_split = fit.split_log
     monkeypatch.setattr(fit, "split_log", lambda *a, **k: calls.append(1) or real_split(*a, **k))
