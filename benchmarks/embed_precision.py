@@ -12,7 +12,7 @@ best-of-N kernel over its own prompt set, and reports:
 
     python benchmarks/embed_precision.py [MODEL_DIR] [--dataset gsm8k] [--limit 1319] [--device auto]
 
-MODEL_DIR defaults to ./oirl-demo/gsm8k/model (made by `make demo`).  Measured on CPU
+MODEL_DIR defaults to ./oirl-study/gsm8k/model (made by `make study`).  Measured on CPU
 (2 cores), GSM8K test queries, the demo's grouped model: fp16 moved embeddings by at most
 2.9e-4 yet changed 312 of 1,319 picks (mean score lost 0.006), so `oirl score` embeds in
 fp32 unless told ``--precision fp16``.
@@ -31,7 +31,7 @@ import numpy as np
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", nargs="?", default="oirl-demo/gsm8k/model", type=Path)
+    ap.add_argument("model", nargs="?", default="oirl-study/gsm8k/model", type=Path)
     ap.add_argument("--dataset", default="gsm8k", help="bundled dataset whose queries are embedded")
     ap.add_argument("--limit", type=int, default=1319, help="number of queries (the first ones)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -1,7 +1,7 @@
 """Print the results tables (Markdown) of the README and the docs from the summary.json of `oirl demo` runs,
 or from the output of `oirl tradeoff --json`.
 
-    python benchmarks/results_tables.py oirl-demo/summary.json
+    python benchmarks/results_tables.py oirl-study/summary.json
     python benchmarks/results_tables.py static=/tmp/demo-static/summary.json minilm=/tmp/demo-minilm/summary.json
     oirl tradeoff --seeds 5 --json > tradeoff.json && python benchmarks/results_tables.py tradeoff.json
     python benchmarks/results_tables.py mawps-report.json svamp-report.json   # `oirl rerank --report-json` files
@@ -204,7 +204,8 @@ def readme_table(summary: dict) -> str:
 
         _, cf_rows = crossfit_rows({ds: crossfit[ds] for ds in names if ds in crossfit})
         wanted = {f"questions (best of {n})": "cross-fitted: questions, each picked by a model that never saw it",
-                  f"rerank: default policy, best of {n}": "cross-fitted `oirl rerank` policy: accuracy (gain in points, 95% CI)"}
+                  f"rerank: default policy (near-duplicate vote), best of {n}":
+                      "cross-fitted `oirl rerank` policy (near-duplicate vote): accuracy (gain in points, 95% CI)"}
         present = [ds for ds in names if ds in crossfit]
         for row in cf_rows:
             if row[0] in wanted:

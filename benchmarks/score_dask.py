@@ -15,7 +15,7 @@ timed separately.  The merged output (written in input order) is part of every j
 Model: by default a 300-tree, 63-leaf LightGBM reward model over [query 384 ‖ prompt 384]
 trained on the synthetic data of ``score_throughput.py`` (cached under
 ``$OIRL_CACHE_DIR/bench``), 16 candidate prompts; or ``--model DIR`` (e.g. the demo's
-``oirl-demo/gsm8k/model``).  Input: precomputed random unit query embeddings
+``oirl-study/gsm8k/model``).  Input: precomputed random unit query embeddings
 (``--embeddings`` + ``--ids``), ``--queries`` of them.
 
     python benchmarks/score_dask.py [--queries 500000] [--json results.json]

@@ -12,7 +12,7 @@ The load test passes (exit 0) when every input line has its output line and the 
 RSS stays under ``--bound-mib`` (512 MiB by default: the stated bound in docs/guide/score.md for the
 default chunk size and up to 256 candidates); it exits 1 otherwise.
 
-MODEL_DIR defaults to ./oirl-demo/gsm8k/model (made by `make demo`).
+MODEL_DIR defaults to ./oirl-study/gsm8k/model (made by `make study`).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _vm_hwm_kib(pid: int) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", nargs="?", default="oirl-demo/gsm8k/model", type=Path)
+    ap.add_argument("model", nargs="?", default="oirl-study/gsm8k/model", type=Path)
     ap.add_argument("--pairs", type=int, default=10_000_000, help="query-prompt pairs in the job")
     ap.add_argument("--chunk-size", type=int, default=None, help="passed to oirl score")
     ap.add_argument("--bound-mib", type=float, default=512.0, help="peak RSS the job must stay under")

@@ -3,10 +3,10 @@
 The Python API (see :mod:`oirl_fast.api`)::
 
     import oirl_fast as oirl
-    model = oirl.load("oirl-demo/gsm8k/model")            # or oirl.fit(log, out=...)
+    model = oirl.load("oirl-study/gsm8k/model")            # or oirl.fit(log, out=...)
     picks = model.pick(["question 1", "question 2"], top_k=3)
-    report = oirl.evaluate(model, "oirl-demo/gsm8k/logs.parquet")
-    result = oirl.rerank("oirl-demo/mawps/logs.parquet", folds=5)   # cross-fitted picks of every question
+    report = oirl.evaluate(model, "oirl-study/gsm8k/logs.parquet")
+    result = oirl.rerank("oirl-study/mawps/logs.parquet", folds=5)   # cross-fitted picks of every question
 
 ``import oirl_fast`` stays light: the API and its libraries (pyarrow, lightgbm, torch, numba)
 are imported on first use of one of these names.

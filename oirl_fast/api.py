@@ -1,7 +1,7 @@
 """The public Python API: load or train a reward model, pick prompts for queries, evaluate.
 
 >>> import oirl_fast as oirl
->>> model = oirl.load("oirl-demo/gsm8k/model")          # doctest: +SKIP
+>>> model = oirl.load("oirl-study/gsm8k/model")          # doctest: +SKIP
 >>> picks = model.pick(["question 1", "question 2"], top_k=3)   # doctest: +SKIP
 >>> picks.ids.shape, picks.scores.dtype                   # doctest: +SKIP
 ((2, 3), dtype('float32'))

@@ -292,7 +292,7 @@ def demo_cmd(
 @cli_errors
 def tradeoff_cmd(
     dataset: str = typer.Option("gsm8k", help="Dataset whose answers are logged (gsm8k)."),
-    model: Path = typer.Option(Path("oirl-demo/gsm8k/model"), help="Reward model artifact trained on that dataset."),
+    model: Path = typer.Option(Path("oirl-study/gsm8k/model"), help="Reward model artifact trained on that dataset (make study writes this one)."),
     source: Optional[Path] = typer.Option(None, help="Data folder \\[default: the bundled copy]."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG of the points and their Pareto front here."),

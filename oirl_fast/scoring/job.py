@@ -23,7 +23,7 @@ from ..reranking.fallback import apply_rule, resolve_rule
 from ..train.artifact import load_artifact
 from .candidates import Candidates, model_candidates, read_prompts_file
 from .options import ScoreOptions
-from .records import Item, Picked, dumps, error_record, record
+from .records import Item, Picked, candidate_json, dumps, error_record, pick_line, record
 from .scorer import Scorer, top_k
 from .summary import FIRST_ERRORS, ChunkStats
 
@@ -41,6 +41,7 @@ class Scoring:
                  get_embedder: Callable, rows=None):
         self.artifact, self.cands, self.scorer, self.options = artifact, cands, scorer, options
         self.get_embedder, self.rows = get_embedder, rows
+        self._cand_json = candidate_json(cands)
         self.calibrator = artifact.model.calibrator
         self.fallback = resolve_rule(artifact.metadata.fallback, cands.ids, cands.texts, artifact.metadata.prompts,
                                      artifact.neighbours)
@@ -124,7 +125,8 @@ class Scoring:
                 lines.append(dumps(error_record(it, o.output_field)) + "\n")
                 continue
             stats.scored += 1
-            lines.append(dumps(record(it, self.cands, picked, j, o)) + "\n")
+            line = pick_line(it, self._cand_json, picked, j, o)
+            lines.append((dumps(record(it, self.cands, picked, j, o)) if line is None else line) + "\n")
         if picked is not None and picked.confidence is not None and o.min_confidence is not None:
             top = picked.scores[:, 0]
             stats.low_confidence += int(((picked.confidence < o.min_confidence) & np.isfinite(top)).sum())

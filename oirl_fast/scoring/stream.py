@@ -72,9 +72,9 @@ def score_file(model_dir: str | Path, in_path: str | Path | None, out_path: str 
 
 
 def run_local(job: ScoreJob, *, progress: bool = True, log: Callable[[str], None] | None = None,
-              embedder_factory: Callable | None = None, pipeline: bool = True) -> ScoreSummary:
+              embedder_factory: Callable | None = None, pipeline: bool = False) -> ScoreSummary:
     """Run ``job`` in this process. ``embedder_factory(cached=bool)``: another embedder (tests);
-    ``pipeline=False``: read, score and write in one thread (the same output bytes)."""
+    ``pipeline=True``: write in a thread of its own (the same output bytes; see :func:`score_into`)."""
     if job.engine is not None:
         raise OirlError("a Dask job runs with oirl_fast.scoring.dask.run_dask")
     t_start = time.perf_counter()
@@ -219,13 +219,14 @@ class _Progress:
 
 
 def score_into(scoring: Scoring, items, fh, summary, on_chunk: Callable[[], None] | None = None,
-               pipeline: bool = True) -> None:
+               pipeline: bool = False) -> None:
     """Score ``items`` chunk by chunk (``options.chunk_size`` rows) into the binary file ``fh``,
     one record a line, adding each chunk's stats to ``summary`` (in input order).
 
-    ``pipeline``: write finished chunks in a thread of their own while this thread reads,
-    embeds and scores the next one (:mod:`oirl_fast.pipelined`); the output is the same bytes
-    in the same order as the serial loop (``pipeline=False``)."""
+    ``pipeline=True``: write finished chunks in a thread of their own while this thread reads,
+    embeds and scores the next one (:mod:`oirl_fast.pipelined`); the same bytes in the same order.
+    Off by default: on 2 cores the writer thread competes with the embedding threads and the serial
+    loop was faster (pipelined 0.91x serial, ``benchmarks/score_end_to_end.py --distinct``)."""
     def write(chunk, result) -> None:
         lines, stats = result
         t0 = time.perf_counter()
