@@ -7,9 +7,9 @@ holds, grouped by dataset:
   was trained with ("best of 6") and over every prompt ("best of 16"), against the best single
   prompt of the same set;
 * ``transfer``: the same for a model trained on the other datasets only;
-* ``crossfit``: the cross-fitted re-rank (every question picked by a model that never saw it;
-  abstaining: it keeps the best single prompt unless the predicted gain clears a margin), and
-  its default model without the abstention.
+* ``crossfit``: the cross-fitted re-rank (every question picked by a model that never saw it): its
+  default policy, the near-duplicate vote (the best single prompt unless the question has training
+  near-duplicates on which another prompt won), and its default model without the vote.
 
 Gains are in accuracy points (percentage points of questions answered right); the whiskers are the
 paired-bootstrap 95% CIs the summary carries. :func:`gain_rows` is pure (for tables and tests);
@@ -63,9 +63,9 @@ def _crossfit_rows(dataset: str, c: dict) -> list[GainRow]:
     rows = []
     for suffix, count in (("", c.get("n_prompts")), ("_all_prompts", c.get("n_prompts_all_prompts"))):
         n = c.get(f"n_questions{suffix}")
-        rows.append(_row(dataset, "cross-fitted", f"re-rank, abstaining ({count})", c.get(f"rerank{suffix}"),
+        rows.append(_row(dataset, "cross-fitted", f"re-rank, near-duplicate vote ({count})", c.get(f"rerank{suffix}"),
                          c.get(f"best_single{suffix}"), c.get(f"rerank_diff_ci{suffix}"), n))
-        rows.append(_row(dataset, "cross-fitted", f"re-rank, always ({count})", c.get(f"default_model{suffix}"),
+        rows.append(_row(dataset, "cross-fitted", f"re-rank, default model ({count})", c.get(f"default_model{suffix}"),
                          c.get(f"best_single{suffix}"), c.get(f"default_model_diff_ci{suffix}"), n))
     return [r for r in rows if r is not None]
 

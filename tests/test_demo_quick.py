@@ -30,11 +30,11 @@ def test_gain_rows_are_the_summary_differences_in_points():
         ("mawps", "grouped", "best of 16", -1.0, (-3.0, 1.0), 300),
         ("mawps", "transfer", "best of 6", 3.0, (1.0, 5.0), 400),
         ("mawps", "transfer", "best of 16", -1.0, (-3.0, 1.0), 300),
-        ("mawps", "cross-fitted", "re-rank, abstaining (6)", 0.2, (0.0, 0.4), 1000),
-        ("mawps", "cross-fitted", "re-rank, always (6)", -1.0, (-2.0, 0.0), 1000),
+        ("mawps", "cross-fitted", "re-rank, near-duplicate vote (6)", 0.2, (0.0, 0.4), 1000),
+        ("mawps", "cross-fitted", "re-rank, default model (6)", -1.0, (-2.0, 0.0), 1000),
         # a dataset in the crossfit section only; a skipped transfer gives no row
-        ("svamp", "cross-fitted", "re-rank, abstaining (6)", 0.2, (0.0, 0.4), 1000),
-        ("svamp", "cross-fitted", "re-rank, always (6)", -1.0, (-2.0, 0.0), 1000),
+        ("svamp", "cross-fitted", "re-rank, near-duplicate vote (6)", 0.2, (0.0, 0.4), 1000),
+        ("svamp", "cross-fitted", "re-rank, default model (6)", -1.0, (-2.0, 0.0), 1000),
     ]
     assert gain_rows({}) == []
 
@@ -65,7 +65,7 @@ def test_quick_demo_runs_every_step_and_says_where_the_outputs_are(tmp_path, sta
     prompts = {p["id"] for p in json.loads((out / "mawps" / "model" / "metadata.json").read_text())["prompts"]}
     assert all(p["prompt_id"] in prompts for p in picks)
     assert (out / "gains.png").read_bytes()[:4] == b"\x89PNG"
-    assert len(gain_rows(summary)) == 6  # best of 6 and 16; the re-rank, abstaining and always, over 6 and 16
+    assert len(gain_rows(summary)) == 6  # best of 6 and 16; the re-rank, its vote and default model, over 6 and 16
     lines = res.stderr.splitlines()
     for where in (out / "mawps" / "logs.parquet", out / "mawps" / "model", out / "mawps" / "report-grouped.json",
                   out / "crossfit" / "mawps", out / "mawps" / "picks.jsonl", out / "gains.png", out / "summary.json"):
