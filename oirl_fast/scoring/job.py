@@ -193,10 +193,8 @@ def load_scoring(model_dir: str | Path, options: ScoreOptions, *, candidates: Ca
 
 
 def set_encoder_threads(encoder, threads: int | None) -> None:
-    """Give the embedder its thread count (``--threads``), where it takes one.
-
-    The static embedder's own threads (tokenizer, numba pooling) come with issue 21's embedding
-    side; until then the numba pooling follows ``numba.set_num_threads`` (set by the runner)."""
+    """Give the embedder its thread count (``--threads``), where it takes one: the static embedder sums
+    and pools on that many threads (its ``threads`` attribute); transformer embedders use torch's."""
     if threads and hasattr(encoder, "threads"):
         encoder.threads = threads
 
