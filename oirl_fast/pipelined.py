@@ -1,6 +1,8 @@
-"""Scoring pipeline: the reading and scoring loop, and a writer thread.
+"""Scoring pipeline: the reading and scoring loop, and an optional writer thread.
 
-Finished chunks are written by a thread of their own while the loop reads, parses,
+``oirl score`` runs the loop serially by default: with the static embedder summing on every core, a
+writer thread competed for them and the pipelined loop measured 0.88x-0.91x the serial one
+(``benchmarks/score_end_to_end.py --distinct``). With ``threaded=True``, finished chunks are written by a thread of their own while the loop reads, parses,
 embeds and scores the next one; the file writes release the GIL. Reading and
 parsing stay in the loop: a reader thread was measured to cost the static embedder
 10-20% (benchmarks/score_end_to_end.py: 0.80x-0.91x the serial loop in four runs),
