@@ -21,11 +21,15 @@ a cold embedding cache, and the whole `oirl score` process timed (cold start: im
 load and numba's cached compile included). It ends with
 
     queries_per_s=… inproc_queries_per_s=… pairs_per_s=… embed_share=… read_share=… write_share=…
-    kernel_share=… embed_s=… read_s=… write_s=… kernel_s=… peak_rss_mb=…
+    kernel_share=… embed_s=… read_s=… write_s=… kernel_s=… peak_rss_mb=… tree_pss_mb=… processes=…
+    one_process_queries_per_s=…
 
-``queries_per_s`` is the `oirl score` process (queries / its wall); the stage seconds and their
-shares of the wall come from the serial in-process run, the default loop (``inproc_queries_per_s``); ``peak_rss_mb``
-is the process's high-water mark. ``--distinct --quick`` (20,000 queries, a model of 300 questions)
+``queries_per_s`` is the `oirl score` process as run by default (its forked workers, one per core:
+``processes``; ``--workers N`` sets it) over its wall; ``one_process_queries_per_s`` the same with
+``--workers 1``. The stage seconds and their shares of the wall come from the serial in-process run,
+one process (``inproc_queries_per_s``). ``peak_rss_mb`` is the `oirl score` process's high-water mark,
+``tree_pss_mb`` the peak of the proportional set size summed over it and its workers (sampled every
+20 ms; shared pages split among the processes that map them). ``--distinct --quick`` (20,000 queries, a model of 300 questions)
 runs in well under a minute on a quiet machine.
 """
 from __future__ import annotations
@@ -156,15 +160,56 @@ main()
 """
 
 
-def peak_rss_of_cli(model, inp, out, cache_dir, prompts):
-    """Peak RSS (MiB) and wall of `oirl score` in its own process (imports included)."""
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the forked workers of `oirl score`)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(summed RSS, summed PSS) in KiB of the process tree now. PSS splits each shared page among the
+    processes mapping it, so its sum is the tree's real footprint; the RSS sum counts shared pages once per
+    process (an upper bound)."""
+    rss = pss = 0
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+    return rss, pss
+
+
+def peak_rss_of_cli(model, inp, out, cache_dir, prompts, workers=None):
+    """`oirl score` in its own process (imports included): (its peak RSS, wall, and the peaks of the summed
+    RSS and PSS of it and its forked workers, sampled every 20 ms; MiB, s). ``workers``: --workers
+    (None: its default, one process per core)."""
     t0 = time.perf_counter()
     cmd = [sys.executable, "-c", _CHILD, "score", str(model), "--in", str(inp), "--out", str(out),
-           "--prompts", str(prompts), "--cache-dir", str(cache_dir)]
-    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+           "--prompts", str(prompts), "--cache-dir", str(cache_dir), *(["--workers", str(workers)] if workers else [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tree_rss = tree_pss = 0
+    while proc.poll() is None:
+        rss, pss = _tree_memory(proc.pid)
+        tree_rss, tree_pss = max(tree_rss, rss), max(tree_pss, pss)
+        time.sleep(0.02)
+    stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
-    kb = int(res.stdout.rsplit("PEAK_RSS_KB=", 1)[1].split()[0])
-    return kb / 1024, wall
+    if proc.returncode:
+        raise SystemExit(f"oirl score failed ({proc.returncode}):\n{stderr}")
+    kb = int(stdout.rsplit("PEAK_RSS_KB=", 1)[1].split()[0])
+    return {"rss": kb / 1024, "wall": wall, "tree_rss": tree_rss / 1024, "tree_pss": tree_pss / 1024,
+            "processes": int(stderr.split(" processes")[0].rsplit(" ", 1)[1]) if " processes" in stderr else 1}
 
 
 def main():
@@ -178,6 +223,8 @@ def main():
     ap.add_argument("--distinct", action="store_true",
                     help="the target's case: distinct queries (numbers redrawn), static embedder only, the whole "
                          "`oirl score` process timed [200,000 queries; quick 20,000]")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="--distinct: `oirl score --workers` for the timed process [its default: one per core]")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
     if args.distinct:
@@ -229,7 +276,8 @@ def main():
         results["minilm"] = run(models["minilm"], inp_m, tmp / "m1.jsonl", cold, prompts)
         show("minilm, pipelined", results["minilm"])
 
-        rss, wall = peak_rss_of_cli(models["static"], inp_s, tmp / "cli.jsonl", cold, prompts)
+        cli = peak_rss_of_cli(models["static"], inp_s, tmp / "cli.jsonl", cold, prompts, workers=1)
+        rss, wall = cli["rss"], cli["wall"]
         print(f"`oirl score` process, static, {n_static} queries: peak RSS {rss:.0f} MiB, wall {wall:.1f}s "
               f"including start-up (stated bound 512 MiB: {'within' if rss <= 512 else 'EXCEEDED'})")
 
@@ -258,7 +306,7 @@ def main_distinct(args):
     try:
         static_dir = build_static(default_cache_dir(), log=print)  # one-time per machine, not a cache of texts
         log, train_q, test_q = gsm8k_questions()
-        caches = {name: tmp / name for name in ("train-cache", "warm-cache", "cold-1", "cold-2", "cold-cli")}
+        caches = {name: tmp / name for name in ("train-cache", "warm-cache", "cold-1", "cold-2", "cold-cli", "cold-cli1")}
         for c in caches.values():
             (c / "encoders").mkdir(parents=True)
             shutil.copytree(static_dir, c / "encoders" / static_dir.name)
@@ -282,18 +330,26 @@ def main_distinct(args):
         piped = run(model, inp, tmp / "s1.jsonl", caches["cold-2"], prompts, pipeline=True)
         show("in-process, pipelined", piped)
         same = (tmp / "s0.jsonl").read_bytes() == (tmp / "s1.jsonl").read_bytes()
-        rss, wall = peak_rss_of_cli(model, inp, tmp / "cli.jsonl", caches["cold-cli"], prompts)
-        same_cli = (tmp / "cli.jsonl").read_bytes() == (tmp / "s1.jsonl").read_bytes()
-        print(f"pipelined output byte-identical to serial: {same}; `oirl score`'s to in-process: {same_cli}")
+        one = peak_rss_of_cli(model, inp, tmp / "cli1.jsonl", caches["cold-cli1"], prompts, workers=1)
+        cli = peak_rss_of_cli(model, inp, tmp / "cli.jsonl", caches["cold-cli"], prompts, workers=args.workers)
+        rss, wall = cli["rss"], cli["wall"]
+        same_cli = (tmp / "cli.jsonl").read_bytes() == (tmp / "s1.jsonl").read_bytes() == (tmp / "cli1.jsonl").read_bytes()
+        print(f"pipelined output byte-identical to serial: {same}; `oirl score`'s (1 and {cli['processes']} "
+              f"processes) to in-process: {same_cli}")
         print(f"pipelined vs serial: {serial['wall'] / piped['wall']:.2f}x")
-        print(f"`oirl score` process, cold start, {n:,} distinct queries: wall {wall:.2f}s including start-up, "
-              f"{n / wall:,.0f} queries/s; peak RSS {rss:.0f} MiB (bound 512 MiB: "
-              f"{'within' if rss <= 512 else 'EXCEEDED'})")
+        print(f"`oirl score --workers 1`, cold start: wall {one['wall']:.2f}s, {n / one['wall']:,.0f} queries/s; peak "
+              f"RSS {one['rss']:.0f} MiB")
+        print(f"`oirl score` ({cli['processes']} processes), cold start, {n:,} distinct queries: wall {wall:.2f}s "
+              f"including start-up, {n / wall:,.0f} queries/s ({one['wall'] / wall:.2f}x one process); peak RSS "
+              f"{rss:.0f} MiB this process, {cli['tree_pss']:.0f} MiB PSS summed over its processes "
+              f"({cli['tree_rss']:.0f} MiB RSS summed, shared pages counted in each) (bound 512 MiB: "
+              f"{'within' if max(rss, cli['tree_pss']) <= 512 else 'EXCEEDED'})")
         st, w = serial["stages"], serial["wall"]  # the default loop (oirl score runs serial)
         print(f"queries_per_s={n / wall:.0f} inproc_queries_per_s={n / w:.0f} pairs_per_s={serial['pairs'] / w:.0f} "
               f"embed_share={st['embed'] / w:.3f} read_share={st['read'] / w:.3f} write_share={st['write'] / w:.3f} "
               f"kernel_share={st['kernel'] / w:.3f} embed_s={st['embed']:.3f} read_s={st['read']:.3f} "
-              f"write_s={st['write']:.3f} kernel_s={st['kernel']:.3f} peak_rss_mb={rss:.0f}")
+              f"write_s={st['write']:.3f} kernel_s={st['kernel']:.3f} peak_rss_mb={rss:.0f} "
+              f"tree_pss_mb={cli['tree_pss']:.0f} processes={cli['processes']} one_process_queries_per_s={n / one['wall']:.0f}")
     finally:
         if args.keep:
             print(f"kept {tmp}")

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from .embed import ZERO_VECTOR, Embedder, embedder_for_artifact, empty_text_reason, zero_rows
-from .encoders import make_encoder
+from .encoders import EncoderSettings, make_encoder
 from .errors import OirlError
 from .locks import locks_output
 from .evaluation import check_evaluable, evaluate_per_dataset
@@ -151,8 +151,9 @@ class Model:
         """The embedder the model was trained with, built on first use (the static one the artifact carries; an
         artifact without it: built in the cache, a first static build takes a while)."""
         if self._embedder is None:
-            self._embedder = embedder_for_artifact(self.artifact.metadata, self.cache_dir, self.device,
-                                                   self.batch_size, progress=self.progress,
+            self._embedder = embedder_for_artifact(self.artifact.metadata,
+                                                   EncoderSettings(self.cache_dir, self.device, self.batch_size),
+                                                   progress=self.progress,
                                                    where=self.path / "metadata.json", log=self.log_fn,
                                                    stored=self.artifact.embedder_folder)
         return self._embedder

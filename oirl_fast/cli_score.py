@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from .atomic import write_text
-from .cli_common import SchedulerOpt, WorkersOpt, cli_errors, err
+from .cli_common import SchedulerOpt, cli_errors, err
 from .errors import OirlError
 from .paths import JSON_SUFFIXES, Output, is_stream
 
@@ -75,7 +75,13 @@ def register(app: typer.Typer) -> None:
                  "(--in may then be a folder or a glob of JSONL shards).",
         ),
         scheduler: Optional[str] = SchedulerOpt,
-        workers: Optional[int] = WorkersOpt,
+        workers: Optional[int] = typer.Option(
+            None, "--workers", min=1,
+            help="Processes. --engine local: this one plus forked copies sharing a plain JSON-lines --in file, "
+                 "split at line starts, the same output bytes \\[default: one per core, at most 8; one for stdin, "
+                 "FIFOs, gzip, CSV, Parquet, --strict and inputs under 4 MiB]. --engine dask without --scheduler: "
+                 "the local cluster's workers \\[default: CPU cores].",
+        ),
         partitions: Optional[int] = typer.Option(
             None, "--partitions", min=1,
             help="--engine dask: partitions of whole lines \\[default: 64 MiB each, at least 4 per worker].",
@@ -125,8 +131,8 @@ def register(app: typer.Typer) -> None:
 
         if engine not in ("local", "dask"):
             raise OirlError(f"unknown engine {engine!r}; use local or dask")
-        if engine == "local" and (scheduler or workers or partitions or merge is not None or keep_parts):
-            raise OirlError("--scheduler, --workers, --partitions, --merge and --keep-parts need --engine dask")
+        if engine == "local" and (scheduler or partitions or merge is not None or keep_parts):
+            raise OirlError("--scheduler, --partitions, --merge and --keep-parts need --engine dask")
         options = ScoreOptions(top_k=top_k, with_scores=scores, min_confidence=min_confidence, route=route,
                                precision=precision, device=device, batch_size=batch_size, chunk_size=chunk_size,
                                cache_dir=cache_dir, strict=strict, max_line_bytes=max_line_bytes, threads=threads,
@@ -137,7 +143,7 @@ def register(app: typer.Typer) -> None:
                        engine=DaskEngine(scheduler, workers, partitions, merge, keep_parts) if engine == "dask" else None)
         try:
             log = lambda s: err.print(s, highlight=False, soft_wrap=True)  # noqa: E731
-            summary = run_dask(job, log=log) if engine == "dask" else run_local(job, log=log)
+            summary = run_dask(job, log=log) if engine == "dask" else run_local(job, log=log, workers=workers)
         except BrokenPipeError:  # `oirl score ... --out - | head`: the reader has had enough
             with contextlib.suppress(OSError, ValueError, AttributeError):  # no second error at exit
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

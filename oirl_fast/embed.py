@@ -379,15 +379,13 @@ class Embedder:
         return out_unique[[slot[k] for k in keys]]
 
 
-def embedder_for_artifact(metadata, cache_dir: str | Path | None = None, device: str = "auto", batch_size: int = 128,
-                          precision: str = "fp32", override: str | None = None, progress: bool = False,
-                          use_cache: bool = True, where: Path | None = None, log=lambda s: None,
-                          stored: Path | None = None) -> Embedder:
+def embedder_for_artifact(metadata, settings=None, *, progress: bool = False, use_cache: bool = True,
+                          where: Path | None = None, log=lambda s: None, stored: Path | None = None) -> Embedder:
     """An Embedder with the encoder a model artifact was trained with (``metadata``: its ModelMetadata;
-    ``stored``: the static embedder the artifact carries), refusing (OirlError) an encoder here that
-    would produce other vectors."""
-    from .encoders import artifact_record, encoder_for_record
+    ``settings``: an :class:`~oirl_fast.encoders.EncoderSettings`; ``stored``: the static embedder the
+    artifact carries), refusing (OirlError) an encoder here that would produce other vectors."""
+    from .encoders import EncoderSettings, artifact_record, encoder_for_record
 
-    enc = encoder_for_record(artifact_record(metadata, where), cache_dir, device, batch_size, precision, override, where, log,
-                             stored=stored)
-    return Embedder(cache_dir=cache_dir, progress=progress, use_cache=use_cache, encoder=enc)
+    settings = settings or EncoderSettings()
+    enc = encoder_for_record(artifact_record(metadata, where), settings, where=where, log=log, stored=stored)
+    return Embedder(cache_dir=settings.cache_dir, progress=progress, use_cache=use_cache, encoder=enc)

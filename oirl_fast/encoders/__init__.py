@@ -21,6 +21,7 @@ encoders (or different static builds) never mix.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +36,7 @@ from .transformer import FolderEncoder, MiniLMEncoder, TransformerEncoder, read_
 __all__ = ["DEFAULT_ENCODER", "ENCODER_KINDS", "MAX_TOKENS", "MINILM_DIM", "MINILM_ID", "STATIC_PCA_DIMS", "Encoder",
            "available_cores",
            "FolderEncoder", "MiniLMEncoder", "StaticEncoder", "TransformerEncoder", "artifact_record", "build_static",
-           "check_same_encoder", "encoder_for_record", "encoder_record", "identity_key", "legacy_record", "make_encoder",
+           "EncoderSettings", "check_same_encoder", "encoder_for_record", "encoder_record", "identity_key", "legacy_record", "make_encoder",
            "minilm_path", "read_st_folder", "resolve_device", "sha256_of_files", "spec_of", "static_files_sha256", "static_model_dir",
            "static_settings"]
 
@@ -117,13 +118,25 @@ def check_same_encoder(record: dict, encoder, where: Path | None = None) -> None
                     where)
 
 
-def encoder_for_record(record: dict, cache_dir: str | Path | None = None, device: str = "auto",
-                       batch_size: int = 128, precision: str = "fp32", override: str | None = None,
+@dataclass(frozen=True)
+class EncoderSettings:
+    """How an encoder runs here (none of it changes a vector, except ``precision`` for transformers):
+    ``cache_dir`` the cache folder (static builds, embeddings; None: the default), ``device``
+    (auto, cpu, cuda), ``batch_size`` texts per forward pass, ``precision`` fp32 or fp16."""
+
+    cache_dir: str | Path | None = None
+    device: str = "auto"
+    batch_size: int = 128
+    precision: str = "fp32"
+
+
+def encoder_for_record(record: dict, settings: EncoderSettings = EncoderSettings(), *, override: str | None = None,
                        where: Path | None = None, log: Callable[[str], None] = lambda s: None,
                        stored: Path | None = None):
     """The encoder an artifact was trained with (``override``: another folder path for a moved folder
     encoder), checked to produce the same vectors. ``stored``: the static embedder the artifact
     carries (``Artifact.embedder_folder``), used as it is: nothing is distilled or cached."""
+    cache_dir, device, batch_size, precision = settings.cache_dir, settings.device, settings.batch_size, settings.precision
     if stored is not None and record["kind"] == "static" and override is None:
         if precision != "fp32":
             raise OirlError("--precision applies to transformer embedders; the static embedder has one precision")

@@ -16,8 +16,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..cluster import set_threads
 from ..embed import ZERO_VECTOR, Embedder, text_key, zero_rows
-from ..encoders import artifact_record, encoder_for_record
+from ..encoders import EncoderSettings, artifact_record, encoder_for_record
 from ..errors import OirlError
 from ..reranking.fallback import apply_rule, resolve_rule
 from ..train.artifact import load_artifact
@@ -38,14 +39,21 @@ class Scoring:
     """
 
     def __init__(self, artifact, cands: Candidates, scorer: Scorer | None, options: ScoreOptions,
-                 get_embedder: Callable, rows=None):
+                 get_embedder: Callable, rows=None, encoder=None):
         self.artifact, self.cands, self.scorer, self.options = artifact, cands, scorer, options
-        self.get_embedder, self.rows = get_embedder, rows
+        self.get_embedder, self.rows, self._encoder = get_embedder, rows, encoder
         self._cand_json = candidate_json(cands)
         self.calibrator = artifact.model.calibrator
         self.fallback = resolve_rule(artifact.metadata.fallback, cands.ids, cands.texts, artifact.metadata.prompts,
                                      artifact.neighbours)
         self.where: Path | None = None
+
+    def use_threads(self, n: int) -> None:
+        """Embed and score on ``n`` threads (numba's kernel and the static embedder's pooling). Starts
+        numba's thread pool: a process forks its workers before this (:mod:`oirl_fast.scoring.forked`)."""
+        set_threads(n)
+        if self.rows is None and self._encoder is not None:
+            set_encoder_threads(self._encoder, n)
 
     # -- the steps ---------------------------------------------------------------------
     def embed(self, items: Sequence[Item]) -> np.ndarray:
@@ -157,9 +165,9 @@ def load_scoring(model_dir: str | Path, options: ScoreOptions, *, candidates: Ca
     if embedder_factory is None and (rows is None or prompts is not None):
         # the encoder the model was trained with, refused if this machine's build would give other vectors
         where = Path(model_dir) / "metadata.json"
-        encoder = encoder_for_record(artifact_record(artifact.metadata, where), o.cache_dir, o.device, o.batch_size,
-                                     o.precision, override=embedder, where=where, log=log,
-                                     stored=artifact.embedder_folder)
+        settings = EncoderSettings(o.cache_dir, o.device, o.batch_size, o.precision)
+        encoder = encoder_for_record(artifact_record(artifact.metadata, where), settings, override=embedder, where=where,
+                                     log=log, stored=artifact.embedder_folder)
         set_encoder_threads(encoder, o.threads)
 
     def get_embedder(cached: bool):
@@ -189,7 +197,7 @@ def load_scoring(model_dir: str | Path, options: ScoreOptions, *, candidates: Ca
         raise OirlError(f"--top-k {o.top_k} is more than the {len(cands)} candidate prompts; give at most "
                         f"{len(cands)}", prompts)
     scorer = Scorer.for_artifact(artifact, cands, route=o.route, device=o.device, log=log) if build_scorer else None
-    return Scoring(artifact, cands, scorer, o, get_embedder, rows=rows)
+    return Scoring(artifact, cands, scorer, o, get_embedder, rows=rows, encoder=encoder)
 
 
 def set_encoder_threads(encoder, threads: int | None) -> None:

@@ -48,17 +48,19 @@ def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def line_cuts(path: Path, parts: int) -> tuple[list[int], list[int], int]:
-    """Cut ``path`` into about ``parts`` byte ranges at line starts.
+def line_cuts(path: Path, parts: int, start: int = 0, count_all: bool = True) -> tuple[list[int], list[int], int]:
+    """Cut bytes [``start``, end) of ``path`` (``start`` a line start) into about ``parts`` byte ranges at line starts.
 
-    Returns (cut offsets starting with 0, lines before each cut, total lines); one
-    pass over the bytes counting newlines."""
+    Returns (cut offsets starting with ``start``, lines from ``start`` to each cut, lines from ``start`` to the
+    end); one pass over the bytes counting newlines. ``count_all=False`` stops at the last cut (the total is
+    then None): the local workers need no more."""
     size = path.stat().st_size
-    targets = [size * k // parts for k in range(1, parts)]
-    cuts, before = [0], [0]
-    pos = nl = ti = 0
+    targets = [start + (size - start) * k // parts for k in range(1, parts)]
+    cuts, before = [start], [0]
+    pos, nl, ti, last = start, 0, 0, b"\n"
     with path.open("rb") as fh:
-        while True:
+        fh.seek(start)
+        while count_all or ti < len(targets):
             block = fh.read(1 << 22)
             if not block:
                 break
@@ -79,8 +81,31 @@ def line_cuts(path: Path, parts: int) -> tuple[list[int], list[int], int]:
             nl += block.count(b"\n")
             last = block[-1:]
             pos = end
-    total = nl + (1 if size and last != b"\n" else 0)
+    if not count_all:
+        return cuts, before, None
+    total = nl + (1 if size > start and last != b"\n" else 0)
     return cuts, before, total
+
+
+def line_offset(path: Path, lines: int) -> int | None:
+    """The byte offset of the start of line ``lines + 1`` of ``path`` (after its first ``lines`` lines);
+    None when the file has fewer lines (or as many, the last without a newline)."""
+    if lines <= 0:
+        return 0
+    pos, seen = 0, 0
+    with path.open("rb") as fh:
+        while True:
+            block = fh.read(1 << 22)
+            if not block:
+                return None
+            n = block.count(b"\n")
+            if seen + n >= lines:
+                j = -1
+                for _ in range(lines - seen):
+                    j = block.index(b"\n", j + 1)
+                return pos + j + 1
+            seen += n
+            pos += len(block)
 
 
 def plan_partitions(files: Sequence[Path], partitions: int | None, workers: int = 1) -> list[Partition]:

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Callable
 
 from ..atomic import write_errors, write_text
-from ..cluster import set_threads
 from ..errors import OirlError
 from ..jsonl import count_lines
 from ..locks import output_lock
@@ -47,6 +46,7 @@ from ..paths import is_stdio, is_stream
 from ..pipelined import run_pipeline
 from ..progress import ProgressBar
 from .inputs import open_input
+from .forked import Children, Split, auto_workers, plan_split
 from .job import Scoring, load_scoring
 from .reader import InputReader
 from .records import chunks, resume_point
@@ -54,7 +54,7 @@ from .request import JOB_SUFFIX, PARTIAL_SUFFIX, ScoreJob
 from .signature import JOB_FORMAT, differences, finished_by, job_signature, read_job, write_done
 from .summary import ScoreSummary, add_stats
 
-RUN_KEYWORDS = ("progress", "log", "embedder_factory", "pipeline")
+RUN_KEYWORDS = ("progress", "log", "embedder_factory", "pipeline", "workers")
 
 
 def score_file(model_dir: str | Path, in_path: str | Path | None, out_path: str | Path, options=None,
@@ -65,27 +65,34 @@ def score_file(model_dir: str | Path, in_path: str | Path | None, out_path: str 
     ``options``: a :class:`~oirl_fast.scoring.options.ScoreOptions`, or its fields as keywords
     (``top_k=3, with_scores=True``). The other keywords are :class:`ScoreJob`'s (``prompts``,
     ``embeddings``, ``ids``, ``resume``, ``embedder``) and :func:`run_local`'s (``progress``,
-    ``log``, ``embedder_factory``, ``pipeline``).
+    ``log``, ``embedder_factory``, ``pipeline``, ``workers``).
     """
     run = {k: keywords.pop(k) for k in RUN_KEYWORDS if k in keywords}
     return run_local(ScoreJob.create(model_dir, in_path, out_path, options, **keywords), **run)
 
 
 def run_local(job: ScoreJob, *, progress: bool = True, log: Callable[[str], None] | None = None,
-              embedder_factory: Callable | None = None, pipeline: bool = False) -> ScoreSummary:
-    """Run ``job`` in this process. ``embedder_factory(cached=bool)``: another embedder (tests);
-    ``pipeline=True``: write in a thread of its own (the same output bytes; see :func:`score_into`)."""
+              embedder_factory: Callable | None = None, pipeline: bool = False, workers: int | None = 1) -> ScoreSummary:
+    """Run ``job`` on this machine. ``embedder_factory(cached=bool)``: another embedder (tests);
+    ``pipeline=True``: write in a thread of its own (the same output bytes; see :func:`score_into`);
+    ``workers``: processes (this one and forked children, :mod:`oirl_fast.scoring.forked`) that share a
+    plain JSON-lines input, the same output bytes; None: one per core (``oirl score``'s default). The
+    library's default is 1: forking a caller's process is the caller's choice. ``--threads`` (the
+    option) is shared out among them."""
     if job.engine is not None:
         raise OirlError("a Dask job runs with oirl_fast.scoring.dask.run_dask")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise OirlError(f"--workers must be an integer of at least 1, got {workers!r}")
     t_start = time.perf_counter()
     # one writer per output: a second job on the same OUT stops here, before it reads OUT.partial
     with contextlib.nullcontext() if is_stream(job.out) else output_lock(job.out, "--out"):
-        return _LocalRun(job, log or (lambda s: None), t_start).run(progress, embedder_factory, pipeline)
+        return _LocalRun(job, log or (lambda s: None), t_start, workers).run(progress, embedder_factory, pipeline)
 
 
 class _LocalRun:
-    def __init__(self, job: ScoreJob, log, t_start: float):
+    def __init__(self, job: ScoreJob, log, t_start: float, workers: int | None = 1):
         self.job, self.log, self.t_start = job, log, t_start
+        self.workers = auto_workers(job.options.threads) if workers is None else workers
         out = job.out
         self.partial = out.with_name(out.name + PARTIAL_SUFFIX)
         self.job_path = out.with_name(out.name + JOB_SUFFIX)
@@ -100,7 +107,6 @@ class _LocalRun:
         scoring = load_scoring(job.model, o, candidates=job.prompts, rows=rows, embedder_factory=embedder_factory,
                                embedder=job.embedder, log=self.log)
         scoring.where = Path("<stdin>" if is_stdio(src) else str(src))
-        set_threads(o.threads or os.cpu_count())
 
         skip, signature = 0, None
         if not out_stream:
@@ -108,6 +114,8 @@ class _LocalRun:
             skip = self._resume_point(signature)
             if skip is None:
                 return self._nothing_to_do(scoring, src)
+        split = plan_split(src, skip, self.workers, o.strict)
+        processes = 1 + (len(split.ranges) if split else 0)
         reader = InputReader(src, skip, o.row_fields, o.max_line_bytes, ids=rows is not None)
         summary = ScoreSummary(input=reader.label, output="<stdout>" if is_stdio(out) else str(out), resumed=skip,
                                candidates=len(scoring.cands), route=scoring.scorer.description,
@@ -118,10 +126,18 @@ class _LocalRun:
             items = itertools.chain([] if first is None else [first], items)
         if not o.strict:  # a strict run that stops says one line, the error
             self.log(f"scoring {reader.label} against {len(scoring.cands)} candidates with the "
-                     f"{scoring.scorer.description}" + (f"; resuming after line {skip}" if skip else ""))
+                     f"{scoring.scorer.description}" + (f" in {processes} processes" if split else "")
+                     + (f"; resuming after line {skip}" if skip else ""))
         bar = ProgressBar("scoring", reader.total, enabled=progress, in_bytes=True)
+        threads = o.threads or os.cpu_count() or 1
         try:
-            self._write(scoring, items, summary, _Progress(bar, reader, summary, skip), pipeline, signature)
+            with Children(scoring, split, src, max(1, threads // processes), None if out_stream else out.parent) \
+                    if split else contextlib.nullcontext() as children:
+                if children is not None:  # before numba's thread pool starts here: it cannot survive a fork
+                    children.start()
+                scoring.use_threads(max(1, threads // processes))
+                self._write(scoring, items, summary, _Progress(bar, reader, summary, skip, children), pipeline,
+                            signature, children)
         except KeyboardInterrupt:
             summary.interrupted = True
             raise
@@ -163,12 +179,17 @@ class _LocalRun:
                             fallback_reason=scoring.scorer.fallback_reason)
 
     def _write(self, scoring: Scoring, items, summary: ScoreSummary, progress: "_Progress", pipeline: bool,
-               signature: dict | None) -> None:
+               signature: dict | None, children: Children | None = None) -> None:
         out, strict = self.job.out, self.job.options.strict
 
         def stream_into(fh) -> None:
             with progress.bar:
-                score_into(scoring, items, fh, summary, progress.advance, pipeline)
+                if children is None:
+                    score_into(scoring, items, fh, summary, progress.advance, pipeline)
+                    return
+                score_into(scoring, itertools.islice(items, children.split.parent_lines), fh, summary,
+                           progress.advance, pipeline)
+                children.finish(fh, summary, progress.advance)
 
         if is_stream(out):
             label = "<stdout>" if is_stdio(out) else out
@@ -205,15 +226,20 @@ class _LocalRun:
 
 
 class _Progress:
-    """The bar in input bytes, with the pairs/s note, advanced as chunks are written."""
+    """The bar in input bytes, with the pairs/s note, advanced as chunks are written (this process's
+    and, estimated from their lines, the forked children's)."""
 
-    def __init__(self, bar: ProgressBar, reader: InputReader, summary: ScoreSummary, skip: int):
+    def __init__(self, bar: ProgressBar, reader: InputReader, summary: ScoreSummary, skip: int,
+                 children: Children | None = None):
         self.bar, self.reader, self.summary, self.skip, self.pos = bar, reader, summary, skip, 0
+        self.children = children
 
     def advance(self) -> None:
         s = self.summary
         s.lines = self.skip + s.scored + s.errors
         pos = self.reader.position()
+        if self.children is not None:  # this process reads up to the first child's range
+            pos = min(pos, self.children.split.ranges[0].start) + self.children.bytes_done()
         self.bar.advance(max(0, pos - self.pos), note=f"{s.lines:,} lines, {s.pairs / self.bar.elapsed:,.0f} pairs/s")
         self.pos = max(self.pos, pos)
 
