@@ -21,7 +21,7 @@ import numpy as np
 from ..cluster import dask_client, local_threads, set_threads, worker_count
 from ..embed import Embedder
 from ..locks import locks_output
-from ..encoders import encoder_for_record, encoder_record, legacy_record
+from ..encoders import EncoderSettings, encoder_for_record, encoder_record, legacy_record
 from ..paths import LOG_SUFFIXES, expand_files
 from ..features import pair_features
 from ..schema import read_logs
@@ -54,7 +54,7 @@ def _feature_block(texts: list[str], u: np.ndarray, p: np.ndarray, prompt_emb: n
     key = ("embedder", cache_dir, device, batch_size, json.dumps(record, sort_keys=True))
     emb = _WORKER_CACHE.get(key)
     if emb is None:
-        enc = encoder_for_record(record, cache_dir, device, batch_size)
+        enc = encoder_for_record(record, EncoderSettings(cache_dir, device, batch_size))
         emb = _WORKER_CACHE[key] = Embedder(cache_dir=cache_dir, progress=False, encoder=enc)
     return pair_features(emb.embed(texts), prompt_emb, u, p)
 

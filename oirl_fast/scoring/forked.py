@@ -60,9 +60,10 @@ class Split:
 
 
 def auto_workers(threads: int | None) -> int:
-    """Processes for ``workers=None``: one per core (or per ``--threads``), at most :data:`MAX_AUTO_WORKERS`."""
+    """Processes for ``workers=None``: one per core this process may use, no more than ``--threads`` when
+    given, at most :data:`MAX_AUTO_WORKERS`."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(threads or cores, MAX_AUTO_WORKERS))
+    return max(1, min(cores, threads or cores, MAX_AUTO_WORKERS))
 
 
 def thread_pool_started() -> bool:
