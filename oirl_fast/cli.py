@@ -318,11 +318,13 @@ def tradeoff_cmd(
         check_extras("oirl tradeoff --plot", "plot")
     from . import api
     from .tradeoff import plot_tradeoff, run_tradeoff
+    from .tradeoff_answers import AnswerSource
 
     check_paths({"--model": model, "--source": source, "--log": log, "--cache-dir": cache_dir},
                 [Output(plot, "--plot", PNG_SUFFIXES)])
     embedder = api.load(model, cache_dir=cache_dir, device=device, progress=True, log_fn=_say).embedder
-    result = run_tradeoff(model, embedder, source, dataset, limit, log, seeds=seeds, progress=err.print)
+    result = run_tradeoff(model, embedder, AnswerSource(dataset, source, log, limit), seeds=seeds,
+                          progress=err.print)
     if plot:
         plot_tradeoff(result, plot)
     if as_json:
