@@ -267,7 +267,7 @@ def demo_cmd(
     crossfit/<dataset>/, summary.json and gains.png, and prints where each is.
     """
     check_extras("oirl demo", "train", "plot")
-    from .demo import run_demo, run_quick
+    from .demo import DemoPlan, run_demo, run_quick
 
     check_paths({"--source": source, "--cache-dir": cache_dir}, [Output(out, "--out", kind="folder")])
     if quick:
@@ -279,11 +279,9 @@ def demo_cmd(
             print(json.dumps(summaries, indent=2))
         return
     datasets = datasets or list(DATASETS)
-    summaries = run_demo(
-        out=out, datasets=datasets, protocols=protocols, backend=backend, source=source,
-        compile_library=compile, embedder=make_embedder(cache_dir, device, spec=embedder), console=err, seeds=seeds,
-        transfer=transfer, crossfit=crossfit,
-    )
+    plan = DemoPlan(datasets=tuple(datasets), protocols=tuple(protocols), backend=backend, compile_library=compile,
+                    seeds=seeds, transfer=transfer, crossfit=crossfit)
+    summaries = run_demo(out, plan, source, make_embedder(cache_dir, device, spec=embedder), err)
     if as_json:
         print(json.dumps(summaries, indent=2))
 
