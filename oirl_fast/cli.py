@@ -150,7 +150,8 @@ def train_cmd(
     # before the log is read or a tree fitted: --out must be new, empty or a model to replace, and writable
     check_paths({"LOG": logs, "--cache-dir": cache_dir}, [Output(out, "--out", kind="artifact")])
     if engine == "dask":
-        from .train.dask_fit import train_distributed
+        from .encoders import EncoderSettings
+        from .train.dask_fit import DaskTraining, train_distributed
         from .multilog import read_log_set
         from .splits import Protocol
         from .train.reward_model import TrainConfig
@@ -159,9 +160,10 @@ def train_cmd(
         proto = Protocol(protocol, test_fraction=test_fraction, seed=seed, heldout_dataset=heldout_dataset)
         # One argument keeps the engine's own reading (a folder or glob of shards of one log).
         log = logs[0] if len(logs) == 1 else read_log_set(logs)
+        cluster = DaskTraining(scheduler=scheduler, workers=workers, partitions=partitions,
+                               encoder=EncoderSettings(cache_dir=cache_dir, device=device))
         train_distributed(log, proto, config, out, embedder=make_embedder(cache_dir, device, progress=False, spec=embedder),
-                          cache_dir=cache_dir, device=device, scheduler=scheduler,
-                          workers=workers, partitions=partitions, compile_library=compile, log_fn=err.print)
+                          cluster=cluster, compile_library=compile, log_fn=err.print)
     else:
         from . import api
 
