@@ -36,6 +36,29 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """How an LLM engine loads and runs (``oirl collect`` and ``oirl answer`` share these options).
+
+    Both backends: ``device`` (auto, cpu, cuda), ``dtype`` (auto: the checkpoint's; float32, float16,
+    bfloat16), ``batch_size`` (prompts per ``generate`` batch; vLLM batches on its own), ``lora`` (an
+    adapter folder), ``trust_remote_code``. vLLM only (the transformers backend refuses the first two
+    when set): ``quantization`` (awq, gptq, bitsandbytes, ...), ``tensor_parallel_size``; vLLM only, and
+    not read by the transformers backend: ``max_model_len``, ``gpu_memory_utilization``, ``seed`` (the
+    engine's; every request has its own seed besides)."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 8
+    lora: str | None = None
+    quantization: str | None = None
+    tensor_parallel_size: int = 1
+    trust_remote_code: bool = False
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Generation:
     """One completion: the decoded text (special tokens removed) and how many tokens were generated."""
 
@@ -80,12 +103,12 @@ def check_lora(lora: str | None) -> None:
         raise OirlError("LoRA adapter path does not exist or is not a folder", lora)
 
 
-def make_backend(name: str, model: str, **options) -> "Backend":
-    """``vllm`` or ``transformers`` backend for ``model`` with backend ``options`` (see the classes)."""
+def make_backend(name: str, model: str, engine: EngineConfig = EngineConfig()) -> "Backend":
+    """``vllm`` or ``transformers`` backend for ``model``, loaded and run as ``engine`` says."""
     if name == "vllm":
-        return VLLMBackend(model, **options)
+        return VLLMBackend(model, engine)
     if name == "transformers":
-        return TransformersBackend(model, **options)
+        return TransformersBackend(model, engine)
     raise OirlError(f"unknown backend {name!r}; choose vllm or transformers")
 
 
@@ -93,18 +116,19 @@ def make_backend(name: str, model: str, **options) -> "Backend":
 
 
 class TransformersBackend:
-    """Plain ``model.generate`` in left-padded batches of ``batch_size`` prompts.
+    """Plain ``model.generate`` in left-padded batches of ``engine.batch_size`` prompts.
 
-    ``dtype``: ``auto`` (the checkpoint's), ``float32``, ``float16`` or ``bfloat16``.
-    ``lora``: a PEFT adapter folder (needs ``peft``). Sampling is seeded per batch
+    ``engine`` (:class:`EngineConfig`): ``dtype`` ``auto`` (the checkpoint's), ``float32``, ``float16``
+    or ``bfloat16``; ``lora`` a PEFT adapter folder (needs ``peft``). Sampling is seeded per batch
     with the batch's first request seed, so a run is reproducible for the same batches.
     """
 
     name = "transformers"
 
-    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", batch_size: int = 8,
-                 lora: str | None = None, quantization: str | None = None, tensor_parallel_size: int = 1,
-                 trust_remote_code: bool = False):
+    def __init__(self, model: str, engine: EngineConfig = EngineConfig()):
+        device, dtype, batch_size, lora = engine.device, engine.dtype, engine.batch_size, engine.lora
+        quantization, tensor_parallel_size, trust_remote_code = (engine.quantization, engine.tensor_parallel_size,
+                                                                 engine.trust_remote_code)
         torch = require("torch", "the transformers backend", extra="minilm")
         transformers = require("transformers", "the transformers backend", extra="minilm")
         AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
@@ -179,18 +203,20 @@ class TransformersBackend:
 class VLLMBackend:
     """One offline ``vllm.LLM`` engine; each call submits the whole batch so continuous batching keeps the GPU full.
 
-    Options pass straight through: ``tensor_parallel_size``, ``dtype``, ``quantization``
-    (``awq``, ``gptq``, ``bitsandbytes``, ...), ``lora`` (adapter folder, served with a
-    ``LoRARequest``; its rank is read from ``adapter_config.json``), ``max_model_len``,
-    ``gpu_memory_utilization``. Every request gets its own seed.
+    ``engine``'s (:class:`EngineConfig`) options pass straight through: ``tensor_parallel_size``,
+    ``dtype``, ``quantization`` (``awq``, ``gptq``, ``bitsandbytes``, ...), ``lora`` (adapter folder,
+    served with a ``LoRARequest``; its rank is read from ``adapter_config.json``), ``max_model_len``,
+    ``gpu_memory_utilization``, ``trust_remote_code``, ``seed``; ``device`` and ``batch_size`` are not
+    read (vLLM places and batches on its own). Every request gets its own seed.
     """
 
     name = "vllm"
 
-    def __init__(self, model: str, tensor_parallel_size: int = 1, dtype: str = "auto",
-                 quantization: str | None = None, lora: str | None = None, max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False, seed: int = 0,
-                 device: str = "auto", batch_size: int | None = None):
+    def __init__(self, model: str, engine: EngineConfig = EngineConfig()):
+        tensor_parallel_size, dtype, quantization, lora = (engine.tensor_parallel_size, engine.dtype,
+                                                           engine.quantization, engine.lora)
+        max_model_len, gpu_memory_utilization = engine.max_model_len, engine.gpu_memory_utilization
+        trust_remote_code, seed = engine.trust_remote_code, engine.seed
         try:
             from vllm import LLM, SamplingParams
         except ImportError:

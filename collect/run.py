@@ -24,7 +24,7 @@ from ..locks import locks_output
 from ..progress import ProgressBar
 from ..schema import from_records, group_key, write_logs
 from .asking import Ask, LLMAsker
-from .backends import Backend, SamplingConfig, check_lora, check_model, is_local_path, make_backend
+from .backends import Backend, EngineConfig, SamplingConfig, check_lora, check_model, is_local_path, make_backend
 from .graders import get_grader
 from .requests import build_requests, digest, load_prompt_set, load_queries, request_key
 from .shards import LOGS, SUMMARY, ShardStore
@@ -232,11 +232,10 @@ def collect(cfg: CollectConfig, backend: Backend | None = None, progress: bool =
 def backend_for(cfg, model: str | None = None) -> Backend:
     """The LLM backend a config names (``backend``, ``model`` unless given, and the engine options ``oirl collect``
     and ``oirl answer`` share: tensor parallelism, dtype, quantization, LoRA, device, batch size, seed, context)."""
-    return make_backend(
-        cfg.backend, model or cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype,
-        quantization=cfg.quantization, lora=cfg.lora, device=cfg.device, batch_size=cfg.batch_size,
-        **({"seed": cfg.seed, "max_model_len": cfg.max_model_len} if cfg.backend == "vllm" else {}),
-    )
+    engine = EngineConfig(device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, lora=cfg.lora,
+                          quantization=cfg.quantization, tensor_parallel_size=cfg.tensor_parallel_size,
+                          max_model_len=cfg.max_model_len, seed=cfg.seed)
+    return make_backend(cfg.backend, model or cfg.model, engine)
 
 
 def _all_done(store: ShardStore, keys: list, resume: bool) -> bool:

@@ -150,7 +150,8 @@ def train_cmd(
     # before the log is read or a tree fitted: --out must be new, empty or a model to replace, and writable
     check_paths({"LOG": logs, "--cache-dir": cache_dir}, [Output(out, "--out", kind="artifact")])
     if engine == "dask":
-        from .train.dask_fit import train_distributed
+        from .encoders import EncoderSettings
+        from .train.dask_fit import DaskTraining, train_distributed
         from .multilog import read_log_set
         from .splits import Protocol
         from .train.reward_model import TrainConfig
@@ -159,9 +160,10 @@ def train_cmd(
         proto = Protocol(protocol, test_fraction=test_fraction, seed=seed, heldout_dataset=heldout_dataset)
         # One argument keeps the engine's own reading (a folder or glob of shards of one log).
         log = logs[0] if len(logs) == 1 else read_log_set(logs)
+        cluster = DaskTraining(scheduler=scheduler, workers=workers, partitions=partitions,
+                               encoder=EncoderSettings(cache_dir=cache_dir, device=device))
         train_distributed(log, proto, config, out, embedder=make_embedder(cache_dir, device, progress=False, spec=embedder),
-                          cache_dir=cache_dir, device=device, scheduler=scheduler,
-                          workers=workers, partitions=partitions, compile_library=compile, log_fn=err.print)
+                          cluster=cluster, compile_library=compile, log_fn=err.print)
     else:
         from . import api
 
@@ -267,7 +269,7 @@ def demo_cmd(
     crossfit/<dataset>/, summary.json and gains.png, and prints where each is.
     """
     check_extras("oirl demo", "train", "plot")
-    from .demo import run_demo, run_quick
+    from .demo import DemoPlan, run_demo, run_quick
 
     check_paths({"--source": source, "--cache-dir": cache_dir}, [Output(out, "--out", kind="folder")])
     if quick:
@@ -279,11 +281,9 @@ def demo_cmd(
             print(json.dumps(summaries, indent=2))
         return
     datasets = datasets or list(DATASETS)
-    summaries = run_demo(
-        out=out, datasets=datasets, protocols=protocols, backend=backend, source=source,
-        compile_library=compile, embedder=make_embedder(cache_dir, device, spec=embedder), console=err, seeds=seeds,
-        transfer=transfer, crossfit=crossfit,
-    )
+    plan = DemoPlan(datasets=tuple(datasets), protocols=tuple(protocols), backend=backend, compile_library=compile,
+                    seeds=seeds, transfer=transfer, crossfit=crossfit)
+    summaries = run_demo(out, plan, source, make_embedder(cache_dir, device, spec=embedder), err)
     if as_json:
         print(json.dumps(summaries, indent=2))
 
@@ -318,11 +318,13 @@ def tradeoff_cmd(
         check_extras("oirl tradeoff --plot", "plot")
     from . import api
     from .tradeoff import plot_tradeoff, run_tradeoff
+    from .tradeoff_answers import AnswerSource
 
     check_paths({"--model": model, "--source": source, "--log": log, "--cache-dir": cache_dir},
                 [Output(plot, "--plot", PNG_SUFFIXES)])
     embedder = api.load(model, cache_dir=cache_dir, device=device, progress=True, log_fn=_say).embedder
-    result = run_tradeoff(model, embedder, source, dataset, limit, log, seeds=seeds, progress=err.print)
+    result = run_tradeoff(model, embedder, AnswerSource(dataset, source, log, limit), seeds=seeds,
+                          progress=err.print)
     if plot:
         plot_tradeoff(result, plot)
     if as_json:

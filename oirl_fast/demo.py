@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -27,13 +28,31 @@ def model_dir(out: Path, dataset: str, protocol: str) -> Path:
     return out / dataset / ("model" if protocol == "grouped" else f"model-{protocol}")
 
 
-def run_demo(out, datasets, protocols, backend, source, compile_library, embedder, console: Console, seeds: int = 5,
-             transfer: bool = True, crossfit: bool = True) -> dict:
-    """Per dataset and protocol, the summary of :func:`oirl_fast.evaluation.summary`; with ``transfer``
-    and two datasets or more, also ``transfer``: the leave-one-dataset-out report of
+@dataclass(frozen=True)
+class DemoPlan:
+    """What ``oirl demo`` runs: ``datasets`` and ``protocols`` (every pair), the ``backend`` (lightgbm or
+    xgboost) and whether its native library is compiled (``compile_library``), ``seeds`` models per split
+    (seed 0 saved, the others for the spread), the leave-one-dataset-out ``transfer`` and the
+    cross-fitted re-rank ``crossfit``."""
+
+    datasets: tuple[str, ...] = tuple(DATASETS)
+    protocols: tuple[str, ...] = ("published", "grouped")
+    backend: str = "lightgbm"
+    compile_library: bool = True
+    seeds: int = 5
+    transfer: bool = True
+    crossfit: bool = True
+
+
+def run_demo(out, plan: DemoPlan, source, embedder, console: Console) -> dict:
+    """Per dataset and protocol of ``plan``, the summary of :func:`oirl_fast.evaluation.summary`; with
+    ``plan.transfer`` and two datasets or more, also ``transfer``: the leave-one-dataset-out report of
     :func:`oirl_fast.transfer.run_transfer` per dataset (models and reports in ``out/transfer/``); with
-    ``crossfit``, also ``crossfit``: per dataset, the figures of :func:`run_crossfit`."""
+    ``plan.crossfit``, also ``crossfit``: per dataset, the figures of :func:`run_crossfit`. ``source``:
+    the data folder (None: the bundled copy)."""
     out = Path(out)
+    datasets, protocols, backend, compile_library = plan.datasets, plan.protocols, plan.backend, plan.compile_library
+    seeds, transfer, crossfit = plan.seeds, plan.transfer, plan.crossfit
     for ds in datasets:
         if ds not in DATASETS:
             raise OirlError(f"unknown dataset {ds!r}; use one of {', '.join(DATASETS)}")

@@ -45,7 +45,7 @@ from .schema import read_logs
 from .scoring.candidates import model_candidates
 from .scoring.scorer import Scorer
 from .splits import Protocol
-from .tradeoff_answers import log_answers, published_answers
+from .tradeoff_answers import AnswerSource, log_answers, published_answers
 from .train.artifact import load_artifact
 from .train.fit import fit_reward_model
 
@@ -92,6 +92,17 @@ class PolicyOutcome:
         return float(np.mean(self.correct))
 
 
+@dataclass(frozen=True)
+class PolicyGrid:
+    """Which policies :func:`policy_outcomes` simulates: votes over k prompts for each k in ``ks`` (and
+    cascades of k more calls, at each calibrated-probability threshold in ``thresholds``); ``seed``
+    draws the random prompts of the random votes."""
+
+    ks: tuple[int, ...] = (3, 5)
+    thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5)
+    seed: int = 0
+
+
 FIXED_SETS = {"best_on_train": ("vote_fixed_train", "fixed: best on train"),
               "model_mean": ("vote_fixed_model", "fixed: model's mean score")}
 
@@ -123,19 +134,20 @@ def policy_outcomes(
     scores: np.ndarray,
     confidence: np.ndarray,
     best_single: int,
-    ks: tuple[int, ...] = (3, 5),
-    thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5),
-    seed: int = 0,
+    grid: PolicyGrid = PolicyGrid(),
     train_accuracy: np.ndarray | None = None,
 ) -> tuple[list[PolicyOutcome], dict[str, dict[int, PolicyOutcome]]]:
     """Every policy's per-query outcome, and the fixed-set votes of every size as references.
 
     values float (U, P): numeric answer of prompt p on query u (NaN if none); gold float (U,);
     scores float (U, P) reward-model scores; confidence float (U,) calibrated success
-    probability of the reward model's pick; train_accuracy float (U,) see :func:`fixed_orders`.
-    Returns (policies in report order, ``references[family][k]``: the fixed-set vote over k
-    prompts for k = 1 .. max(ks) + 1, as far as the family has prompts; k = 1 is a single prompt).
+    probability of the reward model's pick; best_single the column of the best single prompt;
+    grid the votes and cascades to simulate (:class:`PolicyGrid`); train_accuracy float (P,) see
+    :func:`fixed_orders`. Returns (policies in report order, ``references[family][k]``: the
+    fixed-set vote over k prompts for k = 1 .. max(grid.ks) + 1, as far as the family has prompts;
+    k = 1 is a single prompt).
     """
+    ks, thresholds = grid.ks, grid.thresholds
     U, P = values.shape
     rows = np.arange(U)
     one = np.ones(U)
@@ -153,7 +165,7 @@ def policy_outcomes(
         PolicyOutcome("best single", "best_single", 1, one, _correct(values[:, best_single], gold)),
         PolicyOutcome("reward model", "reward_model", 1, one, _correct(values[rows, rank[:, 0]], gold)),
     ]
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(grid.seed)
     for k in ks:
         if k > P:
             continue
@@ -267,11 +279,13 @@ class Simulation:
     dataset: str
 
 
-def simulate(model_dir, embedder, source=None, dataset: str = "gsm8k", limit: int | None = None,
-             log=None, seeds: int = 1, progress=lambda *_: None) -> Simulation:
-    """Every policy's per-query outcome on logged answers, for the artifact's model and ``seeds`` - 1 refits
-    (see :func:`run_tradeoff`). Prompts are ranked in the model's own prompt order, as ``oirl answer``
-    ranks them (:func:`oirl_fast.ranking.rank_prompts`), so ties between prompts break the same way."""
+def simulate(model_dir, embedder, answers_from: AnswerSource = AnswerSource(), seeds: int = 1,
+             progress=lambda *_: None) -> Simulation:
+    """Every policy's per-query outcome on the logged answers ``answers_from`` names, for the artifact's
+    model and ``seeds`` - 1 refits (see :func:`run_tradeoff`). Prompts are ranked in the model's own
+    prompt order, as ``oirl answer`` ranks them (:func:`oirl_fast.ranking.rank_prompts`), so ties
+    between prompts break the same way."""
+    source, dataset, limit, log = answers_from.source, answers_from.dataset, answers_from.limit, answers_from.log
     if seeds < 1:
         raise OirlError(f"--seeds must be at least 1, got {seeds}")
     artifact = load_artifact(model_dir, embedding_model=embedder.model_id)
@@ -304,21 +318,21 @@ def simulate(model_dir, embedder, source=None, dataset: str = "gsm8k", limit: in
         ranking = rank_prompts(scorer.scores(queries, dtype=np.float64), model.calibrator)
         first_scores = ranking.scores if first_scores is None else first_scores
         runs.append(policy_outcomes(answers.values, answers.gold, ranking.scores, ranking.confidence,
-                                    answers.best_single, seed=s, train_accuracy=answers.train_accuracy))
+                                    answers.best_single, PolicyGrid(seed=s), answers.train_accuracy))
     return Simulation(answers, runs, first_scores, artifact.metadata.dataset if log is not None else dataset)
 
 
-def run_tradeoff(model_dir, embedder, source=None, dataset: str = "gsm8k", limit: int | None = None,
-                 log=None, seeds: int = 1, n_boot: int = 2000, progress=lambda *_: None) -> dict:
+def run_tradeoff(model_dir, embedder, answers_from: AnswerSource = AnswerSource(), seeds: int = 1,
+                 n_boot: int = 2000, progress=lambda *_: None) -> dict:
     """Simulate the policies with a trained model artifact on logged answers.
 
-    Answers come from the bundled GSM8K answer logs, or from ``log`` (any oirl log whose
-    ``response`` column keeps the answers; its test queries under the model's protocol).
-    ``limit``: use only the first ``limit`` test queries. ``seeds`` > 1 refits the model
-    with seeds 1..seeds-1 on the same split (the split itself is not re-drawn) and reports
-    every policy's mean and spread over the seeds; CIs are over the per-query seed means.
+    ``answers_from`` (:class:`~oirl_fast.tradeoff_answers.AnswerSource`): the bundled GSM8K answer
+    logs (the default), or a ``log`` (any oirl log whose ``response`` column keeps the answers; its
+    test queries under the model's protocol), and a ``limit`` on the test queries. ``seeds`` > 1
+    refits the model with seeds 1..seeds-1 on the same split (the split itself is not re-drawn) and
+    reports every policy's mean and spread over the seeds; CIs are over the per-query seed means.
     """
-    sim = simulate(model_dir, embedder, source, dataset, limit, log, seeds, progress)
+    sim = simulate(model_dir, embedder, answers_from, seeds, progress)
     answers, runs, first_scores = sim.answers, sim.runs, sim.scores
     ours = np.isclose(answers.values, answers.gold[:, None]) & ~np.isnan(answers.values)
     points = compare_policies(runs, n_boot=n_boot)

@@ -14,6 +14,19 @@ from .schema import read_logs
 from .splits import Protocol, split_log
 
 
+@dataclass(frozen=True)
+class AnswerSource:
+    """Where ``oirl tradeoff`` takes its logged answers from: ``log`` (any oirl log whose ``response``
+    column keeps the answers; its test queries under the model's protocol) or else the bundled answer
+    logs of ``dataset`` (gsm8k only) in ``source`` (the data folder; None: the bundled copy);
+    ``limit``: only the first ``limit`` test queries (None: all)."""
+
+    dataset: str = "gsm8k"
+    source: object = None
+    log: object = None
+    limit: int | None = None
+
+
 @dataclass
 class AnswerTable:
     """Logged answers of every prompt on a set of test queries.

@@ -25,7 +25,7 @@ from oirl_fast import api
 from oirl_fast.answer.policies import majority
 from oirl_fast.answer.run import AnswerConfig, answer
 from oirl_fast.cli import app
-from oirl_fast.collect.backends import TransformersBackend
+from oirl_fast.collect.backends import EngineConfig, TransformersBackend
 from oirl_fast.collect.graders import last_number
 from oirl_fast.collect.requests import QueryItem, PromptItem, critique_messages, encode, messages_for
 
@@ -66,7 +66,7 @@ def reward_model(make_artifact, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def spy(tiny_model):
-    return Spy(TransformersBackend(str(tiny_model), device="cpu", batch_size=3))
+    return Spy(TransformersBackend(str(tiny_model), EngineConfig(device="cpu", batch_size=3)))
 
 
 @pytest.fixture(scope="module")

@@ -153,6 +153,7 @@ def test_prompt_ties_break_by_the_models_prompt_order_in_both(gsm8k_model, answe
 
     from oirl_fast import api
     from oirl_fast.tradeoff import simulate
+    from oirl_fast.tradeoff_answers import AnswerSource
     from oirl_fast.train import artifact as art
 
     flipped = tmp_path / "flipped"
@@ -172,7 +173,7 @@ def test_prompt_ties_break_by_the_models_prompt_order_in_both(gsm8k_model, answe
     reseal(flipped)
 
     flipped_model = api.load(flipped, cache_dir=cache_dir)
-    sim = simulate(flipped, flipped_model.embedder, limit=200)
+    sim = simulate(flipped, flipped_model.embedder, AnswerSource(limit=200))
     assert sim.answers.prompt_ids == flipped_model.prompt_ids
     top2 = np.sort(sim.scores, axis=1)[:, -2:]
     assert np.sum(top2[:, 0] == top2[:, 1]) > 10  # the case this test is about

@@ -347,6 +347,35 @@ def test_grade_bad_input(tmp_path):
 # --------------------------------------------------------------------------- vLLM
 
 
+def test_vllm_engine_options_reach_the_engine(monkeypatch, tmp_path):
+    """The options oirl collect takes reach vllm.LLM (a stand-in here) as keywords; those left at their
+    defaults that vLLM treats as unset (quantization, context length) are not passed at all."""
+    import types
+
+    from oirl_fast.collect.run import backend_for
+
+    made = []
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+
+        def get_tokenizer(self):
+            return "tokenizer"
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM, SamplingParams=dict))
+    cfg = CollectConfig("org/model", "gsm8k", "published", tmp_path, seed=7, tensor_parallel_size=2, dtype="float16",
+                        quantization="awq", max_model_len=4096, batch_size=3, device="cuda")
+    backend = backend_for(cfg)
+    assert backend.name == "vllm" and backend.tokenizer == "tokenizer" and backend.lora_request is None
+    assert made[-1] == {"model": "org/model", "tensor_parallel_size": 2, "dtype": "float16", "seed": 7,
+                        "gpu_memory_utilization": 0.9, "trust_remote_code": False, "quantization": "awq",
+                        "max_model_len": 4096}
+    backend_for(CollectConfig("org/model", "gsm8k", "published", tmp_path))
+    assert made[-1] == {"model": "org/model", "tensor_parallel_size": 1, "dtype": "auto", "seed": 0,
+                        "gpu_memory_utilization": 0.9, "trust_remote_code": False}
+
+
 def _vllm_reason() -> str | None:
     try:
         import vllm  # noqa: F401

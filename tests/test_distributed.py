@@ -346,8 +346,11 @@ def test_distributed_training_auc_matches_single_machine(backend, client, tmp_pa
     for k in range(3):
         pq.write_table(log.slice(k * n // 3, (k + 1) * n // 3 - k * n // 3), shards / f"part-{k}.parquet")
     compile_library = backend == "lightgbm"
-    dask_fit.train_distributed(shards, proto, config, tmp_path / "dask", cache_dir=cache_dir, client=client,
-                           compile_library=compile_library, log_fn=lambda s: None)
+    from oirl_fast.encoders import EncoderSettings
+
+    cluster = dask_fit.DaskTraining(client=client, encoder=EncoderSettings(cache_dir=cache_dir))
+    dask_fit.train_distributed(shards, proto, config, tmp_path / "dask", cluster=cluster,
+                               compile_library=compile_library, log_fn=lambda s: None)
     loaded = art.load_artifact(tmp_path / "dask")
     engine = loaded.metadata.metrics["engine"]
     assert engine["name"] == "dask" and engine["library"] == f"{backend}.dask" and engine["workers"] == 2

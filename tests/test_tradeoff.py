@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from oirl_fast.collect.published import last_number, load_gsm8k_answers, load_prompts
-from oirl_fast.tradeoff import compare_policies, pareto_front, policy_outcomes, policy_points, vote
+from oirl_fast.tradeoff import compare_policies, pareto_front, PolicyGrid, policy_outcomes, policy_points, vote
 
 nan = float("nan")
 
@@ -29,7 +29,8 @@ def test_policy_points_small_hand_case():
     gold = np.array([1.0, 2.0])
     scores = np.array([[0.1, 0.9, 0.5], [0.9, 0.2, 0.1]])  # the model picks wrongly on both
     conf = np.array([0.9, 0.1])
-    policies, _ = policy_outcomes(values, gold, scores, conf, best_single=2, ks=(2,), thresholds=(0.5,))
+    policies, _ = policy_outcomes(values, gold, scores, conf, best_single=2,
+                                  grid=PolicyGrid(ks=(2,), thresholds=(0.5,)))
     pts = {p["policy"]: p for p in policy_points(policies)}
     assert pts["best single"]["accuracy"] == 1.0
     assert pts["reward model"]["accuracy"] == 0.0
@@ -52,8 +53,8 @@ def test_fixed_set_votes_on_a_table_with_known_answers():
     values, gold = _three_way_table()
     train_acc = np.array([0.7, 0.6, 0.5, np.nan])  # order of the training set: 0, 1, 2 (3 has no training rows)
     scores = np.tile([0.1, 0.2, 0.3, 0.9], (len(gold), 1))  # the model's mean order: 3, 2, 1, 0
-    policies, refs = policy_outcomes(values, gold, scores, np.full(len(gold), 0.9), best_single=0, ks=(3,),
-                                     thresholds=(0.5,), train_accuracy=train_acc)
+    policies, refs = policy_outcomes(values, gold, scores, np.full(len(gold), 0.9), best_single=0,
+                                     grid=PolicyGrid(ks=(3,), thresholds=(0.5,)), train_accuracy=train_acc)
     train, model = refs["best_on_train"], refs["model_mean"]
     assert sorted(train) == [1, 2, 3] and sorted(model) == [1, 2, 3, 4]  # k up to max(ks) + 1, as far as prompts go
     assert train[1].accuracy == pytest.approx(2 / 3)  # prompt 0 alone
@@ -79,8 +80,9 @@ def test_compare_policies_cis_and_references():
     for seed in range(2):
         scores = rng.random((len(gold), 4))
         conf = rng.random(len(gold))
-        runs.append(policy_outcomes(values, gold, scores, conf, best_single=0, ks=(2, 3), thresholds=(0.3, 0.6),
-                                    seed=seed, train_accuracy=train_acc))
+        runs.append(policy_outcomes(values, gold, scores, conf, best_single=0,
+                                    grid=PolicyGrid(ks=(2, 3), thresholds=(0.3, 0.6), seed=seed),
+                                    train_accuracy=train_acc))
     points = {p["policy"]: p for p in compare_policies(runs, n_boot=500)}
     for p in points.values():
         d = p["vs_best_single"]

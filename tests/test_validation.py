@@ -134,14 +134,16 @@ def test_train_refuses_a_single_prompt_and_too_few_rows(tmp_path, synth_cache):
 
 
 def test_distributed_training_gets_the_same_log_checks(tmp_path, synth_cache):
-    from oirl_fast.train.dask_fit import train_distributed
+    from oirl_fast.encoders import EncoderSettings
+    from oirl_fast.train.dask_fit import DaskTraining, train_distributed
     from oirl_fast.splits import Protocol
 
     log = tmp_path / "one-outcome.parquet"
     write_logs(synthetic_log(synth_cache, correct=True), log)
     # Refused while reading the log, before a cluster is started (client=None would start one).
     with pytest.raises(OirlError, match="training rows is correct") as exc:
-        train_distributed(log, Protocol(), TrainConfig(), tmp_path / "m", cache_dir=synth_cache)
+        train_distributed(log, Protocol(), TrainConfig(), tmp_path / "m",
+                          cluster=DaskTraining(encoder=EncoderSettings(cache_dir=synth_cache)))
     assert exc.value.path == str(log)
 
 

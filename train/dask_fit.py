@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -43,19 +44,37 @@ def read_log_parts(log: str | Path | Sequence[str | Path]):
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
 
 
+@dataclass(frozen=True)
+class DaskTraining:
+    """Where the Dask fit runs and how its workers embed.
+
+    The cluster: ``client`` (a ``distributed.Client``, used as it is), else the scheduler at
+    ``scheduler``, else a LocalCluster of ``workers`` processes (default: one per core), closed at
+    the end. ``partitions``: blocks of training cells (default: 50,000 cells each, at least two per
+    worker); ``threads``: threads per worker task (default: a local cluster's cores shared out among
+    its workers; numba's and torch's defaults on a remote one). ``encoder``: the cache folder,
+    device and batch size the workers' encoder runs with (and the default MiniLM embedder's)."""
+
+    scheduler: str | None = None
+    workers: int | None = None
+    partitions: int | None = None
+    threads: int | None = None
+    encoder: EncoderSettings = EncoderSettings()
+    client: object = field(default=None, compare=False)
+
+
 def _feature_block(texts: list[str], u: np.ndarray, p: np.ndarray, prompt_emb: np.ndarray,
-                   cache_dir: str | None, device: str, batch_size: int, threads: int | None,
-                   embedder_record: dict | None = None) -> np.ndarray:
+                   encoder: EncoderSettings, threads: int | None, embedder_record: dict | None = None) -> np.ndarray:
     """On a worker: [query ‖ prompt] rows of one block of cells; the block's queries are embedded
     there (from the shared embedding cache when present) with the client's embedder, checked
     to be the same build."""
     set_threads(threads)
     record = embedder_record or legacy_record()
-    key = ("embedder", cache_dir, device, batch_size, json.dumps(record, sort_keys=True))
+    key = ("embedder", encoder.cache_dir, encoder.device, encoder.batch_size, json.dumps(record, sort_keys=True))
     emb = _WORKER_CACHE.get(key)
     if emb is None:
-        enc = encoder_for_record(record, EncoderSettings(cache_dir, device, batch_size))
-        emb = _WORKER_CACHE[key] = Embedder(cache_dir=cache_dir, progress=False, encoder=enc)
+        enc = encoder_for_record(record, encoder)
+        emb = _WORKER_CACHE[key] = Embedder(cache_dir=encoder.cache_dir, progress=False, encoder=enc)
     return pair_features(emb.embed(texts), prompt_emb, u, p)
 
 
@@ -111,19 +130,15 @@ def train_distributed(
     out_dir: str | Path | None = None,
     *,
     embedder=None,
-    cache_dir: str | Path | None = None,
-    device: str = "auto",
-    batch_size: int = 128,
-    scheduler: str | None = None,
-    workers: int | None = None,
-    partitions: int | None = None,
-    threads: int | None = None,
-    client=None,
+    cluster: DaskTraining = DaskTraining(),
     compile_library: bool = True,
     log_fn: Callable[[str], None] = print,
 ):
     """Fit the reward model with ``lightgbm.dask`` / ``xgboost.dask``; write the artifact to ``out_dir``.
 
+    ``log``: a table, a log file, a folder of Parquet / JSONL shards or a glob of them; ``embedder``:
+    the client's Embedder (default: MiniLM with ``cluster.encoder``'s settings), which the workers rebuild
+    from its record; ``cluster``: where it runs and the workers' settings (:class:`DaskTraining`).
     Returns the Artifact (or the FittedModel when ``out_dir`` is None).  The training
     cells, their validation split by question group, the early stopping on the
     validation loss and the calibrator are those of the single-machine fit."""
@@ -131,10 +146,14 @@ def train_distributed(
     import dask.array as da
     import pyarrow as pa
 
+    scheduler, workers, partitions, threads = cluster.scheduler, cluster.workers, cluster.partitions, cluster.threads
+    client, settings = cluster.client, cluster.encoder
     table = log if isinstance(log, pa.Table) else read_log_parts(log)
-    cache_dir = None if cache_dir is None else str(Path(cache_dir).resolve())
+    cache_dir = None if settings.cache_dir is None else str(Path(settings.cache_dir).resolve())
+    settings = replace(settings, cache_dir=cache_dir)  # absolute: the workers may run elsewhere
     if embedder is None:
-        embedder = Embedder(cache_dir=cache_dir, device=device, batch_size=batch_size, progress=False)
+        embedder = Embedder(cache_dir=cache_dir, device=settings.device, batch_size=settings.batch_size,
+                            progress=False)
     ts = training_set(table, protocol, embedder, None if isinstance(log, pa.Table) else log)
     record = encoder_record(embedder.encoder)
     u, p, y, w, groups = ts.cells()
@@ -160,8 +179,8 @@ def train_distributed(
             for i, c in enumerate(pieces):
                 where = [addrs[i % len(addrs)]]
                 units, local = np.unique(u[c], return_inverse=True)
-                fx = cl.submit(_feature_block, [texts[k] for k in units], local, p[c], pe, cache_dir, device,
-                               batch_size, threads, record, workers=where, pure=False)
+                fx = cl.submit(_feature_block, [texts[k] for k in units], local, p[c], pe, settings, threads, record,
+                               workers=where, pure=False)
                 fy = cl.submit(np.asarray, y[c], workers=where, pure=False)
                 fw = cl.submit(np.asarray, w[c], workers=where, pure=False)
                 futures.extend([fx, fy, fw])
@@ -225,8 +244,7 @@ def train_distributed(
            f"{len(y)} (question, prompt) cells in {fit_seconds:.1f}s")
     engine = {"name": "dask", "library": f"{config.backend}.dask", "workers": n_workers,
               "partitions": int(X_tr.numblocks[0]), "scheduler": scheduler or "local"}
-    metadata = training_metadata(ts, config, model, embedder.model_id, embedder.dim, len(y), fit_seconds,
-                                 {"engine": engine}, embedder_record=record)
+    metadata = training_metadata(ts, model, embedder, embedder.dim, len(y), fit_seconds, {"engine": engine})
     fitted = FittedModel(model, metadata, ts.prompt_emb, train_question_hashes(ts.split), static_folder(embedder.encoder))
     if out_dir is None:
         return fitted

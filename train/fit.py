@@ -121,15 +121,18 @@ def training_set(table: pa.Table, protocol: Protocol, embedder: Embedder, source
     return TrainingSet(table, protocol, split, train, prompt_emb, train_cols)
 
 
-def training_metadata(ts: TrainingSet, config: TrainConfig, model: RewardModel, embedding_model: str,
-                      query_dim: int, n_examples: int, fit_seconds: float, extra_metrics: dict | None = None,
-                      embedder_record: dict | None = None) -> ModelMetadata:
+def training_metadata(ts: TrainingSet, model: RewardModel, embedder: Embedder, query_dim: int, n_examples: int,
+                      fit_seconds: float, extra_metrics: dict | None = None) -> ModelMetadata:
+    """The artifact's metadata of ``model`` (fitted with ``model.config``) on ``ts``: the embedder's id and
+    record, the feature layout (``query_dim`` query + the prompts' columns), ``n_examples`` training cells,
+    ``fit_seconds`` and the validation figures, with ``extra_metrics`` added to the metrics."""
     split = ts.split
+    config = model.config
     layout = FeatureLayout(query_dim, ts.prompt_emb.shape[1])
     return ModelMetadata(
         dataset=_dataset_name(ts.table),
         backend=config.backend,
-        embedding_model=embedding_model,
+        embedding_model=embedder.model_id,
         feature_layout=layout.to_dict(),
         prompts=[{"id": p, "text": t, "seen_in_training": p in split.train_prompt_ids} for p, t in split.prompts],
         prompt_embeddings_sha256=embeddings_hash(ts.prompt_emb),
@@ -140,7 +143,7 @@ def training_metadata(ts: TrainingSet, config: TrainConfig, model: RewardModel, 
         metrics={"fit_seconds": round(fit_seconds, 2), "n_train_questions": ts.train.n_units,
                  "validation": model.validation, **(extra_metrics or {})},
         calibration=model.calibrator.to_dict() if model.calibrator is not None else None,
-        embedder=embedder_record,
+        embedder=encoder_record(embedder.encoder),
     )
 
 
@@ -157,8 +160,7 @@ def fit_reward_model(
     model = RewardModel(config).fit(X, y, w, groups)
     fit_seconds = time.perf_counter() - t0
     log(f"  fitted {config.backend}: {model.best_iteration} trees on {len(y)} (question, prompt) cells in {fit_seconds:.1f}s")
-    metadata = training_metadata(ts, config, model, embedder.model_id, query_emb.shape[1], len(y), fit_seconds,
-                                 embedder_record=encoder_record(embedder.encoder))
+    metadata = training_metadata(ts, model, embedder, query_emb.shape[1], len(y), fit_seconds)
     return FittedModel(model, metadata, ts.prompt_emb, train_question_hashes(ts.split), static_folder(embedder.encoder))
 
 
@@ -187,8 +189,8 @@ def train_artifact(
     compile_library: bool = True,
     log=print,
     source=None,
-    split: SplitLog | None = None,
 ) -> Artifact:
-    """Fit a reward model on the protocol's train rows and write the artifact to ``out_dir``."""
-    return write_artifact(fit_reward_model(table, protocol, config, embedder, log, source, split), out_dir,
-                          compile_library)
+    """Fit a reward model on the protocol's train rows and write the artifact to ``out_dir``; ``source`` names
+    the log in errors. A caller holding the log already cut by :func:`trainable_split` calls
+    :func:`fit_reward_model` with ``split=`` and then :func:`write_artifact`."""
+    return write_artifact(fit_reward_model(table, protocol, config, embedder, log, source), out_dir, compile_library)

@@ -15,6 +15,7 @@ confidence in its answer with ``--critique``.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,28 @@ def _verdict(grader, value, gold):
     return None if gold is None else bool(grader.verdict(value, gold))
 
 
-def write_results(cfg, policy, grader, queries, prompts, ranking, views, per_query, answered, best_col,
-                  run: dict) -> dict:
-    """Write ``answers.jsonl`` and ``report.json`` under ``cfg.out``; return the report."""
+@dataclass(frozen=True)
+class FinishedRun:
+    """What an answer run ends with, per query u: ``queries[u]`` (a Query), the ``prompts`` (P,)
+    (PromptItem, the model's order), the reward model's ``ranking`` (``order`` int (U, P): prompt
+    columns best first), ``views[u]`` (the policy's View), ``calls[u]`` (the policy's Calls, in order)
+    and ``answered[u]`` (prompt column -> (response, critique) of every prompt asked)."""
+
+    queries: list
+    prompts: list
+    ranking: object
+    views: list
+    calls: list
+    answered: list
+
+
+def write_results(cfg, policy, grader, finished: FinishedRun, best_col: int | None, run: dict) -> dict:
+    """Write ``answers.jsonl`` and ``report.json`` under ``cfg.out``; return the report. ``best_col``: the
+    prompt column of the best single prompt compared with (None: no comparison); ``run``: the run's own
+    figures (calls made now and resumed, tokens, seconds, backend), copied into the report."""
     out = Path(cfg.out)
+    queries, prompts, ranking, views = finished.queries, finished.prompts, finished.ranking, finished.views
+    per_query, answered = finished.calls, finished.answered
     rows, correct, best_correct, n_calls = [], [], [], []
     for u, (q, calls) in enumerate(zip(queries, per_query)):
         cols = [int(ranking.order[u, c.rank]) for c in calls]

@@ -39,7 +39,7 @@ from ..progress import ProgressBar
 from ..ranking import rank_prompts
 from .policies import Call, View, parse_policy
 from .replay import ReplayAsker, file_sha256, replay_path
-from .results import ANSWERS, write_results
+from .results import ANSWERS, FinishedRun, write_results
 
 CALL_SCHEMA = pa.schema([
     pa.field("query_id", pa.string(), nullable=False),
@@ -281,6 +281,7 @@ def answer(cfg: AnswerConfig, backend=None, progress: bool = False,
             open_queries = still
     seconds = time.perf_counter() - t0
     per_query = [walk(u)[0] for u in range(len(queries))]
-    return write_results(cfg, policy, grader, queries, prompts, ranking, views, per_query, answered, best_col,
+    finished = FinishedRun(queries, prompts, ranking, views, per_query, answered)
+    return write_results(cfg, policy, grader, finished, best_col,
                          {"calls_made_now": made, "calls_resumed": resumed, "tokens_now": tokens,
                           "seconds": round(seconds, 3), "backend": manifest["backend"]})

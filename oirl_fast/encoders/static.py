@@ -309,20 +309,19 @@ class StaticEncoder:
     def _sum_words(self, data, whole, sums, counts, threads: int) -> None:
         """The word-table path for the texts not in ``whole`` (all when None), summed in place; ``data``
         holds them (the others as empty texts)."""
-        from .words import WordTable, sum_texts
+        from .words import TextBytes, TokenRows, WordTable, sum_texts
 
         if self._words.full:
             self._words = WordTable()
         ends = np.append(np.flatnonzero(data == 0), len(data))  # no text holds a NUL here
-        starts = np.concatenate(([0], ends[:-1] + 1))
+        texts = TextBytes(data, np.concatenate(([0], ends[:-1] + 1)), ends)
+        weights = TokenRows(self._table, self._max_tokens, self._unk)
         order = np.arange(len(counts), dtype=np.int64) if whole is None else np.flatnonzero(~whole)
-        missing = sum_texts(self._words, data, starts, ends, order, self._table, self._max_tokens, self._unk, sums,
-                            counts, self._pool, threads)
+        missing = sum_texts(self._words, texts, order, weights, sums, counts, self._pool, threads)
         if missing.any():
             again = np.flatnonzero(missing)
-            self._words.learn(data, starts, ends, again, self._tokenize)
-            sum_texts(self._words, data, starts, ends, again, self._table, self._max_tokens, self._unk, sums,
-                      counts, self._pool, threads)
+            self._words.learn(texts, again, self._tokenize)
+            sum_texts(self._words, texts, again, weights, sums, counts, self._pool, threads)
 
     def _tokenize(self, keys: list[str]) -> list[list[int]]:
         return [e.ids for e in self._model.tokenizer.encode_batch_fast(keys, add_special_tokens=False)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -257,6 +258,26 @@ def _grown(a: np.ndarray, rows: int, fill=0) -> np.ndarray:
     return b
 
 
+@dataclass(frozen=True, eq=False)
+class TextBytes:
+    """A batch of texts as UTF-8 bytes: text i is ``data[starts[i]:ends[i]]`` (uint8 ``data``, int64
+    ``starts`` and ``ends`` (n,))."""
+
+    data: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class TokenRows:
+    """What a text's token ids sum: float32 (V, d) ``rows`` of the static model, the first ``limit`` tokens
+    of a text (model2vec's ``max_length``), the ``unk`` id ([UNK], left out; -1: none)."""
+
+    rows: np.ndarray
+    limit: int
+    unk: int
+
+
 class WordTable:
     """Token ids of the keys seen so far, in flat arrays the compiled loops read: entry ``e`` is the key
     ``key_bytes[meta[e, 0]:][:meta[e, 1]]`` with tokens ``tokens[meta[e, 2]:][:meta[e, 3]]``; ``slots``
@@ -288,8 +309,9 @@ class WordTable:
             old, self.slots = self.slots, np.zeros((size, 2), dtype=np.uint64)
             _rehash(self.slots, old)
 
-    def learn(self, data, starts, ends, order, tokenize: Callable[[list[str]], list[list[int]]]) -> None:
+    def learn(self, texts: TextBytes, order, tokenize: Callable[[list[str]], list[list[int]]]) -> None:
         """Enter the missing keys of texts ``order`` with their ids from ``tokenize`` (texts -> id lists)."""
+        data, starts, ends = texts.data, texts.starts, texts.ends
         first = int(self.sizes[0])
         j = 0
         while j < len(order):
@@ -331,10 +353,13 @@ def _split(pool: ThreadPoolExecutor | None, threads: int, sizes: np.ndarray, fn:
             job.result()
 
 
-def sum_texts(table: WordTable, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, order: np.ndarray,
-              rows: np.ndarray, limit: int, unk: int, sums: np.ndarray, counts: np.ndarray,
-              pool: ThreadPoolExecutor | None, threads: int) -> np.ndarray:
-    """The summing loop over texts ``order`` on ``threads`` threads. Returns bool ``missing`` (per text)."""
+def sum_texts(table: WordTable, texts: TextBytes, order: np.ndarray, weights: TokenRows, sums: np.ndarray,
+              counts: np.ndarray, pool: ThreadPoolExecutor | None, threads: int) -> np.ndarray:
+    """The summing loop over texts ``order`` (int64) on ``threads`` threads, into float32 (n, d) ``sums``
+    and int64 (n,) ``counts`` (see ``_sum_texts``). Returns bool ``missing`` (n,): a key of the text is not
+    in ``table`` yet (its sum is incomplete)."""
+    data, starts, ends = texts.data, texts.starts, texts.ends
+    rows, limit, unk = weights.rows, weights.limit, weights.unk
     missing = np.zeros(len(starts), dtype=np.bool_)
     t = table
 
