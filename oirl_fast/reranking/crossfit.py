@@ -52,7 +52,7 @@ class SetResult:
     order int64 (U, k): the fold's default model's top-k (indices into ``cols``); scores float (U, k);
     model: the default model's name per unit; fixed int64 (U,): the best fixed prompt (into ``cols``);
     pick int64 (U,): the default policy's prompt (the near-duplicate vote); switched bool (U,);
-    near bool (U,): the unit has a near-duplicate at its fold's chosen cosine; margin_pick int64 (U,): the
+    near bool (U,): the unit has a neighbour that votes (at its fold's chosen cosine, or a template variant); margin_pick int64 (U,): the
     model-margin abstention's prompt; gain float (U,): the default model's predicted gain;
     gain_rank float (U,): its percentile within the fold; candidate_pick {name: int64 (U,)};
     scored bool (U,): units logged with every prompt of the set (the only ones accuracies count);
