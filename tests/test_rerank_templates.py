@@ -116,3 +116,11 @@ def test_a_bad_template_basis_is_refused(tmp_path):
     with pytest.raises(OirlError) as err:
         load_vote_arrays(tmp_path, record, 4)
     assert "template_basis" in err.value.message and NEIGHBOURS_FILE in str(err.value)
+
+
+def test_coinciding_variants_learn_no_basis():
+    """Variants whose vectors are identical leave no direction to remove: no basis, so cos' never stands in for
+    the plain cosine."""
+    x = nb.unit_rows(np.random.default_rng(2).normal(size=(40, D)))
+    twins = np.repeat(x, 2, axis=0)
+    assert nb.template_basis(twins, np.repeat([f"t{i}" for i in range(40)], 2)) is None

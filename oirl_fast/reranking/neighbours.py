@@ -119,9 +119,9 @@ def template_basis(vectors: np.ndarray, keys, rank: int = TEMPLATE_RANK) -> np.n
     when the rows hold fewer than :data:`TEMPLATE_MIN_PAIRS` pairs of questions sharing a key.
 
     vectors float32 (n, d) unit-norm, keys (n,) (:func:`template_key`). The top eigenvectors of the scatter of
-    all within-key pairwise differences (each key's scatter about its mean times its size, which is that), so
-    the result depends on the set of rows, not their order (up to the eigenvectors' signs, which
-    :func:`project` does not see)."""
+    all within-key pairwise differences (computed as each key's scatter about its mean times the key's size,
+    which equals it), so the result depends on the set of rows, not their order (up to the eigenvectors'
+    signs, which :func:`project` does not see). None too when the variants' vectors coincide."""
     _, key_id, size = np.unique(np.asarray(keys, dtype=object), return_inverse=True, return_counts=True)
     m = size[key_id]
     pairs = int((size * (size - 1) // 2).sum())
@@ -137,6 +137,8 @@ def template_basis(vectors: np.ndarray, keys, rank: int = TEMPLATE_RANK) -> np.n
     with _one_blas_thread():
         val, vec = np.linalg.eigh(dev.T @ dev)
     keep = min(rank, int((val > 1e-12 * max(val[-1], 1e-300)).sum()))
+    if keep == 0:  # the variants coincide: no direction to remove, and cos' would be the plain cosine
+        return None
     return np.ascontiguousarray(vec[:, ::-1][:, :keep].T, dtype=np.float32)
 
 
