@@ -139,6 +139,23 @@ def fit_vote(train, query_emb: np.ndarray, prompt_ids: list[str], folds: int = V
     return record, arrays
 
 
+def describe(fallback: dict) -> str:
+    """One line saying what a ``fallback`` record does, for ``oirl train``'s log."""
+    vote = fallback.get("vote")
+    if not vote:
+        return (f"{fallback['prompt_id']} unless the pick beats it by more than "
+                + ("(never: no switch paid on the inner folds)" if fallback["margin"] is None
+                   else f"{fallback['margin']:.4f}"))
+    if vote["cosine"] is None:
+        return f"{fallback['prompt_id']} unless the query has training near-duplicates (never: no vote paid on the inner folds)"
+    from .neighbours import ONLY_TEMPLATES
+
+    which = "variants of its template" if vote["cosine"] >= ONLY_TEMPLATES else f"near-duplicates (cosine >= {vote['cosine']})"
+    if vote.get("template_rank") and vote["cosine"] < ONLY_TEMPLATES:
+        which += " or variants of its template"
+    return f"{fallback['prompt_id']} unless the query has training {which} on which another prompt won by more than {vote['margin']}"
+
+
 def fallback_for_split(split, embedder, prompt_embeddings: np.ndarray, config, margin,
                        seed: int = 0) -> tuple[dict, dict | None]:
     """(record, arrays) of :func:`fit_vote` (``margin`` "vote") or (record of :func:`fit_fallback`, None) on the
