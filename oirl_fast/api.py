@@ -318,7 +318,7 @@ def fit(
     ``"vote"`` stores the near-duplicate vote instead (:mod:`oirl_fast.reranking.neighbours`, ``oirl rerank``'s
     default policy): switch only for a query with training near-duplicates, to the prompt that won on them.
     Returns the written model, loaded."""
-    from .reranking.fallback import fallback_for_split, parse_margin
+    from .reranking.fallback import describe as describe_fallback, fallback_for_split, parse_margin
 
     say = log_fn or _quiet
     margin = parse_margin(fallback_margin)
@@ -335,15 +335,7 @@ def fit(
     if margin is not None:
         fitted.metadata.fallback, fitted.neighbours = fallback_for_split(split, emb, fitted.prompt_embeddings, config,
                                                                          margin, seed)
-        fb = fitted.metadata.fallback
-        vote = fb.get("vote")
-        if vote:
-            say(f"  fallback: {fb['prompt_id']} unless the query has training near-duplicates "
-                + ("(never: no vote paid on the inner folds)" if vote["cosine"] is None else
-                   f"(cosine >= {vote['cosine']}) on which another prompt won by more than {vote['margin']}"))
-        else:
-            say(f"  fallback: {fb['prompt_id']} unless the pick beats it by more than "
-                + ("(never: no switch paid on the inner folds)" if fb["margin"] is None else f"{fb['margin']:.4f}"))
+        say(f"  fallback: {describe_fallback(fitted.metadata.fallback)}")
     artifact = write_artifact(fitted, out, compile_library=compile)
     model = Model(artifact, cache_dir=cache_dir, device=device, progress=progress, log_fn=log_fn)
     model._embedder = emb  # the same encoder the artifact records

@@ -57,9 +57,10 @@ def register(app: typer.Typer) -> None:
         share of its headroom the policy captures), with paired-bootstrap 95% CIs over all questions.
 
         The default policy is the near-duplicate vote: it keeps the best fixed prompt unless the
-        question has near-duplicates on the training side (cosine above a threshold) on which
-        another prompt won by more than a margin; threshold, shrinkage and margin are chosen on the
-        other K-1 folds only. `model_margin` is the model-based abstention (the default model's
+        question has near-duplicates on the training side (cosine above a threshold, or variants of
+        its template: the same text with other numbers, recognized from the embedding once the
+        directions in which numbers move it are projected out) on which another prompt won by more
+        than a margin; threshold, shrinkage and margin are chosen on the other K-1 folds only. `model_margin` is the model-based abstention (the default model's
         predicted gain must clear a margin chosen on inner folds); `default_model` never abstains.
         """
         check_extras("oirl rerank", "train", "plot")

@@ -82,6 +82,10 @@ def test_train_writes_the_vote_and_score_applies_it(vote_model, tmp_path, static
     vote = fb["vote"]
     assert vote["cosine"] is not None and vote["file"] == NEIGHBOURS_FILE and vote["inner_gain"] > 0.05
     assert NEIGHBOURS_FILE in json.loads((model / "manifest.json").read_text())["files"]
+    # the families share their text up to the case number: the table carries the template directions
+    with np.load(model / NEIGHBOURS_FILE) as z:
+        assert z["template_basis"].dtype == np.float32 and z["template_basis"].shape[1] == z["vectors"].shape[1]
+        assert len(z["template_basis"]) == vote["template_rank"] > 0
     res = runner.invoke(app, ["score", str(model), "--in", str(qfile), "--out", str(tmp_path / "p.jsonl"),
                               "--top-k", "2", "--scores", "--cache-dir", str(static_cache)])
     assert res.exit_code == 0, res.output

@@ -9,9 +9,10 @@ abstention margin per dataset (:func:`oirl_fast.reranking.selection.choose_margi
 is never looked at until its picks are written.
 
 The default policy is the near-duplicate vote (:mod:`oirl_fast.reranking.neighbours`): it fits
-nothing, so its inner folds are all ``K - 1`` other folds; on their questions (each one's
-near-duplicates looked up on its own inner training side, all folds but ``{j, k}``) one
-(cosine, alpha, margin) per dataset is chosen by mean gain over the fixed prompt. The model-based
+nothing but the template directions of each training side, so its inner folds are all ``K - 1``
+other folds; on their questions (each one's near-duplicates looked up on its own inner training side,
+all folds but ``{j, k}``, with that side's template directions) one (cosine, alpha, margin) per dataset
+is chosen by mean gain over the fixed prompt. The model-based
 abstention (the default model's predicted gain must clear a margin, :func:`choose_margin`) is kept
 as the ``model_margin`` selector, for comparison.
 
@@ -27,7 +28,8 @@ import numpy as np
 
 from .candidates import CandidateConfig, fit_and_score, on_prompts
 from .folds import Units, assign_folds, train_mask
-from .neighbours import COSINES, apply_vote, choose_vote, near_neighbours, pooled_prior, unit_rows
+from .neighbours import (COSINES, apply_vote, choose_vote, near_neighbours, pooled_prior, template_basis, template_key,
+                         unit_rows)
 from .selection import best_fixed, choose_margin, percentile_rank, policy, predicted_gain, ranked, taken
 
 
@@ -50,7 +52,7 @@ class SetResult:
     order int64 (U, k): the fold's default model's top-k (indices into ``cols``); scores float (U, k);
     model: the default model's name per unit; fixed int64 (U,): the best fixed prompt (into ``cols``);
     pick int64 (U,): the default policy's prompt (the near-duplicate vote); switched bool (U,);
-    near bool (U,): the unit has a near-duplicate at its fold's chosen cosine; margin_pick int64 (U,): the
+    near bool (U,): the unit has a neighbour that votes (at its fold's chosen cosine, or a template variant); margin_pick int64 (U,): the
     model-margin abstention's prompt; gain float (U,): the default model's predicted gain;
     gain_rank float (U,): its percentile within the fold; candidate_pick {name: int64 (U,)};
     scored bool (U,): units logged with every prompt of the set (the only ones accuracies count);
@@ -124,11 +126,7 @@ def crossfit(units: Units, query_emb: np.ndarray, prompt_emb: np.ndarray, config
                 for c in fitted:
                     inner[b][c][idx[te][rows]] = sc[c][rows]
         progress(1)
-    # near-duplicate lists: outer fold k among the other folds; inner fold j of k among all but {j, k}
-    unit_q = unit_rows(query_emb)
-    near_outer = {k: near_neighbours(unit_q[folds == k], unit_q[folds != k], min(COSINES)) for k in range(n_folds)}
-    near_inner = {(j, k): near_neighbours(unit_q[folds == j], unit_q[train_mask(folds, j, k)], min(COSINES))
-                  for k in range(n_folds) for j in range(n_folds) if j != k}
+    near_outer, near_inner = vote_lists(units, query_emb, folds, n_folds)
     sets = {"train": train_cols}
     if len(train_cols) < P:
         sets["all"] = np.arange(P)
@@ -194,6 +192,21 @@ def crossfit(units: Units, query_emb: np.ndarray, prompt_emb: np.ndarray, config
         result[set_name] = SetResult(cols, order, top_scores, model, fixed, vote_pick, vote_pick != fixed, gain,
                                      gain_rank, cand_pick, scored, margins, chosen, near, pick, votes)
     return SeedResult(seed, folds, result)
+
+
+def vote_lists(units: Units, query_emb: np.ndarray, folds: np.ndarray, n_folds: int) -> tuple[dict, dict]:
+    """The vote's neighbour lists (found at ``min(COSINES)``): {k: outer fold k among the other folds} and
+    {(j, k): inner fold j of outer fold k among all folds but {j, k}}, each with the template directions
+    learnt on that same training side (:func:`~.neighbours.template_basis`; the test fold's texts are never used)."""
+    unit_q = unit_rows(query_emb)
+    keys = np.asarray([template_key(t) for t in units.texts], dtype=object)
+
+    def lists(test: np.ndarray, side: np.ndarray):
+        return near_neighbours(unit_q[test], unit_q[side], min(COSINES), basis=template_basis(unit_q[side], keys[side]))
+
+    outer = {k: lists(folds == k, folds != k) for k in range(n_folds)}
+    inner = {(j, k): lists(folds == j, train_mask(folds, j, k)) for k in range(n_folds) for j in range(n_folds) if j != k}
+    return outer, inner
 
 
 def _vote(units: Units, folds, cols, scored, fixed, near_outer, near_inner, n_folds):

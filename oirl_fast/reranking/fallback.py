@@ -12,8 +12,10 @@ only (:func:`fit_fallback`, with :func:`oirl_fast.reranking.selection.choose_mar
 "vote": {"file", "cosine", "alpha", "margin", "prompt_ids", ...}}, its (cosine, alpha, margin) chosen by
 grouped cross-validation on the training side only, and the artifact file ``neighbours.npz``
 (checksummed in the manifest like every file) holds what the vote needs for new queries: the
-training questions' unit-norm embeddings float32 (m, d) and their correct answers and answers per
-training prompt float64 (m, P'). A query with no training question at cosine >= ``cosine`` keeps the
+training questions' unit-norm embeddings float32 (m, d), their correct answers and answers per
+training prompt float64 (m, P'), and (when the training side holds template variants) the template
+directions float32 (r, d) of :func:`oirl_fast.reranking.neighbours.template_basis`, so that scoring
+needs only the query's embedding. A query with no training question at cosine >= ``cosine`` keeps the
 fixed prompt; one with near-duplicates gets the prompt that won on them, when that clears the margin.
 
 :func:`resolve_rule` turns the artifact's record into a :class:`Rule` for a candidate set, and
@@ -96,11 +98,13 @@ def fit_vote(train, query_emb: np.ndarray, prompt_ids: list[str], folds: int = V
     """(``fallback`` record, arrays for :data:`NEIGHBOURS_FILE` or None) of the near-duplicate vote over the
     training side ``train`` (pooled :class:`~oirl_fast.splits.Outcomes` over the training prompts ``prompt_ids``,
     ``query_emb`` (U, dq) its questions). (cosine, alpha, margin) come from ``folds`` grouped folds of the
-    training side: each fold's questions voted on by the other folds' (:func:`~.neighbours.choose_vote`).
+    training side: each fold's questions voted on by the other folds' (:func:`~.neighbours.choose_vote`), with
+    the template directions (:func:`~.neighbours.template_basis`) learnt on those other folds; the artifact's
+    directions are learnt on the whole training side.
     No arrays when the inner folds find no gain clear of noise (:data:`~.neighbours.MIN_Z`): the record then
     says never switch."""
     from .folds import assign_folds
-    from .neighbours import COSINES, choose_vote, near_neighbours, pooled_prior, unit_rows
+    from .neighbours import COSINES, choose_vote, near_neighbours, pooled_prior, template_basis, template_key, unit_rows
     from .selection import best_fixed
 
     cols = np.arange(len(prompt_ids))
@@ -108,24 +112,48 @@ def fit_vote(train, query_emb: np.ndarray, prompt_ids: list[str], folds: int = V
     wins = np.nan_to_num(train.rate) * train.count
     count = train.count.astype(np.float64)
     unit_q = unit_rows(query_emb)
+    keys = np.asarray([template_key(t) for t in train.texts], dtype=object)
     fold = assign_folds(np.asarray(train.groups, dtype=object), folds, seed)
     scored = (train.count > 0).all(axis=1)
     sides = []
     for k in range(folds):
         tr, te = fold != k, (fold == k) & scored
         side_fixed = best_fixed(train.rate[tr], train.count[tr], cols)
-        sides.append({"nbr": near_neighbours(unit_q[te], unit_q[tr], min(COSINES)), "wins": wins[tr],
-                      "count": count[tr], "prior": pooled_prior(wins[tr], count[tr]),
+        sides.append({"nbr": near_neighbours(unit_q[te], unit_q[tr], min(COSINES),
+                                             basis=template_basis(unit_q[tr], keys[tr])),
+                      "wins": wins[tr], "count": count[tr], "prior": pooled_prior(wins[tr], count[tr]),
                       "fixed": np.full(int(te.sum()), side_fixed, np.int64), "outcome": train.rate[te]})
     choice = choose_vote(sides)
+    basis = template_basis(unit_q, keys)
     record = {"prompt_id": prompt_ids[fixed], "chosen_on": "the training rows", "margin": None,
               "margin_from": "near-duplicate vote", "vote": {
                   **choice, "prompt_ids": list(prompt_ids), "chosen_by": f"{folds}-fold grouped cross-validation "
-                  "of the training side", "n_questions": int(len(unit_q))}}
+                  "of the training side", "n_questions": int(len(unit_q)),
+                  "template_rank": 0 if basis is None else int(len(basis)), "search_cosine": float(min(COSINES))}}
     if choice["cosine"] is None:
         return record, None
     record["vote"]["file"] = NEIGHBOURS_FILE
-    return record, {"vectors": unit_q, "wins": wins.astype(np.float64), "count": count}
+    arrays = {"vectors": unit_q, "wins": wins.astype(np.float64), "count": count}
+    if basis is not None:
+        arrays["template_basis"] = basis
+    return record, arrays
+
+
+def describe(fallback: dict) -> str:
+    """One line saying what a ``fallback`` record does, for ``oirl train``'s log."""
+    vote = fallback.get("vote")
+    if not vote:
+        return (f"{fallback['prompt_id']} unless the pick beats it by more than "
+                + ("(never: no switch paid on the inner folds)" if fallback["margin"] is None
+                   else f"{fallback['margin']:.4f}"))
+    if vote["cosine"] is None:
+        return f"{fallback['prompt_id']} unless the query has training near-duplicates (never: no vote paid on the inner folds)"
+    from .neighbours import ONLY_TEMPLATES
+
+    which = "variants of its template" if vote["cosine"] >= ONLY_TEMPLATES else f"near-duplicates (cosine >= {vote['cosine']})"
+    if vote.get("template_rank") and vote["cosine"] < ONLY_TEMPLATES:
+        which += " or variants of its template"
+    return f"{fallback['prompt_id']} unless the query has training {which} on which another prompt won by more than {vote['margin']}"
 
 
 def fallback_for_split(split, embedder, prompt_embeddings: np.ndarray, config, margin,
@@ -147,7 +175,7 @@ def fallback_for_split(split, embedder, prompt_embeddings: np.ndarray, config, m
 def load_vote_arrays(path, fallback: dict | None, query_dim: int) -> dict | None:
     """The vote's arrays from the artifact folder ``path`` (its checksum already verified by the loader), checked
     against the record: vectors float32 (m, query_dim), wins and count float64 (m, P') finite, count > 0 where
-    wins > 0. None when the record has no vote file. Bad contents: OirlError naming the file."""
+    wins > 0, and, when present, template_basis float32 (r, query_dim) finite. None when the record has no vote file. Bad contents: OirlError naming the file."""
     from pathlib import Path
 
     vote = (fallback or {}).get("vote") or {}
@@ -157,6 +185,8 @@ def load_vote_arrays(path, fallback: dict | None, query_dim: int) -> dict | None
     try:
         with np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("vectors", "wins", "count")}
+            if "template_basis" in z.files:  # absent in tables written before template variants voted
+                arrays["template_basis"] = z["template_basis"]
     except (ValueError, OSError, KeyError) as exc:
         raise OirlError(f"not a readable near-duplicate table ({exc})", f) from None
     v, w, c = arrays["vectors"], arrays["wins"], arrays["count"]
@@ -165,6 +195,11 @@ def load_vote_arrays(path, fallback: dict | None, query_dim: int) -> dict | None
             or c.shape != w.shape or not all(np.isfinite(a).all() for a in (v, w, c)) or (w > c).any() or (w < 0).any()):
         raise OirlError(f"near-duplicate table has the wrong shape or values: vectors {v.dtype}{v.shape}, wins "
                         f"{w.shape}, count {c.shape}; expected float32 (m, {query_dim}) and (m, {P})", f)
+    b = arrays.get("template_basis")
+    if b is not None and (b.dtype != np.float32 or b.ndim != 2 or b.shape[1] != query_dim or len(b) > query_dim
+                          or not np.isfinite(b).all()):
+        raise OirlError(f"near-duplicate table's template_basis is {b.dtype}{b.shape}; expected float32 (r, {query_dim}) "
+                        f"with r <= {query_dim}, finite", f)
     return arrays
 
 
@@ -195,7 +230,8 @@ def apply_fallback(idx: np.ndarray, sc: np.ndarray, fallback_scores: np.ndarray,
 class Rule:
     """The abstention rule of a model for one candidate set: ``col`` (candidate index of the fixed prompt), the
     model-score ``margin`` (inf: never switch by the model), and, for the near-duplicate vote, ``vote_cols``
-    (candidate index of each vote prompt) with the vote's arrays and (cosine, alpha, margin)."""
+    (candidate index of each vote prompt) with the vote's arrays (the template directions among them, when
+    the table has them) and (cosine, alpha, margin)."""
 
     def __init__(self, col: int, margin: float, vote: dict | None = None, arrays: dict | None = None,
                  vote_cols: np.ndarray | None = None):
@@ -203,15 +239,24 @@ class Rule:
         if arrays is not None:
             from .neighbours import pooled_prior
 
+            from .neighbours import project
+
             self.vectors, self.wins, self.count = arrays["vectors"], arrays["wins"], arrays["count"]
             self.prior = pooled_prior(self.wins, self.count)
             self.fixed = int(np.flatnonzero(self.vote_cols == col)[0])
+            self.basis = arrays.get("template_basis")
+            # the training side projected once, not per chunk; template variants can sit below the chosen cosine,
+            # so with a basis the lists are found at the cosine the vote was chosen with (search_cosine)
+            self.projected = project(self.vectors, self.basis) if self.basis is not None else None
+            self.search = float(self.vote["cosine"]) if self.basis is None else \
+                min(float(self.vote["cosine"]), float(self.vote.get("search_cosine", self.vote["cosine"])))
 
     def vote_targets(self, query_emb: np.ndarray) -> np.ndarray:
         """int64 (n,): the candidate index the vote picks for each query (float32 (n, d) embeddings)."""
         from .neighbours import apply_vote, near_neighbours, unit_rows
 
-        nbr = near_neighbours(unit_rows(query_emb), self.vectors, float(self.vote["cosine"]))
+        nbr = near_neighbours(unit_rows(query_emb), self.vectors, self.search, basis=self.basis,
+                              train_projected=self.projected)
         pick, _ = apply_vote(nbr, self.wins, self.count, self.prior, self.fixed, self.vote)
         return self.vote_cols[pick]
 
