@@ -140,10 +140,12 @@ def blend_scores(parts: list[np.ndarray]) -> np.ndarray:
     return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
 
-def fit_and_score(config: CandidateConfig, query_emb, prompt_emb, rate, count, groups, cols,
-                  train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
-    """{candidate: float64 (len(test), P) scores} of every configured candidate fitted on units ``train``
-    (int indices) and scored on units ``test``; ``cols``: the prompts the models may learn from."""
+def fit_and_score(config: CandidateConfig, units, query_emb, prompt_emb, train: np.ndarray,
+                  test: np.ndarray) -> dict[str, np.ndarray]:
+    """{candidate: float64 (len(test), P) scores} of every configured candidate fitted on ``units``
+    (:class:`~oirl_fast.reranking.folds.Units`) ``train`` (int indices) and scored on units ``test``; the
+    models learn from the prompts ``units.train_cols``."""
+    rate, count, groups, cols = units.rate, units.count, units.groups, units.train_cols
     out: dict[str, np.ndarray] = {}
     grid = None
     P = len(prompt_emb)

@@ -96,11 +96,22 @@ def _fixed_for(units: Units, mask: np.ndarray, cols: np.ndarray) -> dict[str, in
     return out
 
 
-def crossfit(units: Units, query_emb: np.ndarray, prompt_emb: np.ndarray, config: CandidateConfig, *,
-             n_folds: int = 5, n_inner: int = 2, seed: int = 0, top_k: int = 3,
-             progress: Callable[[int], None] = lambda n: None) -> SeedResult:
-    """Cross-fit ``units`` (query_emb float32 (U, dq), prompt_emb float32 (P, dp)) with one seed: folds and
-    models are drawn from ``seed``. ``progress(1)`` is called after each fit of the candidates."""
+@dataclass(frozen=True)
+class FoldPlan:
+    """One seed's cross-fitting: ``n_folds`` outer folds, ``n_inner`` inner folds per outer one (the
+    choices made on the training side), the ``seed`` folds and models are drawn from, ``top_k`` picks kept."""
+
+    n_folds: int = 5
+    n_inner: int = 2
+    seed: int = 0
+    top_k: int = 3
+
+
+def crossfit(units: Units, query_emb: np.ndarray, prompt_emb: np.ndarray, config: CandidateConfig,
+             plan: FoldPlan = FoldPlan(), progress: Callable[[int], None] = lambda n: None) -> SeedResult:
+    """Cross-fit ``units`` (query_emb float32 (U, dq), prompt_emb float32 (P, dp)) as ``plan`` says: folds
+    and models are drawn from ``plan.seed``. ``progress(1)`` is called after each fit of the candidates."""
+    n_folds, n_inner, seed, top_k = plan.n_folds, plan.n_inner, plan.seed, plan.top_k
     folds = assign_folds(units.groups, n_folds, seed)
     cfg = config.with_seed(seed)
     train_cols = units.train_cols
@@ -114,8 +125,7 @@ def crossfit(units: Units, query_emb: np.ndarray, prompt_emb: np.ndarray, config
     for excluded in [(k,) for k in range(n_folds)] + pairs:
         tr = train_mask(folds, *excluded)
         te = ~tr
-        sc = fit_and_score(cfg, query_emb, prompt_emb, units.rate, units.count, units.groups, train_cols,
-                           idx[tr], idx[te])
+        sc = fit_and_score(cfg, units, query_emb, prompt_emb, idx[tr], idx[te])
         if len(excluded) == 1:
             for c in fitted:
                 outer[c][te] = sc[c]

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import OirlError
 from ..train.reward_model import TrainConfig
 from .candidates import CANDIDATES, CandidateConfig
-from .crossfit import SeedResult, crossfit, inner_of
+from .crossfit import FoldPlan, SeedResult, crossfit, inner_of
 from .folds import Units, build_units
 from .report import build_report
 
@@ -144,8 +144,8 @@ def rerank(logs, *, folds: int = 5, seed: int = 0, seeds: int = 1, top_k: int = 
     results = []
     with ProgressBar("cross-fitting", total=seeds * (folds + n_pairs), enabled=progress) as bar:
         for s in range(seed, seed + seeds):
-            results.append(crossfit(units, query_emb, prompt_emb, config, n_folds=folds, n_inner=inner_folds,
-                                    seed=s, top_k=top_k, progress=bar.advance))
+            results.append(crossfit(units, query_emb, prompt_emb, config, FoldPlan(folds, inner_folds, s, top_k),
+                                    bar.advance))
             say(f"  seed {s}: {folds} folds, {folds + n_pairs} fits per GBDT candidate")
     seconds = time.perf_counter() - t0
     settings = {"folds": folds, "inner_folds": inner_folds, "seed": seed, "seeds": seeds, "top_k": top_k,
