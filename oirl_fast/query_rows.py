@@ -101,6 +101,38 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
         yield item.line, item.extra
 
 
+FIELD_CHECK_ROWS = 100  # rows a file may open with (blank, malformed) before its first record
+
+
+def check_named_fields(path: str | Path, fields: QueryFields, max_line_bytes: int | None = None) -> None:
+    """Refuse, before anything is scored, a ``--query-field`` or ``--template`` naming fields that the
+    first record of ``path`` (a JSON-lines, CSV or Parquet file) lacks: every row would become an error
+    record, and the run would exit 0. The default ``query`` field is not checked (a file of error records
+    is what a file without it has always given), nor rows after the first record, which keep their own
+    error records. OirlError naming the file and the record's line, listing the fields it has."""
+    if fields.default or (fields.template is None and fields.query_field == "query"):
+        return
+    import itertools
+
+    from .jsonl import DEFAULT_MAX_LINE_BYTES
+    from .scoring.reader import InputReader
+    from .scoring.records import RowFields
+
+    reader = InputReader(Path(path), fields=RowFields(query=None), max_line_bytes=max_line_bytes or DEFAULT_MAX_LINE_BYTES)
+    for item in itertools.islice(reader.items(), FIELD_CHECK_ROWS):
+        if item.error is not None:
+            continue
+        missing = [n for n in fields.query_names() if n not in item.extra]
+        if missing:
+            keys = list(item.extra)
+            has = ", ".join(map(repr, keys[:12])) + (", ..." if len(keys) > 12 else "") if keys else "none"
+            option = f"--template {fields.template!r}" if fields.template is not None else \
+                f"--query-field {fields.query_field!r}"
+            raise OirlError(f"{option} names {', '.join(map(repr, missing))}, which the first record lacks "
+                            f"(its fields: {has}); name the field(s) holding the query text", path, item.line)
+        return
+
+
 def read_logs_as(paths, fields: QueryFields):
     """One log table (as :func:`oirl_fast.multilog.read_log_set` reads it) from log files whose query text
     and query id sit in other fields: ``fields`` names them (their fields become the log's ``query`` and

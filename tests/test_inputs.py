@@ -330,3 +330,27 @@ def test_the_new_options_are_checked_once_with_the_others():
         ScoreOptions(output_field="")
     o = ScoreOptions(template="{Body} {Ques}", output_field="oirl")
     assert o.row_fields.query.query_names() == ("Body", "Ques") and o.row_fields.output_field == "oirl"
+
+
+def test_a_named_field_the_first_record_lacks_is_refused_up_front(model, tmp_path):
+    """--query-field / --template naming fields the file's first record lacks: one OirlError naming the file,
+    the record's line and its fields, before anything is written; later rows keep their own error records."""
+    src = tmp_path / "q.jsonl"
+    src.write_text("\n" + "not json\n" + json.dumps({"id": 1, "question": "Tom has 3 apples."}) + "\n")
+    out = tmp_path / "o.jsonl"
+    for kw, named in ((dict(query_field="Question"), "--query-field 'Question'"),
+                      (dict(template="{Body} {question}"), "--template '{Body} {question}'")):
+        with pytest.raises(OirlError) as exc:
+            score_file(model, src, out, progress=False, embedder_factory=factory, **kw)
+        assert exc.value.path == str(src) and exc.value.line == 3  # the first record, after a blank and a bad line
+        assert named in exc.value.message and "'id', 'question'" in exc.value.message
+        assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    # the first record has the field, a later one does not: that row is an error record, as ever
+    src.write_text(json.dumps({"id": 1, "question": "Tom has 3 apples."}) + "\n" + json.dumps({"id": 2}) + "\n")
+    s = score_file(model, src, out, query_field="question", progress=False, embedder_factory=factory)
+    assert (s.scored, s.errors) == (1, 1)
+    assert 'missing "question" field' in json.loads(out.read_text().splitlines()[1])["error"]
+    # the default field is not checked up front: a file without "query" is a file of error records
+    src.write_text(json.dumps({"id": 1, "question": "x"}) + "\n")
+    s = score_file(model, src, out, progress=False, embedder_factory=factory)
+    assert (s.scored, s.errors) == (0, 1)

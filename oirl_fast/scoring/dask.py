@@ -34,6 +34,7 @@ from ..cluster import dask_client, local_threads, probe_scheduler, set_threads, 
 from ..errors import OirlError
 from ..locks import locks_output
 from ..progress import ProgressBar
+from ..query_rows import check_named_fields
 from .candidates import Candidates
 from .inputs import NpyRows, input_format, is_csv, open_input, strict_check
 from .job import Scoring, load_scoring
@@ -178,6 +179,7 @@ def _run_dask(job: ScoreJob, client, progress: bool, log) -> DistributedScoreSum
             kind = "CSV" if is_csv(f) else {"parquet": "Parquet", "gzip": "gzip-compressed"}.get(input_format(f))
             if kind is not None:
                 raise OirlError(f"{kind} input is read by --engine local; --engine dask partitions plain JSON lines", f)
+            check_named_fields(f, options.row_fields.query, options.max_line_bytes)
     files = [f.resolve() for f in files]
 
     # -- output layout

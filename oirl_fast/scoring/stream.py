@@ -45,6 +45,7 @@ from ..locks import output_lock
 from ..paths import is_stdio, is_stream
 from ..pipelined import run_pipeline
 from ..progress import ProgressBar
+from ..query_rows import check_named_fields
 from .inputs import open_input
 from .forked import Children, Split, auto_workers, plan_split
 from .job import Scoring, load_scoring
@@ -114,6 +115,8 @@ class _LocalRun:
             skip = self._resume_point(signature)
             if skip is None:
                 return self._nothing_to_do(scoring, src)
+        if rows is None and not in_stream:  # a --query-field every row lacks: one line, not a file of errors
+            check_named_fields(src, o.row_fields.query, o.max_line_bytes)
         split = plan_split(src, skip, self.workers, o.strict)
         processes = 1 + (len(split.ranges) if split else 0)
         reader = InputReader(src, skip, o.row_fields, o.max_line_bytes, ids=rows is not None)
