@@ -106,6 +106,7 @@ class Children:
         self.part_dir = part_dir
         self.lines_done = RawArray("q", len(split.ranges))  # shared with the children: their progress
         self._kids: list[tuple[int, int, object]] = []  # (pid, result pipe's read end, part file)
+        self.parent = os.getpid()
 
     def __enter__(self) -> "Children":
         return self
@@ -116,10 +117,20 @@ class Children:
     def start(self) -> None:
         """Fork one child per range; call before anything starts numba's thread pool in this process."""
         self.parent = os.getpid()
-        for i, rng in enumerate(self.split.ranges):
-            part = tempfile.TemporaryFile(dir=self.part_dir)
+        for i in range(len(self.split.ranges)):
+            try:
+                part = tempfile.TemporaryFile(dir=self.part_dir)
+            except OSError as exc:
+                raise OirlError(f"cannot make a worker's temporary file here ({exc.strerror}); --workers 1 needs "
+                                "none", self.part_dir or tempfile.gettempdir()) from None
             r, w = os.pipe()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                part.close()
+                os.close(r)
+                os.close(w)
+                raise OirlError(f"cannot start a worker process ({exc.strerror}); run with --workers 1") from None
             if pid == 0:  # the child: never returns into the caller's stack
                 os.close(r)
                 _child_main(self, i, part, w)
