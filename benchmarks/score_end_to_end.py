@@ -344,7 +344,7 @@ def main_distinct(args):
               f"{rss:.0f} MiB this process, {cli['tree_pss']:.0f} MiB PSS summed over its processes "
               f"({cli['tree_rss']:.0f} MiB RSS summed, shared pages counted in each) (bound 512 MiB: "
               f"{'within' if max(rss, cli['tree_pss']) <= 512 else 'EXCEEDED'})")
-        st, w = serial["stages"], serial["wall"]  # the default loop (oirl score runs serial)
+        st, w = serial["stages"], serial["wall"]  # one process's loop (serial, the default; what each worker runs)
         print(f"queries_per_s={n / wall:.0f} inproc_queries_per_s={n / w:.0f} pairs_per_s={serial['pairs'] / w:.0f} "
               f"embed_share={st['embed'] / w:.3f} read_share={st['read'] / w:.3f} write_share={st['write'] / w:.3f} "
               f"kernel_share={st['kernel'] / w:.3f} embed_s={st['embed']:.3f} read_s={st['read']:.3f} "

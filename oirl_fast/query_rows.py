@@ -110,7 +110,7 @@ def check_named_fields(path: str | Path, fields: QueryFields, max_line_bytes: in
     record, and the run would exit 0. The default ``query`` field is not checked (a file of error records
     is what a file without it has always given), nor rows after the first record, which keep their own
     error records. OirlError naming the file and the record's line, listing the fields it has."""
-    if fields.default or (fields.template is None and fields.query_field == "query"):
+    if fields.template is None and fields.query_field == "query":
         return
     import itertools
 

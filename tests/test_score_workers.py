@@ -89,7 +89,7 @@ def test_a_failing_child_fails_the_run_with_one_line_and_a_resume_finishes_it(st
                                                                               reference, tmp_path):
     src, n = big_input
     out = tmp_path / "out.jsonl"
-    # the child's range is unreadable past its start: the file shrinks under the run (a damaged input)
+    # the child stops with an OirlError (what a bad input or a failed write is in the product)
     script = (
         "import sys, os\n"
         "from oirl_fast.scoring import forked\n"
@@ -165,3 +165,28 @@ def test_no_fork_once_numba_runs_its_thread_pool(tmp_path, monkeypatch):
     numba.set_num_threads(1)  # starts the pool in this process
     assert forked.thread_pool_started()
     assert forked.plan_split(src, 0, 2, strict=False) is None
+
+
+def test_a_full_disk_under_a_childs_part_is_one_line(static_model, big_input, static_cache, tmp_path):
+    """A write of the child's (unnamed) part file failing for want of space: one line naming the output, exit 2."""
+    src, _ = big_input
+    out = tmp_path / "out.jsonl"
+    script = (
+        "import errno, os, sys\n"
+        "import oirl_fast.scoring.stream as st\n"
+        "real = st.score_into\n"
+        "def full(scoring, items, fh, *a, **k):\n"
+        "    if os.getpid() != PARENT:\n"
+        "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "    return real(scoring, items, fh, *a, **k)\n"
+        "PARENT = os.getpid()\n"
+        "st.score_into = full\n"
+        "sys.argv = ['oirl', *sys.argv[1:]]\n"
+        "from oirl_fast.cli import main\n"
+        "main()\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script, "score", str(static_model), "--in", str(src), "--out",
+                          str(out), "--cache-dir", str(static_cache), "--workers", "2"], capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr
+    assert f"{out}: cannot write (No space left on device)" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

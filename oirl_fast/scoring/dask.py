@@ -110,8 +110,7 @@ def score_partition(scoring: Scoring, part: Partition, out: str | Path) -> tuple
     out = Path(out)
     summary = ScoreSummary(input=part.file, output=str(out), candidates=len(scoring.cands),
                            route=scoring.scorer.description, fallback_reason=scoring.scorer.fallback_reason)
-    items = iter_range_items(Path(part.file), part.start, part.stop, part.first_line, embeddings=scoring.rows is not None,
-                             max_line_bytes=scoring.options.max_line_bytes, fields=scoring.options.row_fields)
+    items = scoring.range_items(Path(part.file), part.start, part.stop, part.first_line)
     scoring.where = Path(part.file)
     with atomic_path(out) as tmp:
         with tmp.open("wb") as fh:

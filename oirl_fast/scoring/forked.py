@@ -15,11 +15,12 @@ inputs, ``--strict`` runs and inputs under :data:`MIN_SPLIT_BYTES` are scored by
 """
 from __future__ import annotations
 
-import os
 import json
+import os
 import select
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -27,12 +28,12 @@ from dataclasses import dataclass
 from multiprocessing.sharedctypes import RawArray
 from pathlib import Path
 
+from ..atomic import write_errors
+from ..encoders import available_cores
 from ..errors import OirlError
-from ..jsonl import DEFAULT_MAX_LINE_BYTES
-from ..paths import is_stream
-from .inputs import GZIP_MAGIC, is_csv
+from ..paths import is_stdio, is_stream
+from .inputs import input_format, is_csv
 from .partitions import line_cuts, line_offset
-from .records import iter_range_items
 from .summary import ScoreSummary, add_stats
 
 # Below this many bytes left to score, one process: a fork and a second model copy's first chunk cost more
@@ -62,14 +63,12 @@ class Split:
 def auto_workers(threads: int | None) -> int:
     """Processes for ``workers=None``: one per core this process may use, no more than ``--threads`` when
     given, at most :data:`MAX_AUTO_WORKERS`."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     return max(1, min(cores, threads or cores, MAX_AUTO_WORKERS))
 
 
 def thread_pool_started() -> bool:
     """Whether numba's thread pool already runs in this process (then a fork is unsafe)."""
-    import sys
-
     parallel = sys.modules.get("numba.np.ufunc.parallel")
     return bool(getattr(parallel, "_is_initialized", False))
 
@@ -78,13 +77,9 @@ def plan_split(path: Path, skip: int, workers: int, strict: bool) -> Split | Non
     """How to split ``path`` after its first ``skip`` lines among ``workers`` processes; None: one process."""
     if workers < 2 or strict or is_stream(path) or is_csv(path) or not path.is_file():
         return None
-    with path.open("rb") as fh:
-        head = fh.read(4)
-    if head.startswith(GZIP_MAGIC) or head == b"PAR1":
-        return None
     start = line_offset(path, skip)
     size = path.stat().st_size
-    if start is None or size - start < MIN_SPLIT_BYTES or thread_pool_started():
+    if start is None or size - start < MIN_SPLIT_BYTES or thread_pool_started() or input_format(path) != "jsonl":
         return None
     cuts, before, _ = line_cuts(path, workers, start, count_all=False)
     if len(cuts) < 2:
@@ -101,9 +96,11 @@ class Children:
     Use as a context manager: leaving it (an error, Ctrl-C) kills the children still running; their
     unnamed part files vanish with their descriptors."""
 
-    def __init__(self, scoring, split: Split, src: Path, threads: int, part_dir: Path | None):
+    def __init__(self, scoring, split: Split, src: Path, threads: int, out: Path):
         self.scoring, self.split, self.src, self.threads = scoring, split, src, threads
-        self.part_dir = part_dir
+        # the parts beside the output (its file system); a stream's in the temporary folder
+        self.part_dir = None if is_stream(out) else out.parent
+        self.out = "<stdout>" if is_stdio(out) else out  # what a failed write of a part names
         self.lines_done = RawArray("q", len(split.ranges))  # shared with the children: their progress
         self._kids: list[tuple[int, int, object]] = []  # (pid, result pipe's read end, part file)
         self.parent = os.getpid()
@@ -116,7 +113,6 @@ class Children:
 
     def start(self) -> None:
         """Fork one child per range; call before anything starts numba's thread pool in this process."""
-        self.parent = os.getpid()
         for i in range(len(self.split.ranges)):
             try:
                 part = tempfile.TemporaryFile(dir=self.part_dir)
@@ -162,7 +158,7 @@ class Children:
             with part:
                 outcome = json.loads(result) if result else {"killed": (pid, status)}
                 if "stats" not in outcome:
-                    self._kill_rest()
+                    self.kill()
                     raise _child_error(outcome, fh)
                 part.seek(0)
                 t0 = time.perf_counter()
@@ -176,9 +172,7 @@ class Children:
             tick()
 
     def kill(self) -> None:
-        self._kill_rest()
-
-    def _kill_rest(self) -> None:
+        """Stop the children still running (and reap them); their part files close."""
         for pid, r, part in self._kids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -226,9 +220,7 @@ def _child_main(children: Children, slot: int, part, result_fd: int) -> None:
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which kills its children
         scoring.use_threads(threads)
-        o = scoring.options
-        items = iter_range_items(src, rng.start, rng.stop, rng.first_line, embeddings=scoring.rows is not None,
-                                 max_line_bytes=o.max_line_bytes or DEFAULT_MAX_LINE_BYTES, fields=o.row_fields)
+        items = scoring.range_items(src, rng.start, rng.stop, rng.first_line)
         stats = ScoreSummary(input=str(src), output="")
 
         def on_chunk() -> None:
@@ -236,8 +228,9 @@ def _child_main(children: Children, slot: int, part, result_fd: int) -> None:
                 os._exit(1)
             lines_done[slot] = stats.scored + stats.errors
 
-        score_into(scoring, items, part, stats, on_chunk)
-        part.flush()
+        with write_errors(children.out):  # a full disk under the part is one line, as under the output
+            score_into(scoring, items, part, stats, on_chunk)
+            part.flush()
         lines_done[slot] = -1
         outcome = {"stats": stats.to_dict()}
     except OirlError as exc:

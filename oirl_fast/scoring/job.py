@@ -24,7 +24,7 @@ from ..reranking.fallback import apply_rule, resolve_rule
 from ..train.artifact import load_artifact
 from .candidates import Candidates, model_candidates, read_prompts_file
 from .options import ScoreOptions
-from .records import Item, Picked, candidate_json, dumps, error_record, pick_line, record
+from .records import Item, Picked, candidate_json, dumps, error_record, iter_range_items, pick_line, record
 from .scorer import Scorer, top_k
 from .summary import FIRST_ERRORS, ChunkStats
 
@@ -54,6 +54,13 @@ class Scoring:
         set_threads(n)
         if self.rows is None and self._encoder is not None:
             set_encoder_threads(self._encoder, n)
+
+    def range_items(self, src: Path, start: int, stop: int, first_line: int):
+        """The items of input bytes [start, stop) of ``src`` (whole lines, the first numbered ``first_line``),
+        read under this job's options: what a Dask partition and a forked worker score."""
+        o = self.options
+        return iter_range_items(Path(src), start, stop, first_line, embeddings=self.rows is not None,
+                                max_line_bytes=o.max_line_bytes, fields=o.row_fields)
 
     # -- the steps ---------------------------------------------------------------------
     def embed(self, items: Sequence[Item]) -> np.ndarray:

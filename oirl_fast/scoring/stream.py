@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..atomic import write_errors, write_text
+from ..encoders import available_cores
 from ..errors import OirlError
 from ..jsonl import count_lines
 from ..locks import output_lock
@@ -132,9 +133,9 @@ class _LocalRun:
                      f"{scoring.scorer.description}" + (f" in {processes} processes" if split else "")
                      + (f"; resuming after line {skip}" if skip else ""))
         bar = ProgressBar("scoring", reader.total, enabled=progress, in_bytes=True)
-        threads = o.threads or os.cpu_count() or 1
+        threads = o.threads or available_cores()  # the cores this process may run on, as the embedder counts them
         try:
-            with Children(scoring, split, src, max(1, threads // processes), None if out_stream else out.parent) \
+            with Children(scoring, split, src, max(1, threads // processes), out) \
                     if split else contextlib.nullcontext() as children:
                 if children is not None:  # before numba's thread pool starts here: it cannot survive a fork
                     children.start()
