@@ -133,13 +133,13 @@ class _LocalRun:
                      f"{scoring.scorer.description}" + (f" in {processes} processes" if split else "")
                      + (f"; resuming after line {skip}" if skip else ""))
         bar = ProgressBar("scoring", reader.total, enabled=progress, in_bytes=True)
-        threads = o.threads or available_cores()  # the cores this process may run on, as the embedder counts them
+        # the threads (the cores this process may run on, as the embedder counts them) shared out
+        threads = max(1, (o.threads or available_cores()) // processes)
         try:
-            with Children(scoring, split, src, max(1, threads // processes), out) \
-                    if split else contextlib.nullcontext() as children:
+            with Children(scoring, split, src, threads, out) if split else contextlib.nullcontext() as children:
                 if children is not None:  # before numba's thread pool starts here: it cannot survive a fork
                     children.start()
-                scoring.use_threads(max(1, threads // processes))
+                scoring.use_threads(threads)
                 self._write(scoring, items, summary, _Progress(bar, reader, summary, skip, children), pipeline,
                             signature, children)
         except KeyboardInterrupt:
