@@ -186,3 +186,24 @@ def test_a_gain_within_noise_does_not_switch():
     screened = nb.choose_vote([side])
     assert screened["cosine"] is None and screened["best_inner_gain"] == pytest.approx(0.02)
     assert 0.08 < screened["best_inner_se"] < 0.12
+
+
+@pytest.mark.parametrize("block", [1, 7, 1024])
+def test_near_neighbours_lists_every_pair_above_the_threshold_in_order(block):
+    """Against brute force: rows with no neighbour, rows with several, blocks that split them; template cosines
+    computed only for the pairs found equal the full projection's."""
+    rng = np.random.default_rng(3)
+    train = nb.unit_rows(rng.normal(size=(40, 12)))
+    near = nb.unit_rows(train[rng.integers(0, 40, 25)] + rng.normal(0, 0.1, (25, 12)))
+    far = nb.unit_rows(rng.normal(size=(25, 12)))
+    query = np.concatenate([near, far])[rng.permutation(50)]
+    basis = nb.unit_rows(rng.normal(size=(3, 12)))
+    nbr = nb.near_neighbours(query, train, 0.9, block=block, basis=basis)
+    sim = query @ train.T
+    r, c = np.nonzero(sim >= 0.9)
+    assert 0 < len(np.unique(r)) < len(query)  # some rows have neighbours, some none
+    assert nbr.rows().tolist() == r.tolist() and nbr.index.tolist() == c.tolist()
+    assert np.allclose(nbr.cosine, sim[r, c])
+    expect = np.einsum("ij,ij->i", nb.project(query, basis)[r], nb.project(train, basis)[c])
+    assert np.allclose(nbr.template, expect, atol=1e-6)
+    assert nb.near_neighbours(query, train[:0], 0.9, block=block).indptr.tolist() == [0] * 51

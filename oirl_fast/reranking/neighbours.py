@@ -172,16 +172,19 @@ def near_neighbours(query: np.ndarray, train: np.ndarray, min_cos: float, block:
     ptr, idx, cos, tmpl = [np.zeros(1, np.int64)], [], [], []
     end = 0
     if basis is not None:
-        query_p = project(query, basis)
         train_p = project(train, basis) if train_projected is None else train_projected
     for s in range(0, len(query), block):
-        sim = query[s:s + block] @ train.T if len(train) else np.zeros((len(query[s:s + block]), 0), np.float32)
-        r, c = np.nonzero(sim >= min_cos)
+        q = query[s:s + block]
+        sim = q @ train.T if len(train) else np.zeros((len(q), 0), np.float32)
+        # most scored queries have no near-duplicate: a row maximum first, then the pairs of the rows that have
+        # one, halves the search (200k queries against 1,308 questions: 0.93 -> 0.52 s)
+        hit = np.flatnonzero(sim.max(axis=1, initial=-np.inf) >= min_cos)
+        r, c = np.nonzero(sim[hit] >= min_cos)
         idx.append(c.astype(np.int64))
-        cos.append(sim[r, c].astype(np.float32))
-        if basis is not None:
-            tmpl.append(np.einsum("ij,ij->i", query_p[s + r], train_p[c]).astype(np.float32))
-        counts = np.bincount(r, minlength=sim.shape[0])
+        cos.append(sim[hit[r], c].astype(np.float32))
+        if basis is not None:  # only the rows with a neighbour are projected
+            tmpl.append(np.einsum("ij,ij->i", project(q[hit], basis)[r], train_p[c]).astype(np.float32))
+        counts = np.bincount(hit[r], minlength=len(q))
         ptr.append(end + np.cumsum(counts))
         end += len(r)
     cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)

@@ -84,15 +84,18 @@ class Scoring:
         float32 (n, d), at ``dtype`` (float64: the precision the routes compute in, and what the
         records print); ``policy``: apply the model's pick policy (its abstention rule)."""
         k = self.options.top_k if k is None else k
-        if self.options.with_scores:
+        rule = self.fallback if policy else None
+        # the rule reads scores beyond the top k (the fixed prompt's, the vote's target's): one full grid then,
+        # its top k taken from it, rather than a top-k pass and a second full pass
+        if self.options.with_scores or rule is not None:
             full = self.scorer.scores(Q, dtype=dtype)
             idx, sc = top_k(full, k)
         else:
             full = None
             idx, sc = self.scorer.top(Q, k, dtype=dtype)
-        if policy and self.fallback is not None:  # the model's abstention rule (metadata.fallback) on the top-k
-            idx, sc = apply_rule(self.fallback, idx, sc, Q, full if full is not None else self.scorer.scores(Q, dtype=dtype))
-        return Picked(idx.astype(np.int64, copy=False), sc, full)
+        if rule is not None:  # the model's abstention rule (metadata.fallback) on the top-k
+            idx, sc = apply_rule(rule, idx, sc, Q, full)
+        return Picked(idx.astype(np.int64, copy=False), sc, full if self.options.with_scores else None)
 
     def score_chunk(self, items: list[Item]) -> tuple[list[str], ChunkStats]:
         """(one output line per item, in order; what happened). With ``options.strict`` the first
