@@ -23,6 +23,8 @@ import argparse
 import json
 from pathlib import Path
 
+from oirl_fast.gain_plot import SECTIONS  # the summary's keys that are not datasets
+
 
 def _f(x, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
@@ -94,7 +96,7 @@ def prompt_counts(summaries) -> dict[str, str]:
 
 
 def _cells(summary: dict) -> list[tuple[str, dict]]:
-    return [(f"{ds} {proto}", upgrade(s)) for ds, by_proto in summary.items() if ds not in ("transfer", "crossfit")
+    return [(f"{ds} {proto}", upgrade(s)) for ds, by_proto in summary.items() if ds not in SECTIONS
             for proto, s in by_proto.items()]
 
 
@@ -186,7 +188,7 @@ def tradeoff_table(result: dict) -> str:
 
 def readme_table(summary: dict) -> str:
     """The README's one table: per dataset, the grouped split's figures and the cross-fitted policy's."""
-    names = [ds for ds in summary if ds not in ("transfer", "crossfit") and "grouped" in summary[ds]]
+    names = [ds for ds in summary if ds not in SECTIONS and "grouped" in summary[ds]]
     grouped = {ds: upgrade(summary[ds]["grouped"]) for ds in names}
     n = prompt_counts(list(grouped.values()))["train"]
     seeds = "/".join(sorted({str(s.get("seeds")) for s in grouped.values()}))

@@ -232,7 +232,7 @@ def demo_cmd(
         False, "--quick",
         help="One dataset in a few minutes: import, train (grouped protocol, one seed) + compile, evaluate, the "
              "cross-fitted re-rank, `oirl score` on 200 held-out questions and the forest plot of the gains "
-             "(gains.png); --protocol, --seeds, --transfer and --crossfit do not apply."),
+             "(gains.png); --protocol, --seeds, --transfer, --crossfit and --tradeoff do not apply."),
     datasets: List[str] = typer.Option(
         [], "--dataset", help="Datasets to run (repeatable) \\[default: gsm8k, svamp, mawps; --quick: svamp].",
         show_default=False),
@@ -251,6 +251,11 @@ def demo_cmd(
         True, "--crossfit/--no-crossfit",
         help="Per dataset, also `oirl rerank --fast`: every question picked by models that never saw it (grouped "
              "5-fold cross-fitting); a `crossfit` section in summary.json and --json."),
+    tradeoff: bool = typer.Option(
+        True, "--tradeoff/--no-tradeoff",
+        help="With GSM8K and the grouped protocol: the answer policies (the reward model's pick, votes over its top "
+             "3 and 5) simulated on the logged GSM8K answers, each against the fixed prompts of the same LLM calls; "
+             "tradeoff/gsm8k.json and a `tradeoff` section."),
     cache_dir: Optional[Path] = CacheOpt,
     device: str = DeviceOpt,
     embedder: str = EmbedderOpt,
@@ -262,7 +267,8 @@ def demo_cmd(
     policy's gain over the best single prompt, with its 95% CI) for all. With --transfer (the
     default) also transfer/<dataset>/model and report.json, and a `transfer` section in
     summary.json and --json; with --crossfit (the default) crossfit/<dataset>/picks.jsonl,
-    report.json and report.png, and a `crossfit` section.
+    report.json and report.png, and a `crossfit` section; with --tradeoff (the default)
+    tradeoff/gsm8k.json and a `tradeoff` section.
 
     --quick (what `make demo` runs): one dataset, a few minutes; it leaves <dataset>/logs.parquet,
     model/, report-grouped.json, queries.jsonl and picks.jsonl (oirl score's output),
@@ -282,7 +288,7 @@ def demo_cmd(
         return
     datasets = datasets or list(DATASETS)
     plan = DemoPlan(datasets=tuple(datasets), protocols=tuple(protocols), backend=backend, compile_library=compile,
-                    seeds=seeds, transfer=transfer, crossfit=crossfit)
+                    seeds=seeds, transfer=transfer, crossfit=crossfit, tradeoff=tradeoff)
     summaries = run_demo(out, plan, source, make_embedder(cache_dir, device, spec=embedder), err)
     if as_json:
         print(json.dumps(summaries, indent=2))

@@ -32,8 +32,9 @@ def model_dir(out: Path, dataset: str, protocol: str) -> Path:
 class DemoPlan:
     """What ``oirl demo`` runs: ``datasets`` and ``protocols`` (every pair), the ``backend`` (lightgbm or
     xgboost) and whether its native library is compiled (``compile_library``), ``seeds`` models per split
-    (seed 0 saved, the others for the spread), the leave-one-dataset-out ``transfer`` and the
-    cross-fitted re-rank ``crossfit``."""
+    (seed 0 saved, the others for the spread), the leave-one-dataset-out ``transfer``, the
+    cross-fitted re-rank ``crossfit`` and ``tradeoff``, the answer policies simulated on the logged GSM8K
+    answers (when GSM8K runs under the grouped protocol)."""
 
     datasets: tuple[str, ...] = tuple(DATASETS)
     protocols: tuple[str, ...] = ("published", "grouped")
@@ -42,14 +43,16 @@ class DemoPlan:
     seeds: int = 5
     transfer: bool = True
     crossfit: bool = True
+    tradeoff: bool = True
 
 
 def run_demo(out, plan: DemoPlan, source, embedder, console: Console) -> dict:
     """Per dataset and protocol of ``plan``, the summary of :func:`oirl_fast.evaluation.summary`; with
     ``plan.transfer`` and two datasets or more, also ``transfer``: the leave-one-dataset-out report of
     :func:`oirl_fast.transfer.run_transfer` per dataset (models and reports in ``out/transfer/``); with
-    ``plan.crossfit``, also ``crossfit``: per dataset, the figures of :func:`run_crossfit`. ``source``:
-    the data folder (None: the bundled copy)."""
+    ``plan.crossfit``, also ``crossfit``: per dataset, the figures of :func:`run_crossfit`; with
+    ``plan.tradeoff``, GSM8K and the grouped protocol, also ``tradeoff``: :func:`run_demo_tradeoff`.
+    ``source``: the data folder (None: the bundled copy)."""
     out = Path(out)
     datasets, protocols, backend, compile_library = plan.datasets, plan.protocols, plan.backend, plan.compile_library
     seeds, transfer, crossfit = plan.seeds, plan.transfer, plan.crossfit
@@ -112,6 +115,9 @@ def run_demo(out, plan: DemoPlan, source, embedder, console: Console) -> dict:
         console.rule(Text("cross-fitted re-ranking: every question picked by a model that never saw it", style="bold"))
         summaries["crossfit"] = {ds: run_crossfit(table, embedder, out / "crossfit" / ds, console)
                                  for ds, table in tables.items()}
+    if plan.tradeoff and TRADEOFF_DATASET in tables and "grouped" in protocols:
+        console.rule(Text("answers: votes and cascades simulated on the logged GSM8K answers", style="bold"))
+        summaries["tradeoff"] = {TRADEOFF_DATASET: run_demo_tradeoff(out, source, embedder, console)}
     if transfer and len(tables) >= 2:
         console.rule(Text("transfer: leave-one-dataset-out", style="bold"))
         t0 = time.perf_counter()
@@ -136,6 +142,36 @@ def run_demo(out, plan: DemoPlan, source, embedder, console: Console) -> dict:
 
 
 CROSSFIT_FOLDS = 5
+TRADEOFF_DATASET = "gsm8k"  # the one dataset whose answers (not only verdicts) are logged
+TRADEOFF_POLICIES = ("reward model", "vote 3 (reward model)", "vote 5 (reward model)")
+
+
+def run_demo_tradeoff(out: Path, source, embedder, console: Console) -> dict:
+    """``oirl tradeoff`` with the demo's grouped GSM8K model on the logged answers of its 1,000 test questions
+    (one seed): the full result in ``out/tradeoff/gsm8k.json``; returns the summary's figures, for each policy of
+    :data:`TRADEOFF_POLICIES`: LLM calls per query, accuracy and its paired-bootstrap difference (``diff``, ``ci95``)
+    to the query-independent policy of the same calls (the best single prompt, or the vote over the prompts best
+    on the training rows), named in ``reference``."""
+    from .report import write_json
+    from .tradeoff import run_tradeoff
+    from .tradeoff_answers import AnswerSource
+
+    t0 = time.perf_counter()
+    result = run_tradeoff(model_dir(out, TRADEOFF_DATASET, "grouped"), embedder, AnswerSource(TRADEOFF_DATASET, source))
+    write_json(result, out / "tradeoff" / f"{TRADEOFF_DATASET}.json")
+    points = {p["policy"]: p for p in result["points"]}
+    figures = {"n_queries": result["n_queries"], "policies": {}}
+    for name in TRADEOFF_POLICIES:
+        p = points[name]
+        ref = p["vs_fixed_vote"]["best_on_train"]
+        figures["policies"][name] = {"calls_per_query": p["calls_per_query"], "accuracy": p["accuracy"],
+                                     "reference": ref["reference"], "reference_accuracy": ref["accuracy"],
+                                     "diff": ref["diff"], "ci95": ref["ci95"]}
+        console.print(f"tradeoff [{TRADEOFF_DATASET}]: {name}, {p['calls_per_query']:.0f} calls, {p['accuracy']:.3f} "
+                      f"against {ref['reference']} {ref['accuracy']:.3f} (95% CI of the difference "
+                      f"[{100 * ref['ci95'][0]:+.1f}, {100 * ref['ci95'][1]:+.1f}] pts)")
+    figures["seconds"] = round(time.perf_counter() - t0, 1)
+    return figures
 
 
 def run_crossfit(table, embedder, out: Path, console: Console) -> dict:

@@ -9,7 +9,10 @@ holds, grouped by dataset:
 * ``transfer``: the same for a model trained on the other datasets only;
 * ``crossfit``: the cross-fitted re-rank (every question picked by a model that never saw it): its
   default policy, the near-duplicate vote (the best single prompt unless the question has training
-  near-duplicates on which another prompt won), and its default model without the vote.
+  near-duplicates on which another prompt won), and its default model without the vote;
+* ``tradeoff`` ("answers"): the answer policies simulated on logged answers (the reward model's pick,
+  votes over its top 3 and 5 prompts), each against the query-independent policy of as many LLM calls
+  (the best single prompt; the vote over the prompts best on the training rows).
 
 Gains are in accuracy points (percentage points of questions answered right); the whiskers are the
 paired-bootstrap 95% CIs the summary carries. :func:`gain_rows` is pure (for tables and tests);
@@ -27,7 +30,7 @@ from pathlib import Path
 from .atomic import atomic_path
 from .extras import require
 
-SECTIONS = ("crossfit", "transfer")  # summary keys that are not datasets
+SECTIONS = ("crossfit", "transfer", "tradeoff")  # summary keys that are not datasets
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,17 @@ def _crossfit_rows(dataset: str, c: dict) -> list[GainRow]:
     return [r for r in rows if r is not None]
 
 
+def _answer_rows(dataset: str, t: dict) -> list[GainRow]:
+    """The answer policies of the demo's ``tradeoff`` section, each against the fixed prompts of the same calls."""
+    rows = []
+    for name, p in t.get("policies", {}).items():
+        calls = int(round(p["calls_per_query"]))
+        against = "best single" if calls == 1 else f"fixed vote {calls}"
+        rows.append(_row(dataset, "answers", f"{name} vs {against}", p.get("accuracy"), p.get("reference_accuracy"),
+                         p.get("ci95"), t.get("n_queries")))
+    return [r for r in rows if r is not None]
+
+
 def gain_rows(summary: dict) -> list[GainRow]:
     """Every gain with a CI in a demo summary, dataset by dataset (in the summary's order): its
     protocols, then transfer, then the cross-fitted re-rank. Sections it lacks give no rows."""
@@ -85,6 +99,8 @@ def gain_rows(summary: dict) -> list[GainRow]:
             rows += _best_of_n_rows(ds, "transfer", t)
         if ds in summary.get("crossfit", {}):
             rows += _crossfit_rows(ds, summary["crossfit"][ds])
+        if ds in summary.get("tradeoff", {}):
+            rows += _answer_rows(ds, summary["tradeoff"][ds])
     return rows
 
 
@@ -97,7 +113,7 @@ def plot_gains(summary: dict, path: str | Path, title: str | None = None) -> Pat
     rows = gain_rows(summary)
     if not rows:
         raise ValueError("the summary holds no gain with a confidence interval")
-    colors = {"cross-fitted": "tab:green", "transfer": "tab:purple", "published": "tab:orange"}
+    colors = {"cross-fitted": "tab:green", "transfer": "tab:purple", "published": "tab:orange", "answers": "tab:red"}
     height = 0.32 * len(rows) + 0.35 * len({r.dataset for r in rows}) + 1.3
     fig, ax = plt.subplots(figsize=(8.0, height))
     y, ticks, labels, last = 0.0, [], [], None
@@ -117,7 +133,8 @@ def plot_gains(summary: dict, path: str | Path, title: str | None = None) -> Pat
     ax.axvline(0.0, color="black", lw=0.8)
     ax.set_yticks(ticks, labels, fontsize=8)
     ax.set_ylim(y - 0.3, -1.2)
-    ax.set_xlabel("gain over the best single prompt (accuracy points, 95% CI)")
+    ax.set_xlabel("gain over the best single prompt (accuracy points, 95% CI)\n"
+                  "answers: over the fixed prompts of as many LLM calls, as named", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title or "Gain over the best single prompt, held-out questions", fontsize=10)
     fig.tight_layout()

@@ -218,6 +218,7 @@ def test_demo_reports_headroom_for_repeated_questions(tmp_path, cache_dir):
     assert set(h) == {"ceiling", "best_single", "captured_share"}
     assert 0.0 < h["best_single"] < 1.0 and 0.0 < h["ceiling"] <= 1.0
     assert "known-question ceiling" in res.stderr
+    assert "train [grouped]" in res.stderr and "evaluate [grouped]:" in res.stderr  # rich markup kept the labels
 
 
 def test_demo_transfer_section(tmp_path, static_cache):

@@ -18,8 +18,13 @@ def _summary():
            "n_test_queries_all_prompts": 300}
     crossfit = {"n_prompts": 6, "n_questions": 1000, "best_single": 0.5, "rerank": 0.502, "rerank_diff_ci": [0.0, 0.004],
                 "default_model": 0.49, "default_model_diff_ci": [-0.02, 0.0]}
+    tradeoff = {"n_queries": 1000, "policies": {
+        "reward model": {"calls_per_query": 1.0, "accuracy": 0.253, "reference_accuracy": 0.247, "ci95": [-0.015, 0.026]},
+        "vote 3 (reward model)": {"calls_per_query": 3.0, "accuracy": 0.281, "reference_accuracy": 0.264,
+                                  "ci95": [0.003, 0.030]}}}
     return {"mawps": {"grouped": per}, "crossfit": {"mawps": crossfit, "svamp": crossfit},
-            "transfer": {"mawps": {**per, "trained_on": ["svamp"]}, "svamp": {"skipped": "no rows", "trained_on": []}}}
+            "transfer": {"mawps": {**per, "trained_on": ["svamp"]}, "svamp": {"skipped": "no rows", "trained_on": []}},
+            "tradeoff": {"gsm8k": tradeoff}}
 
 
 def test_gain_rows_are_the_summary_differences_in_points():
@@ -35,6 +40,9 @@ def test_gain_rows_are_the_summary_differences_in_points():
         # a dataset in the crossfit section only; a skipped transfer gives no row
         ("svamp", "cross-fitted", "re-rank, near-duplicate vote (6)", 0.2, (0.0, 0.4), 1000),
         ("svamp", "cross-fitted", "re-rank, default model (6)", -1.0, (-2.0, 0.0), 1000),
+        # answer policies, each against the fixed prompts of as many LLM calls
+        ("gsm8k", "answers", "reward model vs best single", 0.6, (-1.5, 2.6), 1000),
+        ("gsm8k", "answers", "vote 3 (reward model) vs fixed vote 3", 1.7, (0.3, 3.0), 1000),
     ]
     assert gain_rows({}) == []
 

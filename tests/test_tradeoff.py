@@ -198,3 +198,29 @@ def test_tradeoff_from_a_log_that_keeps_responses(gsm8k_model, cache_dir, tmp_pa
     write_logs(sub, tmp_path / "bare.parquet")
     res = CliRunner().invoke(app, ["tradeoff", "--model", str(gsm8k_model), "--log", str(tmp_path / "bare.parquet")])
     assert res.exit_code == 2 and "no responses" in res.stderr and "bare.parquet" in res.stderr
+
+
+def test_demo_tradeoff_section_is_the_tradeoff_result_against_same_call_baselines(gsm8k_model, embedder, tmp_path):
+    """`oirl demo`'s `tradeoff` section: the demo's grouped GSM8K model on the logged answers; each policy against
+    the query-independent policy of as many calls, read from the full result it writes beside."""
+    import io
+    import json
+    import shutil
+
+    from rich.console import Console
+
+    from oirl_fast.demo import TRADEOFF_POLICIES, run_demo_tradeoff
+
+    shutil.copytree(gsm8k_model, tmp_path / "gsm8k" / "model")
+    figures = run_demo_tradeoff(tmp_path, None, embedder, Console(file=io.StringIO()))
+    full = json.loads((tmp_path / "tradeoff" / "gsm8k.json").read_text())
+    points = {p["policy"]: p for p in full["points"]}
+    assert figures["n_queries"] == full["n_queries"] == 1000 and set(figures["policies"]) == set(TRADEOFF_POLICIES)
+    for name, f in figures["policies"].items():
+        ref = points[name]["vs_fixed_vote"]["best_on_train"]
+        assert f["calls_per_query"] == points[name]["calls_per_query"] == ref["calls"]
+        assert f["reference"] == ref["reference"] and f["reference_accuracy"] == ref["accuracy"]
+        assert f["diff"] == pytest.approx(f["accuracy"] - f["reference_accuracy"])
+        assert f["ci95"][0] - 1e-9 <= f["diff"] <= f["ci95"][1] + 1e-9
+    assert figures["policies"]["reward model"]["reference"].startswith("single")
+    assert figures["policies"]["reward model"]["reference_accuracy"] == points["best single"]["accuracy"]
